@@ -1,0 +1,77 @@
+"""Dataset statistics for notebook 00, beside EK100's published ones (``resources/ek100_published_stats.csv``)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from ..paths import RESOURCES_DIR
+from .readers import FlowNarData
+
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def segment_durations(data: FlowNarData, split: str) -> np.ndarray:
+    """Seconds between consecutive narrations of each stream: the length of the segment each narration closes
+    (the quantity behind the streaming engine's ``avg_duration``)."""
+    gaps = [np.diff([n.time for n in s.narrations]) for s in data.streams(split)]
+    return np.concatenate(gaps) if gaps else np.zeros(0)
+
+
+def split_statistics(data: FlowNarData, split: str) -> dict:
+    streams = data.streams(split)
+    d = segment_durations(data, split)
+    words = {w.lower() for s in streams for n in s.narrations for w in _WORD.findall(n.text)}
+    uids = {s.video_uid for s in streams}
+    hours = sum(data.videos[u].duration for u in uids) / 3600
+    return {
+        "split": split,
+        "videos": len(uids),
+        "streams": len(streams),
+        "narrations": sum(len(s.narrations) for s in streams),
+        "narrations per video": sum(len(s.narrations) for s in streams) / max(len(uids), 1),
+        "hours": hours,
+        "segment duration mean (s)": float(d.mean()) if d.size else float("nan"),
+        "segment duration std (s)": float(d.std()) if d.size else float("nan"),
+        "segment duration median (s)": float(np.median(d)) if d.size else float("nan"),
+        "vocabulary (words)": len(words),
+    }
+
+
+def statistics_table(data: FlowNarData, splits=("train", "val")) -> pd.DataFrame:
+    """One row per split with counts, segment-duration moments and vocabulary size."""
+    return pd.DataFrame([split_statistics(data, s) for s in splits if s in data.available_splits()]).set_index("split")
+
+
+def published_ek100_statistics() -> pd.DataFrame:
+    """EK100's published numbers (labelled with their source); reference values, never computed here."""
+    return pd.read_csv(RESOURCES_DIR / "ek100_published_stats.csv")
+
+
+def comparison_table(data: FlowNarData) -> pd.DataFrame:
+    """Our statistics beside the published EK100 ones, row by row where both exist."""
+    ours = statistics_table(data)
+    pub = published_ek100_statistics().set_index("statistic")["value"]
+    train = ours.loc["train"] if "train" in ours.index else None
+    val = ours.loc["val"] if "val" in ours.index else None
+    rows = []
+
+    def add(name, value, ref_key=None):
+        rows.append({"statistic": name, "this dataset": value,
+                     "EK100 published": pub.get(ref_key, np.nan) if ref_key else np.nan})
+
+    if train is not None:
+        add("train videos", int(train["videos"]), "train videos")
+        add("train narrations per video", round(float(train["narrations per video"]), 1))
+        add("train segments", int(train["narrations"]), "train action segments")
+    if val is not None:
+        add("val videos", int(val["videos"]), "val videos")
+        add("val segments", int(val["narrations"]), "val action segments")
+    both = pd.concat([ours]).sum(numeric_only=True)
+    add("hours", round(float(both["hours"]), 2), "hours")
+    if train is not None:
+        add("segment duration mean (s)", round(float(train["segment duration mean (s)"]), 2), "segment duration mean")
+        add("segment duration std (s)", round(float(train["segment duration std (s)"]), 2), "segment duration std")
+        add("vocabulary (words)", int(train["vocabulary (words)"]))
+    return pd.DataFrame(rows).set_index("statistic")
