@@ -183,3 +183,22 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT", "NARRATION_INSTRUCTIONS", "MAX_NUM_FRAMES", "Message", "StreamSample", "EvalClip",
     "frame_of", "stream_conversation", "make_stream_sample", "build_stream_samples", "eval_prompt_messages",
 ]
+
+
+def preview(messages: list[Message], max_messages: int = 12) -> str:
+    """The sample's text with each frame run collapsed to ``[<n frames>]``, for reading."""
+    lines = []
+    for m in messages[:max_messages]:
+        if m.role == "system":
+            lines.append(f"<bos>{m.content[:60]}...")
+        elif m.role == "stream":
+            lines.append(f"[{m.num_frames} frame{'s' if m.num_frames != 1 else ''}{'' if m.learn else ', not learned'}]")
+        elif m.role == "memory":
+            lines.append("[memory block]")
+        elif m.role == "user":
+            lines.append(f"User: {m.content}")
+        else:
+            lines.append(f"Assistant: {m.content}<eos>")
+    if len(messages) > max_messages:
+        lines.append(f"... ({len(messages) - max_messages} more messages)")
+    return "\n".join(lines)

@@ -75,3 +75,30 @@ def comparison_table(data: FlowNarData) -> pd.DataFrame:
         add("segment duration std (s)", round(float(train["segment duration std (s)"]), 2), "segment duration std")
         add("vocabulary (words)", int(train["vocabulary (words)"]))
     return pd.DataFrame(rows).set_index("statistic")
+
+
+def plot_segment_durations(data: FlowNarData, splits=("train", "val"), max_seconds: float = 30.0):
+    """Histogram of segment durations per split, with the published mean as a labelled reference line."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frames = [pd.DataFrame({"duration (s)": segment_durations(data, s), "split": s})
+              for s in splits if s in data.available_splits()]
+    df = pd.concat(frames, ignore_index=True)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    clipped = df.assign(**{"duration (s)": df["duration (s)"].clip(upper=max_seconds)})
+    sns.histplot(clipped, x="duration (s)", hue="split", bins=60, stat="density", common_norm=False,
+                 element="step", ax=ax)
+    pub = published_ek100_statistics().set_index("statistic")["value"]
+    ax.axvline(pub["segment duration mean"], color="k", ls="--", lw=1,
+               label=f"reported mean {pub['segment duration mean']:.2f} s")
+    for s, g in df.groupby("split"):
+        ax.axvline(g["duration (s)"].mean(), lw=1, ls=":", color="gray")
+    ax.set_title(f"Segment durations ({data.dataset}; values above {max_seconds:g} s shown at {max_seconds:g} s)")
+    handles, labels = ax.get_legend_handles_labels()
+    leg = ax.get_legend()
+    if leg is not None:
+        ax.legend(handles=leg.legend_handles + handles,
+                  labels=[t.get_text() for t in leg.get_texts()] + labels, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -95,3 +95,24 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{path}: a fast tokenizer (tokenizer.json) is needed for character offsets")
     return _add_live_tokens(tok)
+
+
+def dataset_corpus(data, splits=("train",)) -> list[str]:
+    """Texts a word-level tokenizer is trained on: the prompts plus every narration of ``splits``."""
+    from .samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS
+
+    texts = [DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+    for split in splits:
+        if split in data.available_splits():
+            texts += [n.text for s in data.streams(split) for n in s.narrations]
+    return texts
+
+
+def build_tokenizer(data=None, tokenizer_path: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: a local HF tokenizer when ``tokenizer_path`` is given (paper scale), else a
+    word-level tokenizer trained on the training narrations of ``data`` (embedded default)."""
+    if tokenizer_path:
+        return load_tokenizer(tokenizer_path)
+    if data is None:
+        raise ValueError("build_tokenizer needs a dataset to train a word-level tokenizer on, or a tokenizer_path")
+    return train_word_tokenizer(dataset_corpus(data))
