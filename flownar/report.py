@@ -56,7 +56,7 @@ def save_figure(fig, stem: str | Path, banner: str | None = None) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     if banner:
-        fig.text(0.5, 0.005, banner, ha="center", va="bottom", fontsize=7, color="firebrick", wrap=True)
+        fig.text(0.5, -0.01, banner, ha="center", va="top", fontsize=7, color="firebrick", wrap=True)
     out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(out[0], dpi=150, bbox_inches="tight", metadata=None)
     fig.savefig(out[1], bbox_inches="tight", metadata={"CreationDate": None})

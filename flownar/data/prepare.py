@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import paths
 from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
+from ..errors import DataRootError
 from .readers import FlowNarData
 
 
@@ -34,6 +35,9 @@ def prepare_dataset(dataset: str = "ek100", data_root: str | Path | None = None,
     layout = get_layout(dataset).name
     if data_root:
         return FlowNarData(data_root, layout)
+    if profile == "paper":
+        raise DataRootError("the paper profile runs on FlowNar-Data: set DATA_ROOT (make) or data_root (notebooks) "
+                            "to a dataset folder such as FlowNar-Data/ek100")
     from .synth import write_synthetic_dataset
 
     root = paths.embedded_data_root(layout, profile)

@@ -1,0 +1,802 @@
+"""The embedded synthetic dataset: a procedural kitchen written in the exact FlowNar-Data file layout.
+
+FlowNar-Data cannot be downloaded here, so ``write_synthetic_dataset`` writes a dataset root that the same readers
+load as the real one (``features_metadata.json``, ``features/<folder>/<uid>.pt``, ``annotations/...``), plus a card
+(``flownar_synthetic.json``) holding the generator settings and the ground truth of every video.
+
+The world, briefly (each choice exists to make streaming narration non-trivial in a controlled way):
+
+* A video is a sequence of actions ``(verb, noun)`` in a kitchen with a small state: three containers (fridge,
+  drawer, cupboard; open/closed, a queue of items whose front item is visible while open), a counter with four
+  visible slots (the peripheral tokens) and off-view clutter, two hands, and switches (tap, hob, kettle).
+  Actions come from short scripts (wash at the tap, cut with a knife, cook at the hob, fetch from a container,
+  carry an item, ...) so sequences are plausible.
+* Durations are EK100-like: shifted lognormal per verb (mean ~4 s, long right tail, at most 40 s), ~3% very quick
+  actions (< 0.5 s) so two narrations sometimes share a 0.5-s grid time. A narration is said at the END of its
+  action. Videos start with a lead-in and have idle gaps between scripts.
+* Long-range dependencies that only memory resolves (about 25-30% of actions take part):
+  ``held_item``: "You take the X." shows X; while carried, X is only a generic "held" prototype; the later "You put
+  down the X." shows the verb and that generic prototype, never X.
+  ``hidden_item``: "You open the cupboard." shows the front item X inside, unnamed; the cupboard is closed and other
+  actions happen; later "You take the X from the cupboard." shows the take verb, the cupboard and a generic
+  "grasp" prototype, not X. The card's ``depends_on`` is the last earlier segment whose frames show X.
+* Features: per frame 10 tokens (0 = CLS, 1..9 = 3x3 grid, row-major). Fixed random prototypes (from the seed)
+  for verbs, nouns, "held", "grasp", grid positions; a per-video scene vector with slow drift. The acted-on verb
+  and noun sit in the central tokens, counter items in the corners (distractors, mostly never acted on), an open
+  container's front item in the top-centre token. Segment contents are blended across boundaries with a sigmoid
+  ramp (timing is fuzzy) and every token gets AR(1) plus white noise so that one frame is ambiguous and a few
+  frames identify the action. Generated in float32, stored bf16, per-dimension variance ~1.
+
+Everything random comes from ``numpy.random.default_rng(SeedSequence(seed, spawn_key=...))``: prototypes from the
+seed alone, video ``i``'s world, features and annotation noise from (seed, i), so the world of video ``i`` is the
+same in every layout and the same (seed, profile, layout) gives byte-identical files.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
+
+SYNTH_VERSION = 1  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Profiles
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    n_train: int
+    n_val: int
+    min_video_s: float
+    max_video_s: float
+    feature_dim: int
+    fps: float = 2.0
+    tokens_per_frame: int = 10  # 1 CLS + 3x3 grid (the layout's "1+3x3"); nothing else is supported
+    # action durations: 0.8 s + verb_factor * lognormal(mu, sigma), at most max_action_s; some very quick ones
+    action_mu: float = 1.0
+    action_sigma: float = 1.1
+    max_action_s: float = 40.0
+    quick_rate: float = 0.03
+    idle_rate: float = 0.3  # chance of an idle gap between two scripts
+    # features: SNR of a unit-amplitude prototype in one token of one frame (projection z-score)
+    frame_snr: float = 2.5
+    ar_share: float = 0.35  # share of the noise variance that is AR(1) (temporally correlated)
+    ar_rho: float = 0.85
+    blur_s: float = 0.3  # sigmoid scale (s) of the boundary ramp; the blend spans about +-1 s
+    # annotation noise of the second pass / annotator (Ego4D, EgoExo4D)
+    jitter_s: float = 0.5
+    drop_rate: float = 0.05
+    paraphrase_rate: float = 0.15
+    invisible_rate: float = 0.10  # EgoExo4D: extra descriptions with ego_visible = False
+    summary_window_s: float = 60.0  # Ego4D segment summaries tile each val video with windows of this length
+
+    def __post_init__(self):
+        if self.tokens_per_frame != 10:
+            raise ValueError(f"tokens_per_frame must be 10 (1 CLS + 3x3 grid), got {self.tokens_per_frame}")
+        if not (0 < self.min_video_s <= self.max_video_s):
+            raise ValueError(f"need 0 < min_video_s <= max_video_s, got {self.min_video_s}, {self.max_video_s}")
+
+    @property
+    def n_videos(self) -> int:
+        return self.n_train + self.n_val
+
+
+SYNTH_PROFILES: dict[str, SynthConfig] = {
+    # seconds to write; for tests and smoke runs
+    "smoke": SynthConfig(n_train=8, n_val=4, min_video_s=40.0, max_video_s=80.0, feature_dim=32),
+    # the embedded default used for CPU training
+    "default": SynthConfig(n_train=64, n_val=16, min_video_s=90.0, max_video_s=240.0, feature_dim=64),
+}
+
+
+def synth_config(profile: str) -> SynthConfig:
+    if profile not in SYNTH_PROFILES:
+        raise ValueError(f"unknown synthetic profile {profile!r}; expected one of {sorted(SYNTH_PROFILES)}")
+    return SYNTH_PROFILES[profile]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vocabulary and affordances
+
+VERBS = ["take", "put down", "open", "close", "wash", "dry", "cut", "peel", "stir", "pour", "turn on", "turn off",
+         "fill", "wipe"]
+CONTAINERS = ["fridge", "drawer", "cupboard"]
+SWITCHES = ["tap", "hob", "kettle"]
+UTENSILS = ["knife", "spoon", "fork", "plate", "bowl", "cup", "glass", "pan", "pot", "lid", "board"]
+FOODS = ["onion", "tomato", "carrot", "potato", "pepper", "garlic", "cheese", "bread"]
+OTHERS = ["sponge", "towel", "jar", "milk", "oil", "butter"]
+NOUNS = CONTAINERS + ["tap", "hob", "counter", "kettle"] + UTENSILS + FOODS + OTHERS
+PORTABLE = ["kettle"] + UTENSILS + FOODS + OTHERS
+HOMES = {  # where items are stored at the start of a video
+    "fridge": ["milk", "cheese", "butter", "tomato", "carrot", "pepper"],
+    "drawer": ["knife", "spoon", "fork", "towel"],
+    "cupboard": ["plate", "bowl", "cup", "glass", "jar", "oil", "pan", "pot", "lid"],
+}
+WASHABLE = ["knife", "spoon", "fork", "plate", "bowl", "cup", "glass", "pan", "pot", "lid", "board", "tomato",
+            "carrot", "potato", "pepper"]
+DRYABLE = ["knife", "spoon", "fork", "plate", "bowl", "cup", "glass", "pan", "pot", "lid", "board"]
+CUTTABLE = FOODS
+PEELABLE = ["onion", "carrot", "potato", "garlic"]
+STIRRABLE = ["pan", "pot", "bowl"]
+POURABLE = ["milk", "oil", "kettle"]
+FILLABLE = ["kettle", "pot", "glass", "cup"]
+WIPEABLE = ["counter", "board"]
+
+# duration factor per verb (quick grasps vs. long manipulations)
+VERB_DURATION = {"take": 0.55, "put down": 0.45, "open": 0.5, "close": 0.4, "wash": 1.6, "dry": 1.2, "cut": 1.8,
+                 "peel": 2.0, "stir": 1.6, "pour": 1.0, "turn on": 0.35, "turn off": 0.35, "fill": 1.3, "wipe": 1.4}
+# second-pass paraphrases (Ego4D second annotation pass, EgoExo4D second annotator)
+PARAPHRASES = {"take": "pick up", "put down": "set down", "turn on": "switch on", "turn off": "switch off",
+               "wash": "rinse", "cut": "slice", "close": "shut", "wipe": "clean"}
+
+# token layout: 0 = CLS; grid tokens 1..9 row-major (1 2 3 / 4 5 6 / 7 8 9)
+CLS_TOKEN = 0
+CENTER, TOP, LEFT, RIGHT, HANDS = 5, 2, 4, 6, 8
+CENTRAL_TOKENS = [TOP, LEFT, CENTER, RIGHT, HANDS]  # the cross of the grid: where the action happens
+CORNER_TOKENS = [1, 3, 7, 9]  # peripheral: the counter's four visible slots
+# amplitudes (in prototype units) of each kind of content
+A_ACTION = 1.0  # the acted-on verb and noun (or generic prototype) in the centre token
+A_ACTION_SIDE = 0.5  # the noun again in the right token, the verb in the hands token
+A_CONTAINER = 0.6  # an open / accessed container in the left token
+A_REVEAL = 1.0  # the front item of an open container in the top token
+A_HELD = 0.5  # each carried item, as the generic "held" prototype in the hands token
+A_COUNTER = 0.6  # counter items in the corner tokens
+A_SCENE = 0.5  # per-video scene vector in every token
+A_POSITION = 0.3  # fixed per-position vectors
+SCENE_DRIFT = 0.3  # std of the slow scene drift (AR(1), rho 0.98)
+
+
+def _text(verb: str, noun: str, container: str | None = None) -> str:
+    return f"You {verb} the {noun}" + (f" from the {container}." if container else ".")
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prototypes
+
+
+def world_prototypes(seed: int, feature_dim: int) -> dict:
+    """The fixed prototype vectors of a seed (shared by all videos and splits), float32, each (D,) with per-dim
+    variance 1 (norm ~ sqrt(D)): ``{"verbs": {verb: v}, "nouns": {noun: v}, "held": v, "grasp": v,
+    "positions": (9, D) array}``."""
+    rng = _rng(seed, 0)
+    D = feature_dim
+    draw = lambda: rng.standard_normal(D).astype(np.float32)  # noqa: E731
+    return {
+        "verbs": {v: draw() for v in VERBS},
+        "nouns": {n: draw() for n in NOUNS},
+        "held": draw(),
+        "grasp": draw(),
+        "positions": rng.standard_normal((9, D)).astype(np.float32),
+    }
+
+
+def _proto(protos: dict, key: str) -> np.ndarray:
+    kind, _, name = key.partition(":")
+    if kind == "verb":
+        return protos["verbs"][name]
+    if kind == "noun":
+        return protos["nouns"][name]
+    return protos[key]  # "held" / "grasp"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The world of one video
+
+
+@dataclass
+class Segment:
+    """One narrated action (the card's ground truth)."""
+
+    start: float
+    end: float
+    verb: str
+    noun: str
+    text: str
+    kind: str  # "local" | "held_item" | "hidden_item"
+    depends_on: int | None  # index of the earlier segment whose frames last showed the noun
+    visible: list[str]  # nouns whose identity is visible in this segment's frames
+    container: str | None = None
+    held: list[str] = field(default_factory=list)  # items in hand during the action
+
+    def card(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Span:
+    """A stretch of time with constant content: an action or an idle gap. ``components`` are
+    (grid token, prototype key, amplitude)."""
+
+    start: float
+    end: float
+    components: list[tuple[int, str, float]]
+
+
+@dataclass
+class SynthVideo:
+    index: int
+    duration: float  # seconds, a multiple of 1/fps; T = duration * fps + 1 frames
+    segments: list[Segment]
+    spans: list[Span]  # contiguous, covering [0, duration]
+
+    def num_frames(self, fps: float) -> int:
+        return int(round(self.duration * fps)) + 1
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class _Kitchen:
+    """The scripted world: state + scripts that emit actions. Every take creates an obligation to put the item
+    down later; a "reveal" creates an obligation to retrieve the seen item from the closed container later."""
+
+    def __init__(self, rng: np.random.Generator, cfg: SynthConfig, duration: float):
+        self.rng, self.cfg, self.duration = rng, cfg, duration
+        self.limit = duration - float(rng.uniform(1.0, 3.0))  # actions end before this (a short tail)
+        self.t = round(float(rng.uniform(1.0, 4.0)), 2)  # lead-in
+        self.segments: list[Segment] = []
+        self.spans: list[Span] = []
+        self.last_seen: dict[str, int] = {}  # noun -> last segment index whose frames show it
+        self.pending: list[tuple[int, str, str]] = []  # (due segment index, "put_down" | "retrieve", item)
+        self.reserved: set[str] = set()  # items and containers bound to a pending obligation
+        self.on = {s: False for s in SWITCHES}
+        self.held: list[str] = []
+        self.open: str | None = None  # at most one container open at a time
+        # initial placement: each present item is in exactly one place
+        self.inside: dict[str, list[str]] = {}
+        for c in CONTAINERS:
+            pool = HOMES[c]
+            k = int(rng.integers(2, min(4, len(pool)) + 1))
+            self.inside[c] = [str(x) for x in rng.choice(pool, size=k, replace=False)]
+        stored = {x for items in self.inside.values() for x in items}
+        loose = [x for x in PORTABLE if x not in stored]
+        k = int(rng.integers(5, 9))
+        counter = [str(x) for x in rng.choice(loose, size=k, replace=False)]
+        if "knife" in counter and counter.index("knife") >= 4:  # the knife is in reach (a visible slot)
+            counter.remove("knife")
+            counter.insert(int(rng.integers(4)), "knife")
+        self.slots: list[str | None] = counter[:4]  # the four visible counter slots (corner tokens)
+        self.offview: list[str] = counter[4:]  # further clutter, out of view
+
+    # -------------------------------------------------------------------- helpers
+    def visible_counter(self) -> list[str]:
+        return [x for x in self.slots if x is not None]
+
+    def free_hand(self) -> bool:
+        return len(self.held) < 2
+
+    def choice(self, items):
+        items = list(items)
+        return items[int(self.rng.integers(len(items)))] if items else None
+
+    def state_components(self) -> list[tuple[int, str, float]]:
+        comps = [(tok, f"noun:{x}", A_COUNTER) for tok, x in zip(CORNER_TOKENS, self.slots) if x is not None]
+        if self.open is not None:
+            comps.append((LEFT, f"noun:{self.open}", A_CONTAINER))
+            if self.inside[self.open]:
+                comps.append((TOP, f"noun:{self.inside[self.open][0]}", A_REVEAL))
+        comps += [(HANDS, "held", A_HELD) for _ in self.held]
+        return comps
+
+    def duration_of(self, verb: str) -> float:
+        cfg, rng = self.cfg, self.rng
+        if rng.random() < cfg.quick_rate:
+            return float(rng.uniform(0.25, 0.45))
+        d = 0.8 + VERB_DURATION[verb] * float(rng.lognormal(cfg.action_mu, cfg.action_sigma))
+        return min(d, cfg.max_action_s)
+
+    def idle(self, seconds: float) -> None:
+        end = round(min(self.t + seconds, self.limit), 2)
+        if end > self.t:
+            self.spans.append(Span(self.t, end, self.state_components()))
+            self.t = end
+
+    # -------------------------------------------------------------------- the one place actions are emitted
+    def act(self, verb: str, noun: str, kind: str = "local", container: str | None = None,
+            generic: str | None = None) -> int:
+        """Emit an action and update the state. ``generic`` replaces the noun's prototype in the centre token
+        ("held" for put-down, "grasp" for a hidden retrieval): the noun's identity is then not in the frames."""
+        end = round(self.t + self.duration_of(verb), 2)
+        if end > self.limit:
+            raise _OutOfTime
+        idx = len(self.segments)
+        depends_on = self.last_seen.get(noun) if kind != "local" else None
+        held_before = list(self.held)
+        if verb == "open":  # frames show the container opening and what is inside
+            self.open = noun
+        comps = self.state_components()
+        comps += [(CENTER, f"verb:{verb}", A_ACTION), (HANDS, f"verb:{verb}", A_ACTION_SIDE)]
+        if generic is None:
+            comps += [(CENTER, f"noun:{noun}", A_ACTION), (RIGHT, f"noun:{noun}", A_ACTION_SIDE)]
+        else:
+            comps.append((CENTER, generic, A_ACTION))
+        if container is not None and self.open != container:
+            comps.append((LEFT, f"noun:{container}", A_CONTAINER))
+        visible = sorted({key[5:] for _, key, _ in comps if key.startswith("noun:")})
+        for x in visible:
+            self.last_seen[x] = idx
+        self.segments.append(Segment(self.t, end, verb, noun, _text(verb, noun, container), kind, depends_on,
+                                     visible, container, held_before))
+        self.spans.append(Span(self.t, end, comps))
+        self.t = end
+        self._update(verb, noun, container)
+        self._drift_clutter()
+        return idx
+
+    def _update(self, verb: str, noun: str, container: str | None) -> None:
+        if verb == "take":
+            if container is not None:
+                self.inside[container].remove(noun)
+            elif noun in self.slots:
+                self.slots[self.slots.index(noun)] = None
+            self.held.append(noun)
+        elif verb == "put down":
+            self.held.remove(noun)
+            empty = [i for i, x in enumerate(self.slots) if x is None]
+            if empty:
+                self.slots[empty[int(self.rng.integers(len(empty)))]] = noun
+            else:
+                self.offview.append(noun)
+        elif verb == "close":
+            self.open = None
+        elif verb == "turn on":
+            self.on[noun] = True
+        elif verb == "turn off":
+            self.on[noun] = False
+
+    def _drift_clutter(self) -> None:
+        """Slowly changing clutter: now and then a visible counter item leaves the view and another comes in."""
+        if self.rng.random() < 0.08 and self.offview:
+            i = int(self.rng.integers(4))
+            if self.slots[i] is None or self.slots[i] not in self.reserved:
+                incoming = self.offview.pop(int(self.rng.integers(len(self.offview))))
+                if self.slots[i] is not None:
+                    self.offview.append(self.slots[i])
+                self.slots[i] = incoming
+
+    # -------------------------------------------------------------------- obligations
+    def take(self, noun: str, container: str | None = None, gap: int | None = None) -> int:
+        idx = self.act("take", noun, container=container)
+        self.schedule_put_down(noun, gap)
+        return idx
+
+    def schedule_put_down(self, noun: str, gap: int | None = None) -> None:
+        gap = int(self.rng.integers(3, 16)) if gap is None else gap
+        self.pending.append((len(self.segments) - 1 + gap, "put_down", noun))
+        self.reserved.add(noun)
+
+    def serve_obligations(self) -> None:
+        """Emit the due obligations (all of them when the video is about to end)."""
+        ending = self.limit - self.t < 12.0
+        for ob in sorted(self.pending):
+            due, what, item = ob
+            if due > len(self.segments) and not ending:
+                continue
+            if what == "put_down":
+                self.pending.remove(ob)
+                self.reserved.discard(item)
+                self.act("put down", item, kind="held_item", generic="held")
+            elif what == "retrieve":
+                container = next(c for c, items in self.inside.items() if item in items)
+                if not self.free_hand() or self.open is not None:
+                    continue  # retried after the next script
+                self.pending.remove(ob)
+                self.reserved.discard(container)
+                self.act("take", item, kind="hidden_item", container=container, generic="grasp")
+                self.schedule_put_down(item, int(self.rng.integers(1, 6)))
+
+    # -------------------------------------------------------------------- scripts (return False when infeasible)
+    def usable(self, nouns) -> list[str]:
+        """Visible, not reserved items among ``nouns`` (counter slots)."""
+        return [x for x in self.visible_counter() if x in nouns and x not in self.reserved]
+
+    def closed_containers(self) -> list[str]:
+        if self.open is not None:
+            return []
+        return [c for c in CONTAINERS if self.inside[c] and c not in self.reserved]
+
+    def script_carry(self) -> bool:
+        """Take a counter item and carry it for a while (a long held_item dependency)."""
+        x = self.choice(self.usable(PORTABLE))
+        if x is None or not self.free_hand():
+            return False
+        self.take(x)
+        return True
+
+    def script_fetch(self) -> bool:
+        """Open a container, take its front item (visible), maybe use it, close the container."""
+        c = self.choice(self.closed_containers())
+        if c is None or not self.free_hand():
+            return False
+        self.act("open", c)
+        x = self.inside[c][0]
+        self.take(x, container=c, gap=int(self.rng.integers(2, 12)))
+        if x in POURABLE and self.rng.random() < 0.5:
+            self.act("pour", x)
+        self.act("close", c)
+        return True
+
+    def script_reveal(self) -> bool:
+        """Open a container (its front item X is seen, not named), close it; X is retrieved later (hidden_item)."""
+        c = self.choice(self.closed_containers())
+        if c is None:
+            return False
+        self.act("open", c)
+        x = self.inside[c][0]
+        self.reserved.update({c, x})
+        self.pending.append((len(self.segments) + int(self.rng.integers(3, 16)), "retrieve", x))
+        self.act("close", c)
+        return True
+
+    def script_wash(self) -> bool:
+        """At the tap: wash or fill one or two things, turn the tap off."""
+        targets = self.usable(WASHABLE + FILLABLE)
+        if not targets:
+            return False
+        self.act("turn on", "tap")
+        for _ in range(int(self.rng.integers(1, 3))):
+            x = self.choice(self.usable(WASHABLE + FILLABLE))
+            if x is None:
+                break
+            verb = "fill" if x in FILLABLE and (x not in WASHABLE or self.rng.random() < 0.5) else "wash"
+            self.act(verb, x)
+        self.act("turn off", "tap")
+        if self.rng.random() < 0.4 and self.usable(DRYABLE):
+            self.act("dry", self.choice(self.usable(DRYABLE)))
+        return True
+
+    def script_cut(self) -> bool:
+        """Get the knife (counter or drawer), cut / peel food on the counter, put the knife down."""
+        foods = self.usable(CUTTABLE)
+        if not foods or "knife" in self.reserved:
+            return False
+        if "knife" in self.visible_counter() and self.free_hand():
+            self.take("knife", gap=99)  # put down explicitly below
+        elif "knife" in self.inside["drawer"] and "drawer" in self.closed_containers() and self.free_hand():
+            self.act("open", "drawer")
+            if self.inside["drawer"][0] != "knife":  # the knife is further back: move the drawer's queue
+                self.inside["drawer"].remove("knife")
+                self.inside["drawer"].insert(0, "knife")
+            self.take("knife", container="drawer", gap=99)
+            self.act("close", "drawer")
+        else:
+            return False
+        for _ in range(int(self.rng.integers(1, 4))):
+            food = self.choice(self.usable(CUTTABLE))
+            if food is None:
+                break
+            self.act("peel" if food in PEELABLE and self.rng.random() < 0.4 else "cut", food)
+        self.pending = [p for p in self.pending if p[2] != "knife"]
+        self.reserved.discard("knife")
+        self.act("put down", "knife", kind="held_item", generic="held")
+        return True
+
+    def script_cook(self) -> bool:
+        """At the hob: turn it on, stir (pour something in), turn it off."""
+        pots = self.usable(STIRRABLE)
+        if not pots:
+            return False
+        self.act("turn on", "hob")
+        self.act("stir", self.choice(pots))
+        liquid = next((x for x in self.held if x in POURABLE and x != "kettle"), None)
+        if liquid is not None:
+            self.act("pour", liquid)
+        if self.rng.random() < 0.5:
+            self.act("stir", self.choice(self.usable(STIRRABLE)) or self.choice(pots))
+        self.act("turn off", "hob")
+        return True
+
+    def script_single(self) -> bool:
+        """One stand-alone action: wipe, dry, pour a held liquid, boil the kettle."""
+        options = [("wipe", x) for x in self.usable(WIPEABLE)] + [("wipe", "counter")]
+        options += [("dry", x) for x in self.usable(DRYABLE)]
+        options += [("pour", x) for x in self.held if x in POURABLE]
+        if "kettle" in self.visible_counter():
+            options.append(("turn off" if self.on["kettle"] else "turn on", "kettle"))
+        verb, noun = options[int(self.rng.integers(len(options)))]
+        self.act(verb, noun)
+        return True
+
+    # relative frequency of the scripts (carry / fetch / reveal create the long-range dependencies)
+    SCRIPTS = [("carry", 1.6), ("fetch", 1.5), ("reveal", 1.4), ("wash", 2.2), ("cut", 3.0), ("cook", 2.0),
+               ("single", 2.5)]
+
+    def run(self) -> None:
+        names = [n for n, _ in self.SCRIPTS]
+        p = np.array([w for _, w in self.SCRIPTS])
+        p = p / p.sum()
+        self.spans.append(Span(0.0, self.t, self.state_components()))  # lead-in: the scene before any action
+        try:
+            while True:
+                self.serve_obligations()
+                if self.segments and self.rng.random() < self.cfg.idle_rate:
+                    self.idle(float(self.rng.uniform(0.5, 3.0)))
+                for _ in range(20):  # pick a feasible script ("single" always is)
+                    if getattr(self, f"script_{names[int(self.rng.choice(len(names), p=p))]}")():
+                        break
+        except _OutOfTime:
+            pass
+        if self.t < self.duration:  # tail
+            self.spans.append(Span(self.t, self.duration, self.state_components()))
+
+
+def simulate_video(cfg: SynthConfig, seed: int, index: int) -> SynthVideo:
+    """The world of video ``index`` (train videos first, then val): its duration, actions and content spans.
+    Depends on (seed, index, cfg) only, never on the layout."""
+    rng = _rng(seed, 1, index, 0)
+    seconds = float(rng.uniform(cfg.min_video_s, cfg.max_video_s))
+    duration = math.floor(seconds * cfg.fps) / cfg.fps  # T = duration * fps + 1 frames, frame j <-> j / fps
+    kitchen = _Kitchen(rng, cfg, duration)
+    kitchen.run()
+    return SynthVideo(index, duration, kitchen.segments, kitchen.spans)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Features
+
+
+def _ar1(rng: np.random.Generator, shape: tuple[int, ...], rho: float) -> np.ndarray:
+    """Stationary AR(1) noise along axis 0 with unit variance, float32."""
+    e = rng.standard_normal(shape, dtype=np.float32)
+    out = np.empty_like(e)
+    out[0] = e[0]
+    c = np.float32(math.sqrt(1.0 - rho * rho))
+    for i in range(1, shape[0]):
+        out[i] = rho * out[i - 1] + c * e[i]
+    return out
+
+
+def render_features(video: SynthVideo, protos: dict, cfg: SynthConfig, seed: int) -> np.ndarray:
+    """Features of one video, ``(T, 10, D)`` float32, frame ``j`` at time ``j / fps``.
+
+    Each span (action or idle gap) has a constant content template ``(9, D)``; a frame is the blend of the
+    templates with weights ``sigmoid((t - start) / blur) - sigmoid((t - end) / blur)`` (they sum to 1), so content
+    changes smoothly over about +-1 s around every boundary and a very quick action is only partly seen. Then the
+    scene (per-video vector + slow drift) and position vectors are added, the CLS token is the grid mean, and every
+    token gets AR(1) + white noise of std ``sqrt(D) / frame_snr`` (a unit prototype's projection has z = frame_snr
+    in one frame). Finally everything is divided by the expected std so that each dimension has variance ~1.
+    """
+    rng = _rng(seed, 1, video.index, 1)
+    D, T = cfg.feature_dim, video.num_frames(cfg.fps)
+    spans = video.spans
+    templates = np.zeros((len(spans), 9, D), dtype=np.float32)  # (K, 9, D)
+    for k, span in enumerate(spans):
+        for tok, key, amp in span.components:
+            templates[k, tok - 1] += amp * _proto(protos, key)
+    t = (np.arange(T, dtype=np.float64) / cfg.fps)[:, None]  # (T, 1)
+    starts = np.array([s.start for s in spans], dtype=np.float64)
+    ends = np.array([s.end for s in spans], dtype=np.float64)
+    starts[0], ends[-1] = -np.inf, np.inf  # the first and last spans extend to the video's edges
+    sig = lambda z: 0.5 * (1.0 + np.tanh(0.5 * z))  # noqa: E731  (a sigmoid without overflow warnings)
+    weights = (sig((t - starts) / cfg.blur_s) - sig((t - ends) / cfg.blur_s)).astype(np.float32)  # (T, K)
+    grid = np.einsum("tk,kgd->tgd", weights, templates)  # (T, 9, D)
+    scene = A_SCENE * rng.standard_normal(D, dtype=np.float32) + SCENE_DRIFT * _ar1(rng, (T, D), 0.98)  # (T, D)
+    grid += scene[:, None, :] + A_POSITION * protos["positions"][None]
+    x = np.empty((T, 10, D), dtype=np.float32)
+    x[:, 1:] = grid
+    x[:, 0] = grid.mean(axis=1)  # CLS: a global summary of the grid (+ its own noise below)
+    sigma = math.sqrt(D) / cfg.frame_snr
+    x += sigma * (math.sqrt(cfg.ar_share) * _ar1(rng, (T, 10, D), cfg.ar_rho)
+                  + math.sqrt(1.0 - cfg.ar_share) * rng.standard_normal((T, 10, D), dtype=np.float32))
+    x /= math.sqrt(A_SCENE**2 + SCENE_DRIFT**2 + A_POSITION**2 + 0.4 + sigma**2)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Annotations
+
+
+def _first_pass(video: SynthVideo) -> list[dict]:
+    """The reference narrations: one per action, said at its end."""
+    return [{"time": s.end, "text": s.text} for s in video.segments]
+
+
+def _second_pass(video: SynthVideo, cfg: SynthConfig, rng: np.random.Generator) -> list[dict]:
+    """Another annotator: times jittered, a few narrations dropped, some verbs paraphrased."""
+    out = []
+    for s in video.segments:
+        drop, jitter, para = rng.random(), rng.uniform(-cfg.jitter_s, cfg.jitter_s), rng.random()
+        if drop < cfg.drop_rate:
+            continue
+        text = s.text
+        if para < cfg.paraphrase_rate and s.verb in PARAPHRASES:
+            text = _text(PARAPHRASES[s.verb], s.noun, s.container)
+        out.append({"time": round(min(max(s.end + jitter, 0.0), video.duration), 2), "text": text})
+    out.sort(key=lambda n: n["time"])
+    return out
+
+
+AFFORDANCES = ([("take", x) for x in PORTABLE] + [("put down", x) for x in PORTABLE]
+               + [(v, c) for v in ("open", "close") for c in CONTAINERS] + [("wash", x) for x in WASHABLE]
+               + [("dry", x) for x in DRYABLE] + [("cut", x) for x in CUTTABLE] + [("peel", x) for x in PEELABLE]
+               + [("stir", x) for x in STIRRABLE] + [("pour", x) for x in POURABLE] + [("fill", x) for x in FILLABLE]
+               + [("wipe", x) for x in WIPEABLE] + [(v, s) for v in ("turn on", "turn off") for s in SWITCHES])
+
+
+def _egoexo_descriptions(narrations: list[dict], video: SynthVideo, cfg: SynthConfig,
+                         rng: np.random.Generator) -> list[dict]:
+    """EgoExo4D descriptions: the narrations (ego-visible) plus ~invisible_rate of descriptions of actions the
+    egocentric camera does not see (``ego_visible: false``; nothing in the features matches them)."""
+    out = [{"timestamp": n["time"], "text": n["text"], "ego_visible": True} for n in narrations]
+    n_extra = int(rng.binomial(len(out), cfg.invisible_rate / (1.0 - cfg.invisible_rate))) if out else 0
+    for _ in range(n_extra):
+        verb, noun = AFFORDANCES[int(rng.integers(len(AFFORDANCES)))]
+        t = round(float(rng.uniform(0.5, video.duration)), 2)
+        out.append({"timestamp": t, "text": _text(verb, noun), "ego_visible": False})
+    out.sort(key=lambda d: d["timestamp"])
+    return out
+
+
+def _summary_windows(duration: float, window: float) -> list[tuple[float, float]]:
+    """Windows of ~``window`` seconds tiling [0, duration]; a short remainder joins the last window."""
+    edges = [0.0]
+    while duration - edges[-1] > 1.5 * window:
+        edges.append(edges[-1] + window)
+    edges.append(duration)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _segment_summaries(duration: float, passes: dict[str, list[dict]], window: float) -> dict:
+    """Ego4D ``{"<start>, <end>": {annotation_uid: {"narration": [...]}}}`` for one video (empty windows left out)."""
+    out = {}
+    windows = _summary_windows(duration, window)
+    for w, (s, e) in enumerate(windows):
+        last = w == len(windows) - 1
+        inside = {ann: [n for n in nars if s <= n["time"] < e or (last and n["time"] == e)]
+                  for ann, nars in passes.items()}
+        inside = {ann: {"narration": nars} for ann, nars in inside.items() if nars}
+        if inside:
+            out[f"{s:.1f}, {e:.1f}"] = inside
+    return out
+
+
+def _uuid(rng: np.random.Generator) -> str:
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def _video_uid(layout: str, seed: int, index: int) -> str:
+    """EK100: ``P01_01``-style ids (4 videos per participant, seed-independent); Ego4D / EgoExo4D: UUIDs derived
+    from (seed, index)."""
+    if layout == "ek100":
+        return f"P{index // 4 + 1:02d}_{index % 4 + 1:02d}"
+    return _uuid(_rng(seed, 1, index, 3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write(path, json.dumps(obj).encode("utf-8"))
+
+
+def _feature_bytes(x: np.ndarray, feature_format: str) -> bytes:
+    t = torch.from_numpy(x).to(torch.bfloat16).contiguous()
+    if feature_format == "safetensors":
+        from safetensors.torch import save  # the bytes of save_file({"features": t}), written atomically here
+
+        return save({"features": t})
+    buf = io.BytesIO()  # saving to a buffer keeps the archive's inner name fixed ("archive"): identical bytes
+    torch.save(t, buf)
+    return buf.getvalue()
+
+
+def _clear_previous(out: Path) -> None:
+    """Before an overwrite: remove what an earlier synthetic write left (its card says which layout); a folder
+    without a card (not ours) keeps its other files and ours are written over them."""
+    card_path = out / SYNTHETIC_CARD_FILE
+    if not card_path.is_file():
+        return
+    try:
+        old = get_layout(json.loads(card_path.read_text()).get("layout", ""))
+    except (ValueError, OSError, AttributeError):
+        old = None
+    card_path.unlink()
+    (out / METADATA_FILE).unlink(missing_ok=True)
+    if old is not None:
+        shutil.rmtree(old.feature_dir(out), ignore_errors=True)
+        for name in list(old.narration_files.values()) + ([old.summary_file] if old.summary_file else []):
+            (out / "annotations" / name).unlink(missing_ok=True)
+
+
+def write_synthetic_dataset(out, layout: str = "ek100", profile: str = "smoke", seed: int = 0,
+                            feature_format: str = "pt", overwrite: bool = False, progress: bool = True) -> Path:
+    """Write the synthetic world (``profile``, ``seed``) as a complete dataset root in ``layout``'s file layout.
+
+    Returns the root. Raises FileExistsError when ``out`` is non-empty and ``overwrite`` is False. Files are
+    written atomically; the card is written last (a partly written root has no card)."""
+    from tqdm.auto import tqdm
+
+    cfg = synth_config(profile)
+    lay = get_layout(layout)
+    if feature_format not in ("pt", "safetensors"):
+        raise ValueError(f"unknown feature format {feature_format!r}; expected 'pt' or 'safetensors'")
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a directory")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace the dataset")
+            _clear_previous(out)
+    feature_dir = lay.feature_dir(out)
+    feature_dir.mkdir(parents=True, exist_ok=True)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+
+    protos = world_prototypes(seed, cfg.feature_dim)
+    splits = {"train": [], "val": []}
+    narrations = {"train": {}, "val": {}}
+    summaries, metadata, videos = {}, {}, {}
+    for i in tqdm(range(cfg.n_videos), desc=f"synthetic {lay.name} ({profile})", disable=not progress):
+        split = "train" if i < cfg.n_train else "val"
+        video = simulate_video(cfg, seed, i)
+        uid = _video_uid(lay.name, seed, i)
+        x = render_features(video, protos, cfg, seed)  # (T, 10, D)
+        name = f"{uid}.{feature_format}"
+        _atomic_write(feature_dir / name, _feature_bytes(x, feature_format))
+        metadata[uid] = {"duration": (x.shape[0] - 1) / cfg.fps, "path": name}
+        splits[split].append(uid)
+        videos[uid] = {"split": split, "index": i, "duration": video.duration,
+                       "segments": [s.card() for s in video.segments]}
+
+        ann_rng = _rng(seed, 1, i, 2)
+        first = _first_pass(video)
+        if lay.name == "ek100":
+            narrations[split][uid] = first
+        elif lay.name == "ego4d":
+            passes = {_uuid(ann_rng): first, _uuid(ann_rng): _second_pass(video, cfg, ann_rng)}
+            narrations[split][uid] = passes
+            if split == "val":
+                summaries[uid] = _segment_summaries(video.duration, passes, cfg.summary_window_s)
+        else:  # egoexo4d: two annotator entries per take
+            second = _second_pass(video, cfg, ann_rng)
+            narrations[split][uid] = [{"descriptions": _egoexo_descriptions(n, video, cfg, ann_rng)}
+                                      for n in (first, second)]
+
+    for split, obj in narrations.items():
+        _write_json(lay.annotation_path(out, split), obj)
+    if lay.summary_file is not None:
+        _write_json(out / "annotations" / lay.summary_file, summaries)
+    _write_json(out / METADATA_FILE, metadata)
+    card = {
+        "generator": "flownar.data.synth",
+        "version": SYNTH_VERSION,
+        "note": "embedded synthetic data (procedural kitchen), not FlowNar-Data",
+        "layout": lay.name,
+        "profile": profile,
+        "seed": seed,
+        "fps": cfg.fps,
+        "feature_dim": cfg.feature_dim,
+        "tokens_per_frame": cfg.tokens_per_frame,
+        "feature_format": feature_format,
+        "config": asdict(cfg),
+        "token_layout": {"cls": CLS_TOKEN, "central": CENTRAL_TOKENS, "corners": CORNER_TOKENS},
+        "splits": splits,
+        "vocabulary": {"verbs": VERBS, "nouns": NOUNS},
+        "videos": videos,
+    }
+    _write_json(out / SYNTHETIC_CARD_FILE, card)
+    return out
