@@ -2,6 +2,7 @@
 
     flownar data synth --layout ek100 --profile smoke --out DIR     write the embedded synthetic dataset
     flownar data check DIR --dataset ek100                          validate a dataset root and print statistics
+    flownar train --system flownar --profile smoke [--data DIR] [--out DIR]   train one system
 """
 from __future__ import annotations
 
@@ -62,7 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict", action="store_true", help="fail on skipped videos instead of warning")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
+    t = sub.add_parser("train", help="train one system (embedded default or, with --llm, LoRA at paper scale)")
+    from .train import add_train_arguments
+
+    add_train_arguments(t)
+    t.set_defaults(func=_cmd_train)
     return p
+
+
+def _cmd_train(args) -> int:
+    from .train import run_from_args
+
+    run_from_args(args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

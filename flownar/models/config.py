@@ -1,0 +1,120 @@
+"""One config for every system: a Llama config plus the streaming-narration fields, selected by ``system``.
+
+The systems (rows of the paper's tables) differ only in these fields:
+
+| system          | dcm (visual KV pruned after each narration) | memory (CLAM) | last_k narrations | MoD |
+|-----------------|----------------------------------------------|---------------|-------------------|-----|
+| videollm-online | no                                           | no            | all               | no  |
+| videollm-mod    | no                                           | no            | all               | yes |
+| flownar-c       | yes                                          | 20 tokens     | 10                | no  |
+| flownar         | yes                                          | 20 tokens     | all               | no  |
+| dcm-only        | yes                                          | no            | all               | no  |
+"""
+from __future__ import annotations
+
+from transformers import LlamaConfig
+
+FLOWNAR_FORMAT_VERSION = 1  # bump when a checkpoint of an older version can no longer be read as is
+
+SYSTEMS: dict[str, dict] = {
+    "videollm-online": dict(dcm=False, use_memory=False, last_k_narration=None, mod=False),
+    "videollm-mod": dict(dcm=False, use_memory=False, last_k_narration=None, mod=True),
+    "flownar-c": dict(dcm=True, use_memory=True, last_k_narration=10, mod=False),
+    "flownar": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False),
+    "dcm-only": dict(dcm=True, use_memory=False, last_k_narration=None, mod=False),
+}
+# Display names used in tables.
+SYSTEM_NAMES = {"videollm-online": "VideoLLM-online", "videollm-mod": "VideoLLM-MoD", "flownar-c": "FlowNar-C",
+                "flownar": "FlowNar", "dcm-only": "DCM only (no CLAM)"}
+
+
+class FlowNarConfig(LlamaConfig):
+    """Llama config + connector, placeholders, CLAM, DCM, last-k and MoD settings.
+
+    Args (beyond LlamaConfig):
+        system: the preset name (``SYSTEMS``); recorded in checkpoints so they cannot be loaded as another system.
+        vision_hidden_size: feature dim of the frame tokens (from the data: 1024 for SigLIP-L).
+        frame_num_tokens: tokens per frame (from the data: 10 = 1 CLS + 3x3).
+        v_placeholder_id, m_placeholder_id: ids of ``<v>`` and ``<m>`` (from the tokenizer; may exceed vocab_size,
+            the embedding lookup clamps them and the positions are overwritten).
+        silent_id, speak_id: the stay-silent (frame separator) and speak (run-closing) token ids.
+        stream_loss_weight: weight of the frame-decision positions in the loss (1.0 in the paper).
+        num_m_tokens: CLAM queries = memory tokens per block. clam_heads, clam_expand_k, clam_dropout: CLAM sizes.
+        memory_readout: ``"segment_end"`` (read CLAM after the previous segment's last frame token: what streaming
+            can see) or ``"frame_cls"`` (the original's read-out at the narration frame's first token, for its
+            released checkpoints).
+        mod_capacity, mod_every: VideoLLM-MoD: fraction of each frame's vision tokens computed in the routed layers,
+            and which layers are routed (every ``mod_every``-th, starting at layer 1).
+    """
+
+    model_type = "flownar"
+
+    def __init__(
+        self,
+        system: str = "videollm-online",
+        vision_hidden_size: int = 1024,
+        frame_num_tokens: int = 10,
+        v_placeholder_id: int = -1,
+        m_placeholder_id: int = -1,
+        silent_id: int = -1,
+        speak_id: int = -1,
+        stream_loss_weight: float = 1.0,
+        dcm: bool | None = None,
+        use_memory: bool | None = None,
+        last_k_narration: int | None = -1,
+        mod: bool | None = None,
+        num_m_tokens: int = 20,
+        clam_heads: int = 8,
+        clam_expand_k: float = 0.5,
+        clam_dropout: float = 0.1,
+        memory_readout: str = "segment_end",
+        mod_capacity: float = 0.2,
+        mod_every: int = 2,
+        flownar_format_version: int = FLOWNAR_FORMAT_VERSION,
+        **kwargs,
+    ):
+        if system not in SYSTEMS:
+            raise ValueError(f"unknown system {system!r}; expected one of {sorted(SYSTEMS)}")
+        preset = SYSTEMS[system]
+        self.system = system
+        # preset values unless explicitly overridden (None / -1 = take the preset's)
+        self.dcm = preset["dcm"] if dcm is None else bool(dcm)
+        self.use_memory = preset["use_memory"] if use_memory is None else bool(use_memory)
+        self.last_k_narration = preset["last_k_narration"] if last_k_narration == -1 else last_k_narration
+        self.mod = preset["mod"] if mod is None else bool(mod)
+        self.vision_hidden_size = vision_hidden_size
+        self.frame_num_tokens = frame_num_tokens
+        self.v_placeholder_id = v_placeholder_id
+        self.m_placeholder_id = m_placeholder_id
+        self.silent_id = silent_id
+        self.speak_id = speak_id
+        self.stream_loss_weight = stream_loss_weight
+        self.num_m_tokens = num_m_tokens
+        self.clam_heads = clam_heads
+        self.clam_expand_k = clam_expand_k
+        self.clam_dropout = clam_dropout
+        if memory_readout not in ("segment_end", "frame_cls"):
+            raise ValueError(f"memory_readout must be 'segment_end' or 'frame_cls', got {memory_readout!r}")
+        self.memory_readout = memory_readout
+        self.mod_capacity = mod_capacity
+        self.mod_every = mod_every
+        self.flownar_format_version = flownar_format_version
+        super().__init__(**kwargs)
+
+    @property
+    def display_name(self) -> str:
+        return SYSTEM_NAMES.get(self.system, self.system)
+
+
+def tiny_llama_kwargs(vocab_size: int, size: str = "tiny") -> dict:
+    """LlamaConfig fields of the from-scratch models of the embedded default (a few million parameters)."""
+    sizes = {
+        # hidden, layers, heads, kv heads, intermediate
+        "micro": (64, 2, 4, 2, 172),  # tests
+        "tiny": (256, 4, 4, 4, 688),  # the embedded default
+        "small": (512, 8, 8, 8, 1376),
+    }
+    h, n, a, kv, inter = sizes[size]
+    return dict(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, num_attention_heads=a,
+                num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=131072,
+                rope_theta=10000.0, tie_word_embeddings=True)

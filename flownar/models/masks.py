@@ -1,0 +1,74 @@
+"""Dynamic Context Management (DCM) as an attention mask: who may see whom in a teacher-forced pass.
+
+Every token ``j`` gets an expiry position ``until[j]``: query ``i`` may attend to ``j`` iff ``j <= i < until[j]``.
+The streaming engine deletes the KV entries of token ``j`` just before it feeds position ``until[j]``, so the
+teacher-forced pass and the stream see exactly the same context. Position ids are never compacted.
+
+Rules (``L`` = sequence length, "narration g" = the ``Assistant ... <eos>`` span that follows frame run g):
+
+* without DCM every token lives forever (``until = L``): plain causal attention (VideoLLM-online, -MoD);
+* with DCM, frame run g (``[`` through ``]\\n``) and the memory block just before it expire at the EOS of
+  narration g: the narration is decoded while its segment is visible, then the segment is dropped;
+* with ``last_k_narration = k``, narration j expires at the EOS of narration j + k: after a narration is
+  produced, k narrations remain.
+
+Deviations from the original training mask (reference 4.2 and 11.2), made so training matches streaming:
+the original lets the ``<eos> \\n [ <m>... ]\\n`` rows after a narration still see the segment that just ended
+(and the previous memory block), and its last-k window lets frame rows see k + 1 narrations. Here both follow
+what the streaming generator keeps in its cache.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data.chat import Span
+
+
+def expiry_positions(length: int, spans: list[Span], dcm: bool, last_k_narration: int | None) -> torch.Tensor:
+    """``until`` (L,) long: the first query position that may no longer see each token."""
+    until = torch.full((length,), length, dtype=torch.long)
+    narrations = [s for s in spans if s.kind == "narration"]
+    eos = [s.stop - 1 for s in narrations]  # the EOS is the last token of a narration span
+    if dcm:
+        frames = [s for s in spans if s.kind == "frames"]
+        memory = [s for s in spans if s.kind == "memory"]
+        for g, run in enumerate(frames):
+            end = eos[g] if g < len(eos) else length
+            until[run.start : run.stop] = end
+            # the memory block that precedes this run (if any) lives as long as the run
+            before = [m for m in memory if m.stop <= run.start]
+            if before and (g == 0 or before[-1].start > frames[g - 1].stop):
+                until[before[-1].start : before[-1].stop] = end
+    if last_k_narration is not None:
+        k = int(last_k_narration)
+        for j, span in enumerate(narrations):
+            if j + k < len(narrations):
+                until[span.start : span.stop] = torch.minimum(until[span.start : span.stop],
+                                                              torch.tensor(eos[j + k]))
+    return until
+
+
+def visibility(until: torch.Tensor) -> torch.Tensor:
+    """Boolean (L, L): ``[i, j]`` is True iff query i may attend to key j."""
+    L = until.shape[0]
+    i = torch.arange(L)[:, None]
+    j = torch.arange(L)[None, :]
+    return (j <= i) & (i < until[None, :])
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(L, L) boolean -> (1, 1, L, L) additive mask (0 where allowed, the dtype's min elsewhere)."""
+    m = torch.zeros(allowed.shape, dtype=dtype)
+    m.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return m[None, None]
+
+
+def render_visibility(allowed: torch.Tensor, labels: list[str]) -> str:
+    """A text picture of the mask: one row per query, '#' = visible, '.' = causal but hidden, ' ' = future."""
+    L = allowed.shape[0]
+    width = max(len(s) for s in labels)
+    rows = []
+    for i in range(L):
+        cells = "".join("#" if allowed[i, j] else ("." if j <= i else " ") for j in range(L))
+        rows.append(f"{labels[i]:>{width}} {cells}")
+    return "\n".join(rows)

@@ -1,0 +1,237 @@
+"""FlowNarForCausalLM: a Llama causal LM that reads frame features, for every system of the paper.
+
+Pieces (reference sections 3-6):
+
+* connector: ``Linear(D, H) -> GELU -> Linear(H, H)`` maps each frame token (and each CLAM memory token) from the
+  feature dim D to the LLM hidden size H;
+* placeholder embedding: ``<v>`` positions take the projected frame tokens (frame-major), ``<m>`` positions the
+  projected CLAM read-outs; token ids beyond the vocabulary are clamped before the lookup (they are overwritten);
+* CLAM (:mod:`flownar.models.clam`), run over the clip's frame tokens flattened frame-major, read out once per
+  memory block after the previous segment's last frame token (or, for the original's checkpoints, at the
+  narration frame's CLS token);
+* DCM and FlowNar-C's narration window as a 4-D attention mask (:mod:`flownar.models.masks`);
+* VideoLLM-MoD's routed layers (:class:`FlowNarDecoderLayer`);
+* the loss: token cross-entropy on the pre-shifted labels, frame-decision positions (input ``<v>``) weighted by
+  ``stream_loss_weight``, divided by the number of labelled tokens.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from .clam import CLAM, CLAMConfig
+from .config import FlowNarConfig
+from .masks import additive_mask, visibility
+
+
+class Connector(nn.Module):
+    """Frame-feature projector: Linear -> GELU -> Linear (with biases)."""
+
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class FlowNarDecoderLayer(LlamaDecoderLayer):
+    """A Llama decoder layer that can be routed as in VideoLLM-MoD.
+
+    When routed (``router`` set) and the forward carries frame positions, only the top ``capacity`` share of each
+    frame's vision tokens (by a learned linear router on the layer input) go through attention and MLP with the
+    text tokens; the other vision tokens skip the layer unchanged, as queries and as keys. The processed vision
+    tokens' updates are scaled by the router's sigmoid weight, which is what lets the router learn.
+
+    Inferred where the VideoLLM-MoD paper is not explicit to us: the router is a single linear layer on the layer
+    input, the weight is a sigmoid of its score, selection is per frame (a fixed ``ceil(capacity * tokens)``
+    tokens of every frame, which keeps streaming causal), the routed layers are the odd ones (every other layer,
+    starting at layer 1), and there is no auxiliary router loss.
+    """
+
+    def __init__(self, config: FlowNarConfig, layer_idx: int, routed: bool = False):
+        super().__init__(config, layer_idx)
+        self.router = nn.Linear(config.hidden_size, 1, bias=False) if routed else None
+        self.capacity = config.mod_capacity
+        self.frame_positions: torch.Tensor | None = None  # (F, N), set by the model for one forward
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                position_embeddings=None, **kwargs):
+        fp = self.frame_positions
+        if self.router is None or fp is None or fp.numel() == 0:
+            return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, use_cache=use_cache,
+                                   position_embeddings=position_embeddings, **kwargs)
+        if hidden_states.shape[0] != 1 or past_key_values is not None:
+            raise NotImplementedError("routed (MoD) layers run on one sequence without a cache in training")
+        L = hidden_states.shape[1]
+        F_, N = fp.shape
+        scores = self.router(hidden_states[0, fp.flatten()]).view(F_, N)  # (F, N)
+        k = max(1, math.ceil(self.capacity * N))
+        top = scores.topk(k, dim=1)
+        selected = fp.gather(1, top.indices).flatten()  # (F*k,) token positions that are computed
+        weight = torch.sigmoid(top.values).flatten().to(hidden_states.dtype)  # (F*k,)
+        keep = torch.ones(L, dtype=torch.bool, device=hidden_states.device)
+        keep[fp.flatten()] = False
+        keep[selected] = True
+        idx = keep.nonzero().flatten()  # ascending: text tokens + selected vision tokens
+        sub_mask = attention_mask[:, :, idx][:, :, :, idx] if attention_mask is not None else None
+        cos, sin = position_embeddings
+        sub = super().forward(hidden_states[:, idx], attention_mask=sub_mask,
+                              position_ids=position_ids[:, idx] if position_ids is not None else None,
+                              past_key_values=None, use_cache=False,
+                              position_embeddings=(cos[:, idx], sin[:, idx]), **kwargs)
+        out = hidden_states.clone()
+        out[:, idx] = sub
+        base = hidden_states[0, selected]
+        out[0, selected] = base + weight[:, None] * (out[0, selected] - base)
+        return out
+
+
+@dataclass
+class FlowNarOutput(CausalLMOutputWithPast):
+    lm_loss: torch.Tensor | None = None  # mean CE over narration-token positions
+    stream_loss: torch.Tensor | None = None  # mean CE over frame-decision positions
+
+
+class FlowNarForCausalLM(LlamaForCausalLM):
+    config_class = FlowNarConfig
+
+    def __init__(self, config: FlowNarConfig):
+        super().__init__(config)
+        if config.mod:
+            for i in range(config.num_hidden_layers):
+                routed = (i % config.mod_every) == config.mod_every - 1
+                self.model.layers[i] = FlowNarDecoderLayer(config, i, routed=routed)
+        self.connector = Connector(config.vision_hidden_size, config.hidden_size)
+        self.clam = None
+        if config.use_memory:
+            self.clam = CLAM(CLAMConfig(d_model=config.vision_hidden_size, n_heads=config.clam_heads,
+                                        n_queries=config.num_m_tokens, expand_k=config.clam_expand_k,
+                                        dropout=config.clam_dropout))
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, CLAM):
+            # CLAM's own scheme (xavier on matrices) for whatever was not loaded from a checkpoint; children were
+            # visited first by HF's generic init, so this overrides it
+            for p in module.parameters():
+                if p.dim() > 1 and not getattr(p, "_is_hf_initialized", False):
+                    with torch.no_grad():
+                        nn.init.xavier_uniform_(p)
+
+    # ------------------------------------------------------------------ embeddings
+    def frame_embeds(self, frames: torch.Tensor) -> torch.Tensor:
+        """(F, N, D) frame features -> (F, N, H) token embeddings."""
+        return self.connector(frames.to(self.connector.fc1.weight.dtype))
+
+    def memory_readout_index(self, mem_frame_indices: torch.Tensor) -> torch.Tensor:
+        """Flattened-token index at which each memory block reads CLAM, from the frame it follows."""
+        n = self.config.frame_num_tokens
+        if self.config.memory_readout == "segment_end":
+            return (mem_frame_indices + 1) * n - 1  # after the last token of the previous segment's last frame
+        return mem_frame_indices * n  # the original: the narration frame's CLS token
+
+    def memory_embeds(self, frames: torch.Tensor, mem_frame_indices: torch.Tensor) -> torch.Tensor:
+        """CLAM over the clip's frame tokens (frame-major), read out per memory block -> (B, Q, H)."""
+        x = frames.to(self.connector.fc1.weight.dtype).reshape(1, -1, frames.shape[-1])  # (1, F*N, D)
+        mem, _ = self.clam(x, readout_index=self.memory_readout_index(mem_frame_indices.to(x.device)))
+        return self.connector(mem[0])  # (B, Q, D) -> (B, Q, H)
+
+    def joint_embed(self, input_ids: torch.Tensor, frames: torch.Tensor | None = None,
+                    mem_frame_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with ``<v>`` / ``<m>`` positions replaced by projected frames / memory."""
+        emb = self.model.embed_tokens(input_ids.clamp(max=self.config.vocab_size - 1))
+        v_mask = input_ids == self.config.v_placeholder_id
+        n_v = int(v_mask.sum())
+        if n_v:
+            if frames is None or frames.shape[0] * frames.shape[1] != n_v:
+                got = None if frames is None else tuple(frames.shape)
+                raise ValueError(f"{n_v} <v> tokens but frames of shape {got} "
+                                 f"({self.config.frame_num_tokens} tokens per frame expected)")
+            emb = emb.masked_scatter(v_mask[..., None], self.frame_embeds(frames).reshape(-1, emb.shape[-1]).to(emb.dtype))
+        m_mask = input_ids == self.config.m_placeholder_id
+        n_m = int(m_mask.sum())
+        if n_m:
+            if self.clam is None:
+                raise ValueError(f"{self.config.system}: the input holds <m> tokens but this system has no memory")
+            if input_ids.shape[0] != 1:
+                raise NotImplementedError("memory (CLAM) inputs are built for one sequence at a time")
+            mem = self.memory_embeds(frames, mem_frame_indices)  # (B, Q, H)
+            if mem.shape[0] * mem.shape[1] != n_m:
+                raise ValueError(f"{n_m} <m> tokens but {mem.shape[0]} memory blocks of {mem.shape[1]}")
+            emb = emb.masked_scatter(m_mask[..., None], mem.reshape(-1, emb.shape[-1]).to(emb.dtype))
+        return emb
+
+    @contextmanager
+    def _routing(self, input_ids: torch.Tensor | None):
+        """Tell MoD layers where each frame's vision tokens are, for one forward."""
+        routed = [l for l in self.model.layers if getattr(l, "router", None) is not None]
+        if routed and input_ids is not None and input_ids.shape[0] == 1:
+            pos = (input_ids[0] == self.config.v_placeholder_id).nonzero().flatten()
+            fp = pos.view(-1, self.config.frame_num_tokens)
+            for l in routed:
+                l.frame_positions = fp
+        try:
+            yield
+        finally:
+            for l in routed:
+                l.frame_positions = None
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids=None, frames=None, mem_frame_indices=None, expiry=None, attention_mask=None,
+                position_ids=None, past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,
+                logits_to_keep=0, **kwargs) -> FlowNarOutput:
+        """
+        Args:
+            input_ids: (1, L) token ids with ``<v>``/``<m>`` placeholders (B > 1 only without memory).
+            frames: (F, N, D) features of the frames whose ``<v>`` tokens appear in ``input_ids``, in order.
+            mem_frame_indices: (B,) clip-relative frame after which each memory block reads CLAM.
+            expiry: (L,) the DCM expiry positions (:func:`flownar.models.masks.expiry_positions`); becomes the
+                4-D attention mask. None = causal.
+            labels: (1, L) pre-shifted labels (``labels[i]`` is the target of position i), -100 = not learned.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.joint_embed(input_ids, frames, mem_frame_indices)
+        if expiry is not None:
+            if attention_mask is not None:
+                raise ValueError("pass either expiry or attention_mask")
+            attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
+        if use_cache is None and past_key_values is None:
+            use_cache = False  # a teacher-forced pass needs no cache (the streaming engine passes its own)
+        with self._routing(input_ids):
+            out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        hidden = out.last_hidden_state
+        if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = lm_loss = stream_loss = None
+        if labels is not None:
+            loss, lm_loss, stream_loss = self.streaming_loss(logits, labels, input_ids)
+        return FlowNarOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                             lm_loss=lm_loss, stream_loss=stream_loss)
+
+    def streaming_loss(self, logits, labels, input_ids):
+        """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5)."""
+        ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
+        learned = labels.flatten() != -100
+        is_v = (input_ids.flatten() == self.config.v_placeholder_id) & learned
+        is_lm = learned & ~is_v
+        w = torch.where(is_v, torch.as_tensor(self.config.stream_loss_weight, dtype=ce.dtype, device=ce.device),
+                        torch.ones_like(ce))
+        n = learned.sum().clamp(min=1)
+        loss = (w * ce).sum() / n
+        lm = ce[is_lm].mean() if is_lm.any() else ce.new_zeros(())
+        st = ce[is_v].mean() if is_v.any() else ce.new_zeros(())
+        return loss, lm.detach(), st.detach()
