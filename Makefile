@@ -22,6 +22,8 @@ CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.flownar-installed
 LIB := $(shell find $(ROOT)/flownar -name '*.py' -o -name '*.csv' 2>/dev/null)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# DeepSpeed JIT-builds its CPU communication op once; keep the build inside the environment
+export TORCH_EXTENSIONS_DIR := $(VENV)/torch_extensions
 
 .PHONY: help setup java test unit nbval lab data-ek100 data-ego4d data-egoexo4d reproduce-ek100 reproduce-ego4d \
         reproduce-egoexo4d notebooks-smoke clean distclean

@@ -206,7 +206,9 @@ def load_trained(path: str | Path, expect_system: str | None = None, dtype=None)
         if expect_system is not None and getattr(cfg, "system", None) != expect_system:
             raise CheckpointError(f"{path}: a {getattr(cfg, 'system', '?')!r} checkpoint, but {expect_system!r} was asked for")
         base = FlowNarForCausalLM.from_pretrained(cfg.base_model_path, config=cfg, local_files_only=True, dtype=dtype)
-        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        # not merged: with tied embeddings (Llama-3.2-1B) merging lm_head's LoRA would also change the input
+        # embeddings; the returned model runs the LoRA layers in place
+        model = PeftModel.from_pretrained(base, path).get_base_model()
     else:
         model = load_model(path, expect_system=expect_system, dtype=dtype)
     tok = load_tokenizer(path)

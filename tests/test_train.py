@@ -1,0 +1,131 @@
+"""Training: the CLI, resumable checkpoints, the LoRA path on a tiny random Llama, DeepSpeed ZeRO-2 on 2 CPU ranks."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from flownar.cli import main
+from flownar.data.prepare import prepare_dataset
+from flownar.data.tokenizer import build_tokenizer
+from flownar.models import CheckpointError
+from flownar.train import StreamDataset, load_trained, model_inputs, train, train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    old = {k: os.environ.get(k) for k in ("FLOWNAR_DATA_DIR", "FLOWNAR_RUNS_DIR")}
+    os.environ["FLOWNAR_DATA_DIR"] = str(base / "data")
+    os.environ["FLOWNAR_RUNS_DIR"] = str(base / "runs")
+    prepare_dataset("ek100", None, "smoke", 0, progress=False)
+    yield base
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_cli_train_writes_model_log_and_figure(env):
+    out = env / "cli_run"
+    assert main(["train", "--system", "flownar-c", "--profile", "smoke", "--out", str(out), "--quiet",
+                 "--set", "max_steps=3", "--set", "model_size=micro"]) == 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "train_log.csv", "fig_loss.png",
+                 "train_summary.json", "train_config.json"):
+        assert (out / name).is_file(), name
+    log = pd.read_csv(out / "train_log.csv")
+    assert log["step"].tolist() == [1, 2, 3] and log["loss"].notna().all()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["parameters"]["clam"] > 0 and summary["parameters"]["trainable"] == summary["parameters"]["total"]
+    model, chat = load_trained(out, expect_system="flownar-c")
+    assert model.config.last_k_narration == 10
+    with pytest.raises(CheckpointError, match="'flownar-c' checkpoint, but 'flownar' was asked for"):
+        load_trained(out, expect_system="flownar")
+
+
+def test_unknown_override_is_an_error(env, capsys):
+    assert main(["train", "--system", "flownar", "--set", "learning_rate=1"]) == 2
+    assert "unknown setting 'learning_rate'" in capsys.readouterr().err
+
+
+def test_resume_continues_where_it_stopped(env):
+    kw = dict(model_size="micro", max_steps=4, save_every=2, progress=False)
+    full = train(train_config("dcm-only", "smoke", out=str(env / "full"), **kw), resume=False)
+    # an interrupted run: stops after step 2 (the checkpoint), then resumes to 4
+    part = train_config("dcm-only", "smoke", out=str(env / "part"), **{**kw, "max_steps": 2, "save_every": 0})
+    train(part, resume=False)
+    # emulate the checkpoint an interrupted 4-step run would have left at step 2
+    import shutil
+    shutil.rmtree(env / "part")
+    shutil.copytree(full / "checkpoint-2", env / "part" / "checkpoint-2")
+    resumed = train(train_config("dcm-only", "smoke", out=str(env / "part"), **kw), resume=True)
+    a = pd.read_csv(full / "train_log.csv").set_index("step")
+    b = pd.read_csv(resumed / "train_log.csv").set_index("step")
+    assert list(b.index) == [3, 4]
+    assert b.loc[4, "loss"] == pytest.approx(a.loc[4, "loss"], rel=1e-4)
+    from safetensors.torch import load_file
+    wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_resume_refuses_another_system(env):
+    kw = dict(model_size="micro", max_steps=2, save_every=1, progress=False)
+    run = train(train_config("flownar", "smoke", out=str(env / "sys"), **kw), resume=False)
+    assert (run / "checkpoint-1").is_dir()
+    with pytest.raises(CheckpointError, match="a 'flownar' run, but 'videollm-online'"):
+        train(train_config("videollm-online", "smoke", out=str(env / "sys"), **kw), resume=True)
+
+
+def test_lora_on_a_tiny_random_llama(env):
+    """Paper-scale path: a local Llama directory (random weights) + its tokenizer, LoRA, connector/CLAM in full."""
+    data = prepare_dataset("ek100", None, "smoke", 0, progress=False)
+    tok = build_tokenizer(data)
+    llm = env / "tiny-llama"
+    # the placeholders <m>, <v> lie beyond the LLM's vocabulary, as with Llama-3 (they are clamped, then replaced)
+    cfg = LlamaConfig(vocab_size=len(tok) - 2, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(llm)
+    tok.save_pretrained(llm)
+    out = env / "lora_run"
+    tcfg = train_config("flownar", "smoke", out=str(out), llm_path=str(llm), max_steps=2, progress=False,
+                        lora_r=8, lora_alpha=16)
+    train(tcfg, resume=False)
+    assert (out / "adapter_config.json").is_file() and (out / "config.json").is_file()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and set(adapter["modules_to_save"]) >= {"connector", "clam"}
+    model, chat = load_trained(out, expect_system="flownar")
+    assert model.config.vocab_size == len(tok) - 2 and model.config.v_placeholder_id >= model.config.vocab_size
+    ds = StreamDataset(data, "val", chat, model.config, 240)
+    loss = model.eval()(**model_inputs(ds[0], "cpu")).loss
+    assert torch.isfinite(loss)
+    # the trained adapter is loaded (lora_B starts at zero, so non-zero means trained) and the base is frozen Llama
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)
+    base = LlamaForCausalLM.from_pretrained(llm)
+    q = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(model.get_submodule(q).base_layer.weight, base.get_submodule(q).weight)
+
+
+def test_deepspeed_zero2_two_cpu_ranks(env):
+    """`torchrun --nproc_per_node 2 -m flownar.train --deepspeed flownar/configs/zero2.json` on gloo."""
+    out = env / "ds_run"
+    envs = dict(os.environ, OMP_NUM_THREADS="1",
+                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           "-m", "flownar.train", "--system", "videollm-online", "--profile", "smoke", "--deepspeed",
+           str(ROOT / "flownar" / "configs" / "zero2.json"), "--out", str(out), "--no-resume", "--quiet",
+           "--set", "max_steps=2", "--set", "model_size=micro"]
+    r = subprocess.run(cmd, env=envs, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = pd.read_csv(out / "train_log.csv")
+    assert log["step"].tolist() == [1, 2] and log["loss"].notna().all()
+    assert (out / "model.safetensors").is_file()
