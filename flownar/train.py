@@ -80,7 +80,7 @@ class TrainConfig:
 # The paper's schedule for `paper`; CPU-sized ones for the embedded profiles.
 TRAIN_PROFILES: dict[str, dict] = {
     "smoke": dict(model_size="micro", epochs=2.0, lr=2e-3, grad_accum=2, max_num_frames=240, warmup_ratio=0.1),
-    "default": dict(model_size="tiny", epochs=3.0, lr=1e-3, grad_accum=4, max_num_frames=600, warmup_ratio=0.05),
+    "default": dict(model_size="mini", epochs=1.5, lr=1.5e-3, grad_accum=2, max_num_frames=600, warmup_ratio=0.05),
     "paper": dict(epochs=2.0, lr=2e-4, grad_accum=16, max_num_frames=MAX_NUM_FRAMES, warmup_ratio=0.05, bf16=True,
                   gradient_checkpointing=True),
 }
@@ -186,7 +186,10 @@ def parameter_counts(model) -> dict:
 
 def save_trained(model, out: Path, chat: ChatTokenizer, is_peft: bool) -> None:
     """Model (or LoRA adapter + fully trained modules) and tokenizer; config.json always records the system."""
+    from transformers.utils import logging as hf_logging
+
     out.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()
     if is_peft:
         model.save_pretrained(out)
         model.get_base_model().config.save_pretrained(out)
@@ -324,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                 engine.step()
             else:
                 (loss / cfg.grad_accum).backward()
-            acc["loss"] += float(loss)
+            acc["loss"] += float(loss.detach())
             acc["lm_loss"] += float(out.lm_loss)
             acc["stream_loss"] += float(out.stream_loss)
             acc["n"] += 1
@@ -457,3 +460,59 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------------- notebooks
+def ensure_trained(cfg: TrainConfig) -> Path:
+    """Train unless the run directory already holds a finished model trained with the same settings."""
+    run = cfg.run_dir()
+    saved = run / "train_config.json"
+    done = (run / "train_summary.json").is_file() and saved.is_file()
+    if done:
+        old = json.loads(saved.read_text())
+        same = {k: v for k, v in old.items() if k != "progress"} == {k: v for k, v in asdict(cfg).items() if k != "progress"}
+        if same:
+            return run
+    return train(cfg, resume=not done)
+
+
+def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
+    """One row per system: parameters (total, trainable, CLAM's share), steps, samples, final losses."""
+    import pandas as pd
+
+    from .models import SYSTEM_NAMES
+
+    rows = []
+    for system, run in runs.items():
+        s = json.loads((Path(run) / "train_summary.json").read_text())
+        log = pd.read_csv(Path(run) / "train_log.csv")
+        last = log.tail(max(1, len(log) // 10)).mean(numeric_only=True)  # mean over the last 10% of steps
+        p = s["parameters"]
+        rows.append({"system": SYSTEM_NAMES.get(system, system), "parameters": p["total"],
+                     "trainable": p["trainable"], "CLAM share (%)": 100 * p["clam"] / p["total"],
+                     "steps": s["steps"], "train samples": s["samples"],
+                     "final loss": last["loss"], "final LM loss": last["lm_loss"],
+                     "final decision loss": last["stream_loss"]})
+    return pd.DataFrame(rows).set_index("system")
+
+
+def plot_training_curves(runs: dict[str, Path], title: str = ""):
+    """Loss per optimizer step, one line per system (total and narration-LM panels)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from .models import SYSTEM_NAMES
+
+    df = pd.concat([pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    for ax, col, name in zip(axes, ("loss", "lm_loss", "stream_loss"),
+                             ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)")):
+        sns.lineplot(df, x="step", y=col, hue="system", ax=ax, legend=ax is axes[0])
+        ax.set_title(name)
+        ax.set_yscale("log")
+        ax.set_ylabel("cross-entropy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

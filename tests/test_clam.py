@@ -226,6 +226,41 @@ def test_module_forward_reference_and_streaming_agree(float64):
     torch.testing.assert_close(S_all, S, **F64)
 
 
+def test_module_is_the_documented_layer(float64):
+    """Recompute the layer by hand from the documented steps, with every parameter randomised (biases and
+    norm weights too, so that the residual paths are not zero as they are at init)."""
+    model = _model().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
+    x = _video()
+    B, L, D, H, dk, dv = 2, x.shape[1], 32, 4, 4, 8
+
+    def rms(t, w, eps=1e-5):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    pos = model.query_embed.weight.expand(B, -1, -1)  # (B,Q,D)
+    # self-attention on zero values: every query gets out_proj(value bias), whatever the attention weights
+    sa = model.self_attn.out_proj(model.self_attn.in_proj_bias[2 * D:])  # (D,)
+    tgt = F.layer_norm(sa.expand(B, 6, D), (D,), model.norm1.weight, model.norm1.bias)
+    query = tgt + pos
+    q = (query @ model.q_proj.weight.T).view(B, 6, H, dk).transpose(1, 2) * dk ** -0.5
+    k = (x @ model.k_proj.weight.T).view(B, L, H, dk).transpose(1, 2)
+    v = (x @ model.v_proj.weight.T).view(B, L, H, dv).transpose(1, 2)
+    gk = x @ model.gk_proj[0].weight.T @ model.gk_proj[1].weight.T + model.gk_proj[1].bias
+    log_g = torch.log(torch.sigmoid(gk)).view(B, L, H, dk).transpose(1, 2)
+    o, S_ref = gla_reference(q, k, v, log_g)  # (B,H,L,Q,dv)
+    o = rms(o, model.g_norm.weight).permute(0, 2, 3, 1, 4).reshape(B, L, 6, D)
+    o = (o * F.silu(query @ model.g_proj.weight.T).unsqueeze(1)) @ model.o_proj.weight.T
+    h = rms(tgt.unsqueeze(1) + o, model.norm2.weight)
+    gate, up = (h @ model.mlp.gate_proj.weight.T).chunk(2, -1)
+    h = rms(h + (F.silu(gate) * up) @ model.mlp.down_proj.weight.T, model.mlp_norm.weight)
+
+    mem, S = model(x)
+    torch.testing.assert_close(mem, h, **F64)
+    torch.testing.assert_close(S, S_ref, **F64)
+
+
 def test_module_gradients_agree(float64):
     model = _model().eval()
     x = _video().requires_grad_()

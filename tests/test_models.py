@@ -221,3 +221,10 @@ def test_a_few_steps_lower_the_loss(tok, system):
         loss.backward()
         opt.step()
     assert float(model(**b).loss) < 0.7 * first
+
+
+def test_clam_gate_starts_with_a_long_memory(tok):
+    model, _ = micro_model(tok, "flownar")
+    assert torch.allclose(model.clam.gk_proj[1].bias, torch.full_like(model.clam.gk_proj[1].bias, 5.0))
+    model2, _ = micro_model(tok, "flownar", clam_gate_bias_init=None)
+    assert not torch.allclose(model2.clam.gk_proj[1].bias, torch.full_like(model2.clam.gk_proj[1].bias, 5.0))

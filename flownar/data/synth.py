@@ -47,7 +47,7 @@ import torch
 
 from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
 
-SYNTH_VERSION = 1  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
+SYNTH_VERSION = 2  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ SYNTH_PROFILES: dict[str, SynthConfig] = {
     # seconds to write; for tests and smoke runs
     "smoke": SynthConfig(n_train=8, n_val=4, min_video_s=40.0, max_video_s=80.0, feature_dim=32),
     # the embedded default used for CPU training
-    "default": SynthConfig(n_train=64, n_val=16, min_video_s=90.0, max_video_s=240.0, feature_dim=64),
+    "default": SynthConfig(n_train=96, n_val=16, min_video_s=60.0, max_video_s=150.0, feature_dim=64),
 }
 
 

@@ -49,6 +49,10 @@ class CLAMConfig:
     gate_rank: int = 16
     norm_eps: float = 1e-5
     chunk_size: int = 64
+    # Initial bias of the forget gate's last projection. None keeps nn.Linear's default (the original), whose
+    # sigmoid gate starts near 0.5: half the state is forgotten per token. A positive value (e.g. 5.0: 0.993 per
+    # token, a half-life of ~100 tokens = 10 frames) starts with a long memory; flownar's models use 5.0.
+    gate_bias_init: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -302,6 +306,8 @@ class CLAM(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        if self.config.gate_bias_init is not None:
+            nn.init.constant_(self.gk_proj[1].bias, self.config.gate_bias_init)
 
     # -- helpers -------------------------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ class FlowNarConfig(LlamaConfig):
         silent_id, speak_id: the stay-silent (frame separator) and speak (run-closing) token ids.
         stream_loss_weight: weight of the frame-decision positions in the loss (1.0 in the paper).
         num_m_tokens: CLAM queries = memory tokens per block. clam_heads, clam_expand_k, clam_dropout: CLAM sizes.
+        clam_gate_bias_init: initial bias of CLAM's forget gate (deviation: 5.0, a long memory from the start; the
+            original's default init forgets about half the state per token; None restores it).
         memory_readout: ``"segment_end"`` (read CLAM after the previous segment's last frame token: what streaming
             can see) or ``"frame_cls"`` (the original's read-out at the narration frame's first token, for its
             released checkpoints).
@@ -67,6 +69,7 @@ class FlowNarConfig(LlamaConfig):
         clam_heads: int = 8,
         clam_expand_k: float = 0.5,
         clam_dropout: float = 0.1,
+        clam_gate_bias_init: float | None = 5.0,
         memory_readout: str = "segment_end",
         mod_capacity: float = 0.2,
         mod_every: int = 2,
@@ -93,6 +96,7 @@ class FlowNarConfig(LlamaConfig):
         self.clam_heads = clam_heads
         self.clam_expand_k = clam_expand_k
         self.clam_dropout = clam_dropout
+        self.clam_gate_bias_init = clam_gate_bias_init
         if memory_readout not in ("segment_end", "frame_cls"):
             raise ValueError(f"memory_readout must be 'segment_end' or 'frame_cls', got {memory_readout!r}")
         self.memory_readout = memory_readout
@@ -111,7 +115,8 @@ def tiny_llama_kwargs(vocab_size: int, size: str = "tiny") -> dict:
     sizes = {
         # hidden, layers, heads, kv heads, intermediate
         "micro": (64, 2, 4, 2, 172),  # tests
-        "tiny": (256, 4, 4, 4, 688),  # the embedded default
+        "mini": (128, 4, 4, 2, 344),  # the embedded default (CPU)
+        "tiny": (256, 4, 4, 4, 688),
         "small": (512, 8, 8, 8, 1376),
     }
     h, n, a, kv, inter = sizes[size]

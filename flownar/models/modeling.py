@@ -117,18 +117,32 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if config.use_memory:
             self.clam = CLAM(CLAMConfig(d_model=config.vision_hidden_size, n_heads=config.clam_heads,
                                         n_queries=config.num_m_tokens, expand_k=config.clam_expand_k,
-                                        dropout=config.clam_dropout))
+                                        dropout=config.clam_dropout, gate_bias_init=config.clam_gate_bias_init))
+            for m in self.clam.modules():  # initialised by CLAM's scheme, not HF's generic one
+                m._clam_owned = True
+            self.clam.gk_proj[1]._clam_gate = True
         self.post_init()
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, CLAM):
-            # CLAM's own scheme (xavier on matrices) for whatever was not loaded from a checkpoint; children were
-            # visited first by HF's generic init, so this overrides it
-            for p in module.parameters():
-                if p.dim() > 1 and not getattr(p, "_is_hf_initialized", False):
-                    with torch.no_grad():
-                        nn.init.xavier_uniform_(p)
+        if getattr(module, "_clam_owned", False):
+            self._init_clam_module(module)
+        else:
+            super()._init_weights(module)
+
+    @torch.no_grad()
+    def _init_clam_module(self, module: nn.Module) -> None:
+        """CLAM's own scheme for the parts HF initialises (fresh models, or CLAM missing from a Llama checkpoint):
+        xavier on matrices, norms at 1, MHA biases at 0, the forget gate's bias at ``clam_gate_bias_init``."""
+        if isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()
+        is_norm = "norm" in type(module).__name__.lower()
+        for name, p in module.named_parameters(recurse=False):
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            elif is_norm:
+                nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
+            elif name == "bias" and getattr(module, "_clam_gate", False) and self.config.clam_gate_bias_init is not None:
+                nn.init.constant_(p, self.config.clam_gate_bias_init)
 
     # ------------------------------------------------------------------ embeddings
     def frame_embeds(self, frames: torch.Tensor) -> torch.Tensor:
