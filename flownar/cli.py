@@ -3,6 +3,8 @@
     flownar data synth --layout ek100 --profile smoke --out DIR     write the embedded synthetic dataset
     flownar data check DIR --dataset ek100                          validate a dataset root and print statistics
     flownar train --system flownar --profile smoke [--data DIR] [--out DIR]   train one system
+    flownar eval stream --checkpoint RUN --data DIR --out DIR       self-conditioned narration + metrics
+    flownar eval oracle --checkpoint RUN --data DIR --out DIR       teacher-forced metrics
 """
 from __future__ import annotations
 
@@ -68,7 +70,77 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained system (self-conditioned stream or oracle)")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle)):
+        e = esub.add_parser(name, help={"stream": "narrate every val clip on the model's own outputs, then score",
+                                         "oracle": "teacher-forced LM-PPL, TimeDiff, Fluency, LM-Correctness"}[name])
+        e.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
+        e.add_argument("--data", required=True, type=Path, help="dataset root (FlowNar-Data layout)")
+        e.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+        e.add_argument("--split", default="val")
+        e.add_argument("--out", required=True, type=Path, help="output directory")
+        e.add_argument("--system", default=None, help="refuse a checkpoint of another system")
+        e.add_argument("--limit", type=int, default=None, help="only the first N clips/samples")
+        e.add_argument("--seed", type=int, default=0)
+        e.add_argument("--quiet", action="store_true")
+        if name == "stream":
+            e.add_argument("--threshold-high", type=float, default=0.8)
+            e.add_argument("--threshold-low", type=float, default=0.5)
+            e.add_argument("--max-new-tokens", type=int, default=32)
+            e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")
+        e.set_defaults(func=func)
     return p
+
+
+def _load_for_eval(args):
+    from .data.readers import FlowNarData
+    from .train import load_trained
+
+    model, chat = load_trained(args.checkpoint, expect_system=args.system)
+    data = FlowNarData(args.data, args.dataset)
+    if data.feature_dim != model.config.vision_hidden_size or data.tokens_per_frame != model.config.frame_num_tokens:
+        raise ValueError(f"{args.checkpoint}: the model takes ({model.config.frame_num_tokens}, "
+                         f"{model.config.vision_hidden_size}) frames but {args.data} has "
+                         f"({data.tokens_per_frame}, {data.feature_dim})")
+    return model, chat, data
+
+
+def _cmd_eval_stream(args) -> int:
+    import json
+
+    from .eval.runner import narrate_clips, score_clips, stream_timing
+
+    model, chat, data = _load_for_eval(args)
+    system = model.config.system
+    preds = args.out / "predictions"
+    r = narrate_clips(model, chat, data, preds, split=args.split, system=system, progress=not args.quiet,
+                      limit=args.limit, threshold_high=args.threshold_high, threshold_low=args.threshold_low,
+                      max_new_tokens=args.max_new_tokens)
+    scores = score_clips(data, preds, split=args.split, with_captions=not args.no_captions)
+    for v in scores.values():
+        v.pop("per_clip", None)
+        v.pop("pairs", None)
+    res = {"system": system, "run": r, "timing": stream_timing(preds), "scores": scores}
+    (args.out / "metrics.json").write_text(json.dumps(res, indent=2, default=float))
+    print(json.dumps({k: scores[k] for k in scores}, indent=1, default=float))
+    return 0
+
+
+def _cmd_eval_oracle(args) -> int:
+    import json
+
+    from .eval.runner import oracle_split
+
+    model, chat, data = _load_for_eval(args)
+    agg, rows = oracle_split(model, chat, data, split=args.split, seed=args.seed, progress=not args.quiet,
+                             limit=args.limit)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "oracle.json").write_text(json.dumps({"system": model.config.system, "metrics": agg,
+                                                      "samples": rows}, indent=2))
+    print(json.dumps(agg, indent=1))
+    return 0
 
 
 def _cmd_train(args) -> int:

@@ -228,3 +228,15 @@ def test_clam_gate_starts_with_a_long_memory(tok):
     assert torch.allclose(model.clam.gk_proj[1].bias, torch.full_like(model.clam.gk_proj[1].bias, 5.0))
     model2, _ = micro_model(tok, "flownar", clam_gate_bias_init=None)
     assert not torch.allclose(model2.clam.gk_proj[1].bias, torch.full_like(model2.clam.gk_proj[1].bias, 5.0))
+
+
+def test_clam_update_and_read_equal_step(tok):
+    model, _ = micro_model(tok, "flownar")
+    clam = model.clam.double()
+    x = torch.randn(1, 23, D, dtype=torch.float64)
+    mem_step, s_step = clam.step(x, clam.init_state(1, dtype=torch.float64))
+    s = clam.init_state(1, dtype=torch.float64)
+    for a, b in ((0, 10), (10, 11), (11, 23)):  # frames of uneven length
+        s = clam.update(x[:, a:b], s)
+    torch.testing.assert_close(s, s_step)
+    torch.testing.assert_close(clam.read(s), mem_step)

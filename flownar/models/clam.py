@@ -380,6 +380,28 @@ class CLAM(nn.Module):
             o = o[:, :, idx]  # (B,H,K,Q,dv)
         return self._readout(o, tgt, gate), S
 
+    def update(self, x, state=None):
+        """Streaming hot path: advance the state by the n tokens x (B,n,D) at once, without a read-out.
+        Closed form of n recurrence steps: S_n = exp(A_n) * S_0 + sum_s exp(A_n - A_s) k_s^T v_s with
+        A = cumsum(log g) (all exponents <= 0). Returns the new state (B,H,dk,dv), in the state's dtype."""
+        self._check_x(x)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=torch.float32)
+        acc = _acc_dtype(state.dtype)
+        k, v, log_g = (t.to(acc) for t in self._token_proj(x))  # (B,H,n,dk), (B,H,n,dv), (B,H,n,dk)
+        A = log_g.cumsum(dim=2)  # (B,H,n,dk)
+        A_last = A[:, :, -1]  # (B,H,dk)
+        w = torch.exp(A_last.unsqueeze(2) - A)  # (B,H,n,dk), <= 1
+        S = torch.exp(A_last).unsqueeze(-1) * state.to(acc) + (k * w).transpose(-1, -2) @ v  # (B,H,dk,dv)
+        return S.to(state.dtype)
+
+    def read(self, state):
+        """The memory tokens (B,Q,D) read out of a state (B,H,dk,dv): o = q S, then the output path."""
+        dtype = self.q_proj.weight.dtype
+        tgt, q, gate = self._queries(state.shape[0], dtype)
+        o = (q.to(state.dtype) @ state).to(dtype)  # (B,H,Q,dv)
+        return self._readout(o.unsqueeze(2), tgt, gate)[:, 0]  # (B,Q,D)
+
     def step(self, x, state=None):
         """Streaming: feed n >= 1 new tokens x (B,n,D) one at a time (gla_step). Returns (memory (B,Q,D) read
         out after the last of them, new_state (B,H,dk,dv)). The state never grows."""

@@ -64,36 +64,59 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
         self.capacity = config.mod_capacity
         self.frame_positions: torch.Tensor | None = None  # (F, N), set by the model for one forward
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
-                position_embeddings=None, **kwargs):
-        fp = self.frame_positions
-        if self.router is None or fp is None or fp.numel() == 0:
-            return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, use_cache=use_cache,
-                                   position_embeddings=position_embeddings, **kwargs)
-        if hidden_states.shape[0] != 1 or past_key_values is not None:
-            raise NotImplementedError("routed (MoD) layers run on one sequence without a cache in training")
+    def _select(self, hidden_states: torch.Tensor, fp: torch.Tensor | None):
+        """Indices of the tokens this layer computes (text + each frame's top vision tokens), the selected
+        vision positions and their router weights."""
         L = hidden_states.shape[1]
+        device = hidden_states.device
+        if fp is None or fp.numel() == 0:
+            return torch.arange(L, device=device), None, None
         F_, N = fp.shape
         scores = self.router(hidden_states[0, fp.flatten()]).view(F_, N)  # (F, N)
         k = max(1, math.ceil(self.capacity * N))
         top = scores.topk(k, dim=1)
         selected = fp.gather(1, top.indices).flatten()  # (F*k,) token positions that are computed
         weight = torch.sigmoid(top.values).flatten().to(hidden_states.dtype)  # (F*k,)
-        keep = torch.ones(L, dtype=torch.bool, device=hidden_states.device)
+        keep = torch.ones(L, dtype=torch.bool, device=device)
         keep[fp.flatten()] = False
         keep[selected] = True
-        idx = keep.nonzero().flatten()  # ascending: text tokens + selected vision tokens
-        sub_mask = attention_mask[:, :, idx][:, :, :, idx] if attention_mask is not None else None
+        return keep.nonzero().flatten(), selected, weight  # idx ascending
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                position_embeddings=None, **kwargs):
+        fp = self.frame_positions
+        streaming = self.router is not None and past_key_values is not None
+        if not streaming and (self.router is None or fp is None or fp.numel() == 0):
+            return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, use_cache=use_cache,
+                                   position_embeddings=position_embeddings, **kwargs)
+        if hidden_states.shape[0] != 1:
+            raise NotImplementedError("routed (MoD) layers run on one sequence at a time")
+        idx, selected, weight = self._select(hidden_states, fp)
+        self.kept_index = idx  # which tokens of this call the layer computed (and cached): the oracle needs it
         cos, sin = position_embeddings
+        if streaming:
+            # this layer's cache holds only the tokens it computed, so it needs its own mask: every cached token
+            # is visible, the new ones causally
+            layer = past_key_values.layers[self.self_attn.layer_idx] if self.self_attn.layer_idx < len(past_key_values.layers) else None
+            past = layer.keys.shape[-2] if layer is not None and getattr(layer, "keys", None) is not None and layer.keys.numel() else 0
+            q = idx.numel()
+            sub_mask = None
+            if q > 1:
+                allowed = torch.ones(q, past + q, dtype=torch.bool, device=hidden_states.device)
+                allowed[:, past:] = torch.tril(allowed[:, past:])
+                sub_mask = additive_mask(allowed.cpu(), hidden_states.dtype).to(hidden_states.device)
+        else:
+            sub_mask = attention_mask[:, :, idx][:, :, :, idx] if attention_mask is not None else None
         sub = super().forward(hidden_states[:, idx], attention_mask=sub_mask,
                               position_ids=position_ids[:, idx] if position_ids is not None else None,
-                              past_key_values=None, use_cache=False,
+                              past_key_values=past_key_values if streaming else None, use_cache=streaming,
                               position_embeddings=(cos[:, idx], sin[:, idx]), **kwargs)
         out = hidden_states.clone()
         out[:, idx] = sub
-        base = hidden_states[0, selected]
-        out[0, selected] = base + weight[:, None] * (out[0, selected] - base)
+        if selected is not None:
+            base = hidden_states[0, selected]
+            out[0, selected] = base + weight[:, None] * (out[0, selected] - base)
         return out
 
 
@@ -196,6 +219,18 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             fp = pos.view(-1, self.config.frame_num_tokens)
             for l in routed:
                 l.frame_positions = fp
+        try:
+            yield
+        finally:
+            for l in routed:
+                l.frame_positions = None
+
+    @contextmanager
+    def streaming_routing(self, frame_positions: torch.Tensor | None):
+        """For the streaming engine: where the new chunk's vision tokens are, (F, N) positions within it."""
+        routed = [l for l in self.model.layers if getattr(l, "router", None) is not None]
+        for l in routed:
+            l.frame_positions = frame_positions
         try:
             yield
         finally:

@@ -1,0 +1,497 @@
+"""Self-conditioned narration metrics: temporal alignment (precision / recall / F1) and caption quality.
+
+In the self-conditioned protocol a model narrates a validation clip frame by frame on its own outputs; each
+narration is emitted at some frame.  This module scores the ``{frame: text}`` predictions of every clip against
+the ground-truth (GT) narrations of that clip.  Two scorings are implemented:
+
+``"paper"``
+    A re-implementation of the original FlowNar evaluator (``evaluate_metrics.py``), quirks included, so that
+    numbers are comparable with the published tables.
+
+``"corrected"``
+    The same metric with three quirks of the original fixed.  Every difference from ``"paper"``:
+
+    1. **Prediction time.**  paper: ``(frame_idx + 1) / fps + start``, i.e. half a second (one frame at 2 fps)
+       *after* the frame at which the narration was emitted, and offset by the clip's ``start`` time, which is
+       generally not on the frame grid.  corrected: ``frame_idx / fps + start_frame / fps``, the time of the frame
+       that emitted the narration.  Why: the +1 frame shift and the off-grid offset move every predicted boundary
+       by up to one frame, which is a systematic bias of the IoU at 2 fps.
+    2. **First segment of each chain.**  Point narrations become segments between consecutive times, the first
+       one starting at ``t0``.  paper: ``t0 = 0`` (video time 0) for EK100 and EgoExo4D, ``t0`` = the interval
+       start for Ego4D.  corrected: ``t0`` = the clip's ``start`` time for every dataset (for Ego4D this is the
+       same as paper).  Why: with ``t0 = 0`` the first GT segment and the first predicted segment both span
+       the (unobserved) part of the video before the clip, often minutes long, so they match trivially (IoU
+       close to 1) whatever the model does; the first segment should cover only the clip itself.
+    3. **Caption pairing.**  paper: *every* GT segment is paired with the predicted segment of highest temporal
+       GIoU, even when the two do not overlap at all (IoU below the 0.5 threshold, or 0), so caption scores mix
+       in text that was emitted at an unrelated time.  corrected: a GT segment is paired with its best-IoU
+       prediction only if that IoU >= 0.5 (the same threshold as the temporal metrics); unmatched GT segments
+       contribute no pair.  Why: caption metrics should measure what is said about the right moment; timing is
+       already measured by t_precision / t_recall / t_f1.  ``n_pairs`` reports how many pairs were scored.
+
+Everything else is shared by both scorings:
+
+* Text cleanup of predictions: ``text.strip()``, then remove the EOS string (default ``"<|eot_id|>"``) and
+  ``"</s>"`` (strip first, then remove, as the original does: whitespace before the EOS string is kept).
+  GT texts are used as they are.
+* Segments (:func:`point_segments`): for times ``t_1..t_n`` in list order, segment ``k`` is
+  ``(t_{k-1}, t_k)`` ordered so that start <= end, with ``t_0`` as above.  The original does not sort the times
+  and neither do we (the data readers of this package hand over time-sorted lists).  GT segments are built per
+  annotator list (each list has its own chain from ``t_0``) and then pooled; predicted segments are built from
+  the predictions sorted by frame index.
+* IoU (:func:`iou_matrix`) between every GT and every predicted segment, with the union clipped at 1e-8
+  (segments may have zero length).  A pair matches if IoU >= 0.5.
+* Per clip (:func:`temporal_prf`): precision = fraction of predicted segments with at least one matching GT
+  segment; recall = fraction of GT segments with at least one matching prediction; F1 = harmonic mean (0 if
+  P + R = 0).  A clip with no predictions has P = R = F1 = 0.  (The original would crash on such a clip.)
+  The reported ``t_precision`` / ``t_recall`` / ``t_f1`` are unweighted means over clips.  A clip with no GT
+  narration at all is left out of the means, as the original skips it (a warning says so).
+* Caption scores (:func:`caption_scores`): METEOR, ROUGE-L and CIDEr(-D) from pycocoevalcap at corpus level over
+  all (GT text, paired prediction text) pairs of all clips, one reference per pair, **without** the PTB
+  tokenizer (texts as they are: whitespace tokens, case and punctuation kept).  METEOR needs a Java runtime;
+  without one it is NaN and a warning says so.
+
+Returned metrics are fractions (not percentages).
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import re
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ClipPrediction",
+    "ClipReference",
+    "DATASETS",
+    "SCORINGS",
+    "EMPTY_PLACEHOLDER",
+    "IOU_THRESHOLD",
+    "java_available",
+    "close_meteor",
+    "clean_text",
+    "prediction_time",
+    "chain_start",
+    "point_segments",
+    "iou_matrix",
+    "giou_matrix",
+    "temporal_prf",
+    "clip_matches",
+    "caption_scores",
+    "evaluate_clips",
+    "evaluate_both",
+]
+
+DATASETS = ("ek100", "ego4d", "egoexo4d")
+SCORINGS = ("paper", "corrected")
+IOU_THRESHOLD = 0.5
+#: Stand-in for an empty candidate or reference text before caption scoring: pycocoevalcap's METEOR wrapper
+#: cannot score an empty string (and CIDEr fails when every reference is empty).  For ROUGE-L and CIDEr an empty
+#: candidate scores 0 against a non-empty reference either way; an empty candidate against an empty reference
+#: counts as identical.
+EMPTY_PLACEHOLDER = "<empty>"
+_UNION_EPS = 1e-8
+_METEOR_NO_JAVA = "METEOR skipped: no Java runtime (install a JRE, e.g. `apt-get install default-jre-headless`)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class ClipPrediction:
+    """The narrations a model emitted on one clip.
+
+    ``predictions`` maps the frame index *relative to the clip start* at which a narration was emitted to the raw
+    decoded text (EOS string included or not).  Keys may be ints or numeric strings (as read back from JSON).
+    """
+
+    clip_id: str
+    predictions: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClipReference:
+    """The ground truth of one clip.
+
+    ``references``: one list of ``(time_seconds, text)`` per annotator (objects with ``.time`` and ``.text``
+    attributes are accepted too).  ``start_time``: the original evaluator's ``start`` (EK100: the first GT time
+    of the video; EgoExo4D: the minimum first timestamp over annotators; Ego4D: the summary interval start).
+    ``start_frame``: absolute frame index of the clip's first frame.  ``dataset``: ``"ek100"``, ``"ego4d"`` or
+    ``"egoexo4d"``.
+    """
+
+    clip_id: str
+    references: list[list[tuple[float, str]]]
+    start_time: float
+    start_frame: int
+    dataset: str
+
+
+def java_available() -> bool:
+    """Whether a ``java`` executable is on PATH (METEOR runs a Java program).  Tests monkeypatch this."""
+    return shutil.which("java") is not None
+
+
+def _check_scoring(scoring: str) -> str:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    return scoring
+
+
+def _check_dataset(dataset: str) -> str:
+    d = str(dataset).lower()
+    if d not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    return d
+
+
+def _time_text(entry: Any) -> tuple[float, str]:
+    if hasattr(entry, "time") and hasattr(entry, "text"):
+        return float(entry.time), str(entry.text)
+    t, x = entry
+    return float(t), str(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Definitions
+# ----------------------------------------------------------------------------------------------------------------
+def clean_text(text: str, eos: str | None = "<|eot_id|>") -> str:
+    """Cleanup of a predicted narration: ``text.strip()``, then remove every occurrence of ``eos`` and of
+    ``"</s>"`` (in this order, as the original: ``" a b <|eot_id|>"`` becomes ``"a b "``)."""
+    out = str(text).strip()
+    for token in (eos, "</s>"):
+        if token:
+            out = out.replace(token, "")
+    return out
+
+
+def prediction_time(frame_idx: int, ref: ClipReference, scoring: str = "paper", fps: float = 2.0) -> float:
+    """Time in seconds (video time) assigned to a narration emitted at ``frame_idx`` (relative to the clip start).
+
+    paper: ``(frame_idx + 1) / fps + ref.start_time``; corrected: ``frame_idx / fps + ref.start_frame / fps``.
+    """
+    if _check_scoring(scoring) == "paper":
+        return (float(frame_idx) + 1.0) / fps + float(ref.start_time)
+    return float(frame_idx) / fps + float(ref.start_frame) / fps
+
+
+def chain_start(ref: ClipReference, scoring: str = "paper") -> float:
+    """``t0``, where the first segment of every chain (GT annotator lists and the predictions) starts.
+
+    paper: 0.0 for EK100 and EgoExo4D (video time 0), ``ref.start_time`` (the interval start) for Ego4D.
+    corrected: ``ref.start_time`` for every dataset.
+    """
+    dataset = _check_dataset(ref.dataset)
+    if _check_scoring(scoring) == "paper" and dataset in ("ek100", "egoexo4d"):
+        return 0.0
+    return float(ref.start_time)
+
+
+def point_segments(times: Sequence[float], t0: float) -> list[tuple[float, float]]:
+    """Point times to segments: with ``t_0 = t0`` and ``times = t_1..t_n`` *in the given order* (not re-sorted,
+    as the original), segment ``k`` is ``(t_{k-1}, t_k)`` written so that start <= end.  ``n`` times give ``n``
+    segments; equal consecutive times give a zero-length segment."""
+    chain = [float(t0)] + [float(t) for t in times]
+    return [(a, b) if b >= a else (b, a) for a, b in zip(chain[:-1], chain[1:])]
+
+
+def _as_segments(x: Any) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    return arr.reshape(-1, 2)
+
+
+def _inter_union(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gs, ge = gt[:, 0][:, None], gt[:, 1][:, None]
+    ps, pe = pred[:, 0][None, :], pred[:, 1][None, :]
+    inter = np.maximum(0.0, np.minimum(ge, pe) - np.maximum(gs, ps))
+    union = (ge - gs) + (pe - ps) - inter
+    return inter, union
+
+
+def iou_matrix(gt: Any, pred: Any) -> np.ndarray:
+    """Temporal IoU between every GT segment (rows, ``(G, 2)``) and every predicted segment (columns, ``(P, 2)``):
+    ``|A ∩ B| / max(|A ∪ B|, 1e-8)`` with ``|A ∩ B| = max(0, min(ends) - max(starts))`` and
+    ``|A ∪ B| = |A| + |B| - |A ∩ B|``.  Returns a ``(G, P)`` array."""
+    gt, pred = _as_segments(gt), _as_segments(pred)
+    inter, union = _inter_union(gt, pred)
+    return inter / np.clip(union, _UNION_EPS, None)
+
+
+def giou_matrix(gt: Any, pred: Any) -> np.ndarray:
+    """Temporal generalized IoU, ``(G, P)``: ``IoU - (|C| - |U|) / max(|C|, 1e-8)`` with ``C`` the smallest
+    span enclosing both segments, ``U`` their (unclipped) union and IoU as in :func:`iou_matrix`.  In [-1, 1];
+    for disjoint segments it is negative and grows towards 0 as they get closer."""
+    gt, pred = _as_segments(gt), _as_segments(pred)
+    inter, union = _inter_union(gt, pred)
+    iou = inter / np.clip(union, _UNION_EPS, None)
+    enclose = np.maximum(gt[:, 1][:, None], pred[:, 1][None, :]) - np.minimum(gt[:, 0][:, None], pred[:, 0][None, :])
+    return iou - (enclose - union) / np.clip(enclose, _UNION_EPS, None)
+
+
+def temporal_prf(gt_segments: Any, pred_segments: Any, threshold: float = IOU_THRESHOLD) -> tuple[float, float, float]:
+    """Per-clip temporal precision, recall and F1.  A GT/prediction pair matches if IoU >= ``threshold``.
+    Precision = (# predicted segments matching >= 1 GT segment) / (# predicted segments); recall = (# GT segments
+    matched by >= 1 prediction) / (# GT segments); F1 = 2PR / (P + R).  Each is 0 when its denominator is 0."""
+    gt, pred = _as_segments(gt_segments), _as_segments(pred_segments)
+    if len(gt) == 0 or len(pred) == 0:
+        return 0.0, 0.0, 0.0
+    matches = iou_matrix(gt, pred) >= threshold
+    precision = float(np.any(matches, axis=0).sum()) / len(pred)
+    recall = float(np.any(matches, axis=1).sum()) / len(gt)
+    f1 = 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return precision, recall, f1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One clip
+# ----------------------------------------------------------------------------------------------------------------
+def clip_matches(pred: ClipPrediction | None, ref: ClipReference, scoring: str = "paper", fps: float = 2.0,
+                 eos: str | None = "<|eot_id|>") -> dict:
+    """Segments, temporal P/R/F1 and caption pairs of one clip.
+
+    Returns a dict with ``clip_id``; ``gt_segments`` ``(G, 2)`` and ``gt_texts`` (the annotator chains pooled in
+    order); ``pred_times`` (seconds, per :func:`prediction_time`), ``pred_segments`` ``(P, 2)`` and
+    ``pred_texts`` (cleaned, predictions sorted by frame index); ``t0`` (:func:`chain_start`); ``iou`` ``(G, P)``;
+    ``precision``, ``recall``, ``f1`` (:func:`temporal_prf`); ``pairs``: a list of
+    ``(gt_text, pred_text, gt_idx, pred_idx)``.  Pairing, paper: every GT segment with the prediction of highest
+    GIoU (first on ties), whatever its IoU; corrected: every GT segment whose highest IoU is >= 0.5 with that
+    prediction (first on ties), others unpaired.  No predictions: P = R = F1 = 0 and no pairs.
+    """
+    scoring = _check_scoring(scoring)
+    _check_dataset(ref.dataset)
+    if pred is not None and str(pred.clip_id) != str(ref.clip_id):
+        raise ValueError(f"prediction for clip {pred.clip_id!r} scored against reference {ref.clip_id!r}")
+    t0 = chain_start(ref, scoring)
+
+    gt_segments: list[tuple[float, float]] = []
+    gt_texts: list[str] = []
+    for annotator in ref.references:
+        entries = [_time_text(e) for e in annotator]
+        gt_segments.extend(point_segments([t for t, _ in entries], t0))
+        gt_texts.extend(x for _, x in entries)
+
+    items = sorted(((int(k), v) for k, v in (pred.predictions if pred is not None else {}).items()),
+                   key=lambda kv: kv[0])
+    pred_times = [prediction_time(k, ref, scoring, fps) for k, _ in items]
+    pred_texts = [clean_text(v, eos) for _, v in items]
+    pred_segments = point_segments(pred_times, t0)
+
+    gt_arr, pred_arr = _as_segments(gt_segments), _as_segments(pred_segments)
+    iou = iou_matrix(gt_arr, pred_arr)
+    precision, recall, f1 = temporal_prf(gt_arr, pred_arr)
+
+    pairs: list[tuple[str, str, int, int]] = []
+    if len(gt_arr) and len(pred_arr):
+        if scoring == "paper":
+            best = giou_matrix(gt_arr, pred_arr).argmax(axis=1)
+            keep = np.ones(len(gt_arr), dtype=bool)
+        else:
+            best = iou.argmax(axis=1)
+            keep = iou[np.arange(len(gt_arr)), best] >= IOU_THRESHOLD
+        pairs = [(gt_texts[g], pred_texts[int(p)], g, int(p)) for g, p in enumerate(best) if keep[g]]
+
+    return {
+        "clip_id": ref.clip_id,
+        "dataset": _check_dataset(ref.dataset),
+        "scoring": scoring,
+        "t0": t0,
+        "gt_segments": gt_arr,
+        "gt_texts": gt_texts,
+        "pred_times": pred_times,
+        "pred_segments": pred_arr,
+        "pred_texts": pred_texts,
+        "iou": iou,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "pairs": pairs,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caption scores
+# ----------------------------------------------------------------------------------------------------------------
+_meteor_lock = threading.Lock()
+_meteor_scorer = None  # one METEOR JVM per process, started on first use (a JVM start costs seconds)
+
+
+def _new_meteor():
+    from pycocoevalcap.meteor.meteor import Meteor
+    return Meteor()
+
+
+def close_meteor() -> None:
+    """Stop the cached METEOR JVM (it holds about 1 GB of memory once started); the next METEOR score starts a
+    new one.  Also called at interpreter exit."""
+    global _meteor_scorer
+    scorer, _meteor_scorer = _meteor_scorer, None
+    proc = getattr(scorer, "meteor_p", None)
+    if proc is not None:
+        try:
+            proc.stdin.close()
+        except Exception:  # noqa: BLE001 - the pipe may already be broken
+            pass
+        try:
+            proc.kill()
+            proc.wait()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    if scorer is not None and hasattr(scorer, "lock"):
+        # pycocoevalcap 1.2's Meteor.compute_score takes its lock without try/finally, so after a failure the lock
+        # stays held and Meteor.__del__ (which acquires it) would block forever: give it a fresh one.
+        scorer.lock = threading.Lock()
+
+
+atexit.register(close_meteor)
+
+
+def _meteor_text(s: str) -> str:
+    # The METEOR jar speaks a line protocol with ' ||| ' separators: drop '|||' and collapse every whitespace run
+    # (newlines included) to one space, as the original's vendored meteor.py does with its score line.
+    s = re.sub(r"\s+", " ", s.replace("|||", "")).strip()
+    return s or EMPTY_PLACEHOLDER
+
+
+def _meteor_score(gts: dict, res: dict) -> float:
+    """Corpus-level METEOR 1.5 (``-l en -norm``) or NaN with a warning if Java is missing or fails."""
+    global _meteor_scorer
+    if not java_available():
+        warnings.warn(_METEOR_NO_JAVA, RuntimeWarning, stacklevel=3)
+        return float("nan")
+    g = {k: [_meteor_text(x) for x in v] for k, v in gts.items()}
+    r = {k: [_meteor_text(x) for x in v] for k, v in res.items()}
+    with _meteor_lock:
+        try:
+            if _meteor_scorer is None:
+                _meteor_scorer = _new_meteor()
+            score, _ = _meteor_scorer.compute_score(g, r)
+            score = float(score)
+            if not math.isfinite(score):
+                raise ValueError(f"non-finite METEOR score {score}")
+            return score
+        except Exception as exc:  # noqa: BLE001 - a dead JVM surfaces as OSError/ValueError/BrokenPipeError/...
+            close_meteor()
+            warnings.warn(f"METEOR skipped: the Java subprocess failed ({type(exc).__name__}: {exc})",
+                          RuntimeWarning, stacklevel=3)
+            return float("nan")
+
+
+def caption_scores(pairs: Iterable[tuple[str, str]]) -> dict:
+    """Corpus-level caption scores over ``(reference, candidate)`` pairs (extra tuple items are ignored).
+
+    Each pair is one "image" with a single reference.  ``METEOR``: pycocoevalcap's Meteor (METEOR 1.5, the
+    jar's aggregate over all pairs; NaN plus a warning without a working Java runtime).  ``ROUGE_L``: mean over
+    pairs of ROUGE-L (LCS F-measure, beta 1.2, tokens = ``split(" ")``).  ``CIDEr``: pycocoevalcap's ``Cider``
+    (CIDEr-D, n = 4, sigma = 6, document frequencies from the references of all pairs, x10).  No PTB tokenizer:
+    texts are passed as they are.  Empty texts are replaced by :data:`EMPTY_PLACEHOLDER`.  No pairs: all three
+    are 0.0 and Java is not started.
+    """
+    pairs = [(str(p[0]), str(p[1])) for p in pairs]
+    if not pairs:
+        return {"METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0}
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {i: [ref if ref.strip() else EMPTY_PLACEHOLDER] for i, (ref, _) in enumerate(pairs)}
+    res = {i: [cand if cand.strip() else EMPTY_PLACEHOLDER] for i, (_, cand) in enumerate(pairs)}
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"METEOR": _meteor_score(gts, res), "ROUGE_L": float(rouge), "CIDEr": float(cider)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# All clips
+# ----------------------------------------------------------------------------------------------------------------
+def _preview(ids: Sequence[str], n: int = 5) -> str:
+    ids = list(ids)
+    return ", ".join(map(repr, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
+
+
+def evaluate_clips(preds: Iterable[ClipPrediction], refs: Iterable[ClipReference], scoring: str = "paper",
+                   fps: float = 2.0, eos: str | None = "<|eot_id|>", with_captions: bool = True) -> dict:
+    """Score all clips with one scoring.
+
+    Predictions and references are paired by ``clip_id`` (not by position).  A reference without a prediction is
+    scored as a clip with no predictions (P = R = F1 = 0, no caption pairs) and a warning names it; predictions
+    for unknown clip ids are ignored with a warning; a reference without any GT narration is left out (warned),
+    as the original skips it.  Returns ``t_precision``, ``t_recall``, ``t_f1`` (unweighted means over clips; NaN
+    if no clip was scored), ``METEOR``, ``ROUGE_L``, ``CIDEr`` (:func:`caption_scores` over the pairs of all
+    clips; NaN with ``with_captions=False``), ``n_clips``, ``n_pairs``, ``n_skipped_no_gt``, ``scoring``,
+    ``pairs`` (list of ``(clip_id, gt_text, pred_text)``) and ``per_clip`` (a DataFrame with clip_id, dataset,
+    precision, recall, f1, n_pred, n_gt, n_pairs).
+    """
+    scoring = _check_scoring(scoring)
+    refs = list(refs)
+    by_id: dict[str, ClipPrediction] = {}
+    for p in preds:
+        cid = str(p.clip_id)
+        if cid in by_id:
+            raise ValueError(f"two predictions for clip {cid!r}")
+        by_id[cid] = p
+    ref_ids = [str(r.clip_id) for r in refs]
+    if len(set(ref_ids)) != len(ref_ids):
+        dup = sorted({c for c in ref_ids if ref_ids.count(c) > 1})
+        raise ValueError(f"duplicate reference clip ids: {_preview(dup)}")
+
+    missing = [c for c in ref_ids if c not in by_id]
+    if missing:
+        warnings.warn(f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
+                      f"narration (P = R = F1 = 0): {_preview(missing)}", RuntimeWarning, stacklevel=2)
+    unknown = sorted(set(by_id) - set(ref_ids))
+    if unknown:
+        warnings.warn(f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
+                      RuntimeWarning, stacklevel=2)
+
+    rows, all_pairs, no_gt = [], [], []
+    for ref in refs:
+        cid = str(ref.clip_id)
+        m = clip_matches(by_id.get(cid, ClipPrediction(cid, {})), ref, scoring=scoring, fps=fps, eos=eos)
+        if len(m["gt_segments"]) == 0:
+            no_gt.append(cid)
+            continue
+        rows.append({"clip_id": cid, "dataset": m["dataset"], "precision": m["precision"], "recall": m["recall"],
+                     "f1": m["f1"], "n_pred": len(m["pred_segments"]), "n_gt": len(m["gt_segments"]),
+                     "n_pairs": len(m["pairs"])})
+        all_pairs.extend((cid, g, p) for g, p, _, _ in m["pairs"])
+    if no_gt:
+        warnings.warn(f"{len(no_gt)} clips have no ground-truth narration and are left out: {_preview(no_gt)}",
+                      RuntimeWarning, stacklevel=2)
+
+    per_clip = pd.DataFrame(rows, columns=["clip_id", "dataset", "precision", "recall", "f1", "n_pred", "n_gt",
+                                           "n_pairs"])
+
+    def mean(col: str) -> float:
+        return float(per_clip[col].mean()) if len(per_clip) else float("nan")
+
+    if with_captions:
+        caps = caption_scores([(g, p) for _, g, p in all_pairs])
+    else:
+        caps = {"METEOR": float("nan"), "ROUGE_L": float("nan"), "CIDEr": float("nan")}
+    return {
+        **caps,
+        "t_precision": mean("precision"),
+        "t_recall": mean("recall"),
+        "t_f1": mean("f1"),
+        "n_clips": len(per_clip),
+        "n_pairs": len(all_pairs),
+        "n_skipped_no_gt": len(no_gt),
+        "scoring": scoring,
+        "pairs": all_pairs,
+        "per_clip": per_clip,
+    }
+
+
+def evaluate_both(preds: Iterable[ClipPrediction], refs: Iterable[ClipReference], **kw) -> dict[str, dict]:
+    """:func:`evaluate_clips` with both scorings: ``{"paper": ..., "corrected": ...}`` (``kw``: fps, eos,
+    with_captions)."""
+    preds, refs = list(preds), list(refs)
+    return {s: evaluate_clips(preds, refs, scoring=s, **kw) for s in SCORINGS}

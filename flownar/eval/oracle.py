@@ -1,0 +1,184 @@
+"""The oracle (teacher-forcing) protocol: LM-PPL, TimeDiff, Fluency and LM-Correctness (reference section 9).
+
+One teacher-forced pass over each validation sample (built exactly like training, with the system's DCM mask),
+plus a look-ahead for turns the model would answer late. Definitions, per turn (a turn = the tokens after the
+previous EOS through this turn's EOS; its *decision positions* are the labelled last ``<v>`` of each frame, its
+*LM positions* every other labelled position, i.e. the targets ``Assistant``, ``:``, the text and the EOS):
+
+* **LM-PPL** = exp(mean cross-entropy over the LM positions).
+* **LM-Correctness** = (index of the first wrong argmax among the LM positions) / (number of LM positions);
+  1 if none is wrong.
+* **TimeDiff**: a decision predicts "speak" when its argmax is not the stay-silent token. If one does, with i the
+  first such decision and n_v the number of decisions, ``frame_diff = n_v - i - 1`` (frames too early; 0 = on
+  time). If none does: the last turn counts 0; otherwise the look-ahead keeps the context the stream would have
+  right after the turn's last frame (the GT narration removed; with DCM only what is still alive) and appends
+  ``min(frames of the next turn, n_v - 1)`` next frames, each after the stay-silent token, at their original
+  position ids; ``frame_diff = -(k + 1)`` for the first appended frame k that speaks, or minus the number
+  appended. TimeDiff (s) = mean |frame_diff| / fps.
+* **Fluency**, with c the number of LM tokens right before the first error: on time ``(n_v + c) / (n_v + n_lm)``,
+  early by d ``(n_v - d) / (n_v + n_lm)``, late ``(n_v - 1) / (n_v + n_lm)``.
+* Each metric is averaged over a sample's turns (TimeDiff and Fluency over turns that have decisions; the first
+  turn has none), then over samples (unweighted). Undefined values default to PPL 1, TimeDiff 0, Fluency 1,
+  Correctness 1, as the original.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from ..data.chat import IGNORE_INDEX
+from ..models.masks import expiry_positions
+
+
+@dataclass
+class TurnMetrics:
+    lm_ppl: float
+    lm_correctness: float
+    frame_diff: int | None  # None: the turn has no decisions
+    fluency: float | None
+    n_v: int
+    n_lm: int
+
+
+def turn_metrics(lm_logits: torch.Tensor, lm_labels: torch.Tensor, decision_argmax: torch.Tensor, silent_id: int,
+                 is_last: bool, look_ahead=lambda: 0) -> TurnMetrics:
+    """The four metrics of one turn from its LM logits/labels and the argmax at its decision positions.
+
+    ``look_ahead()`` is called only when the model never speaks in a turn that is not the last; it returns the
+    (negative) frame difference found by appending future frames."""
+    n_v, n_lm = decision_argmax.numel(), lm_labels.numel()
+    if n_lm:
+        ppl = float(torch.exp(F.cross_entropy(lm_logits.float(), lm_labels)))
+        wrong = (lm_logits.argmax(-1) != lm_labels).nonzero().flatten()
+        c = int(wrong[0]) if wrong.numel() else n_lm
+        corr = c / n_lm
+    else:
+        ppl, c, corr = 1.0, 0, 1.0
+    if n_v == 0:
+        return TurnMetrics(ppl, corr, None, None, n_v, n_lm)
+    speak = (decision_argmax != silent_id).nonzero().flatten()
+    if speak.numel():
+        diff = n_v - int(speak[0]) - 1
+        flu = (n_v + c) / (n_v + n_lm) if diff == 0 else (n_v - diff) / (n_v + n_lm)
+    else:
+        diff = 0 if is_last else int(look_ahead())
+        flu = (n_v - 1) / (n_v + n_lm)
+    return TurnMetrics(ppl, corr, diff, flu, n_v, n_lm)
+
+
+def _turns(input_ids: torch.Tensor, eos_id: int) -> list[tuple[int, int]]:
+    """[start, stop) token ranges, each ending with (and including) an EOS."""
+    ends = (input_ids == eos_id).nonzero().flatten().tolist()
+    out, start = [], 0
+    for e in ends:
+        out.append((start, e + 1))
+        start = e + 1
+    return out
+
+
+class OracleEvaluator:
+    """Teacher-forced metrics for one model. Call :meth:`sample` per encoded sample, then :func:`aggregate`."""
+
+    def __init__(self, model, chat, fps: float = 2.0):
+        self.model = model.eval()
+        self.cfg = model.config
+        self.chat = chat
+        self.fps = fps
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, enc, frames: torch.Tensor) -> list[TurnMetrics]:
+        cfg = self.cfg
+        ids = enc.input_ids.to(self.device)
+        L = ids.numel()
+        until = expiry_positions(L, enc.spans, cfg.dcm, cfg.last_k_narration)
+        frames = frames.to(self.device)
+        mem_idx = enc.mem_frame_indices.to(self.device)
+        emb = self.model.joint_embed(ids[None], frames, mem_idx)
+        use_expiry = cfg.dcm or cfg.last_k_narration is not None
+        out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=until if use_expiry else None,
+                         use_cache=True)
+        logits = out.logits[0].float()
+        cache = out.past_key_values
+        kept = [getattr(l, "kept_index", None) for l in self.model.model.layers]
+        labels = enc.labels.to(self.device)
+        pred = logits.argmax(-1)
+        is_v = ids == cfg.v_placeholder_id
+        learned = labels != IGNORE_INDEX
+        turns = _turns(ids, self.chat.eos_id)
+        results = []
+        for t, (a, b) in enumerate(turns):
+            pos = torch.arange(a, b, device=self.device)
+            dec = pos[(learned[a:b] & is_v[a:b])]
+            lm = pos[(learned[a:b] & ~is_v[a:b])]
+            la = (lambda dec=dec, t=t: self._look_ahead(enc, emb[0], cache, kept, until, int(dec[-1]), t, dec.numel(), turns))
+            results.append(turn_metrics(logits[lm], labels[lm], pred[dec], self.chat.silent_id,
+                                        t == len(turns) - 1, la))
+        return results
+
+    def _look_ahead(self, enc, emb, cache, kept, until, last_v: int, t: int, n_v: int, turns) -> int:
+        """Frames (negative) until the model would speak if the GT narration of turn t were not there."""
+        cfg = self.cfg
+        ids = enc.input_ids
+        # the next turn's frames, in the full sequence
+        na, nb = turns[t + 1]
+        fp = enc.frame_positions.to(self.device)  # (F, N)
+        nxt = fp[(fp[:, 0] >= na) & (fp[:, 0] < nb)]
+        m = min(nxt.shape[0], n_v - 1)
+        if m <= 0:
+            return 0
+        alive = [j for j in range(last_v + 1) if int(until[j]) > last_v]
+        pieces_emb, positions, vpos = [], [], []
+        silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
+        for j in range(m):
+            frame_tokens = nxt[j]  # (N,) positions in the full sequence
+            sep_pos = int(frame_tokens[0]) - 1  # the token before the frame ("," or "[") keeps its position id
+            pieces_emb += [silent, emb[frame_tokens]]
+            positions += [sep_pos] + frame_tokens.tolist()
+        new_emb = torch.cat(pieces_emb)[None]
+        new_pos = torch.tensor(positions, device=self.device)[None]
+        sub = DynamicCache(config=cfg)
+        for li, layer in enumerate(cache.layers):
+            k_idx = kept[li]
+            if k_idx is None:
+                idx = torch.tensor(alive, device=self.device)
+            else:  # a MoD-routed layer cached only the tokens it computed
+                k_list = k_idx.tolist()
+                where = {g: i for i, g in enumerate(k_list)}
+                idx = torch.tensor([where[g] for g in alive if g in where], device=self.device)
+            sub.update(layer.keys.index_select(-2, idx), layer.values.index_select(-2, idx), li)
+        n = cfg.frame_num_tokens
+        fpos = None
+        if cfg.mod:
+            fpos = torch.stack([torch.arange(j * (n + 1) + 1, (j + 1) * (n + 1)) for j in range(m)]).to(self.device)
+        with self.model.streaming_routing(fpos):
+            out = self.model.model(inputs_embeds=new_emb, position_ids=new_pos, past_key_values=sub, use_cache=True)
+        last = torch.tensor([(j + 1) * (n + 1) - 1 for j in range(m)], device=self.device)
+        decisions = self.model.lm_head(out.last_hidden_state[0, last]).argmax(-1)
+        speak = (decisions != self.chat.silent_id).nonzero().flatten()
+        return -(int(speak[0]) + 1) if speak.numel() else -m
+
+
+def sample_summary(turns: list[TurnMetrics], fps: float = 2.0) -> dict:
+    """Mean over a sample's turns (TimeDiff and Fluency over turns with decisions)."""
+    with_v = [t for t in turns if t.frame_diff is not None]
+    lm = [t for t in turns if t.n_lm > 0]
+    return {
+        "lm_ppl": float(np.mean([t.lm_ppl for t in lm])) if lm else 1.0,
+        "lm_correctness": float(np.mean([t.lm_correctness for t in lm])) if lm else 1.0,
+        "time_diff": float(np.mean([abs(t.frame_diff) for t in with_v])) / fps if with_v else 0.0,
+        "fluency": float(np.mean([t.fluency for t in with_v])) if with_v else 1.0,
+        "turns": len(turns),
+    }
+
+
+def aggregate(per_sample: list[dict]) -> dict:
+    """Unweighted means over samples."""
+    df = pd.DataFrame(per_sample)
+    return {k: float(df[k].mean()) for k in ("lm_ppl", "time_diff", "fluency", "lm_correctness")} | {"samples": len(df)}

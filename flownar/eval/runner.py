@@ -1,0 +1,144 @@
+"""Running both protocols over a split: ``flownar eval stream`` and ``flownar eval oracle``.
+
+Self-conditioned: every clip of the segment-summary split is narrated by :class:`~flownar.stream.Narrator` on
+the model's own outputs; each clip's predictions are written, as soon as the clip is done, to
+``<out>/<clip_id>.json`` (atomically: a temporary file, then a rename), so an interrupted run resumes without
+redoing finished clips. Then both scorings of :mod:`flownar.eval.metrics` are computed.
+
+Oracle: one teacher-forced pass per narration-stream sample of the split (:mod:`flownar.eval.oracle`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..data.samples import build_stream_samples
+from ..errors import FlowNarError
+from ..stream import Narrator
+from .metrics import ClipPrediction, ClipReference, evaluate_both
+from .oracle import OracleEvaluator, aggregate, sample_summary
+
+PREDICTION_VERSION = 1
+
+
+def clip_file(out_dir: Path, clip_id: str) -> Path:
+    return Path(out_dir) / (re.sub(r"[^A-Za-z0-9_.@-]", "_", clip_id) + ".json")
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_prediction(path: Path) -> dict | None:
+    """A finished clip's record, or None if the file is missing or unreadable (then the clip is redone)."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("version") == PREDICTION_VERSION else None
+
+
+def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", system: str = "", progress: bool = True,
+                  limit: int | None = None, **narrator_kwargs) -> dict:
+    """Narrate every clip of ``split`` not narrated yet; returns {"done": n, "skipped": n, "seconds": s}."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clips = data.eval_clips(split)[:limit]
+    narrator = Narrator(model, chat, **narrator_kwargs)
+    done = skipped = 0
+    seconds = 0.0
+    for clip in tqdm(clips, desc=f"narrating {system or 'clips'}", disable=not progress):
+        path = clip_file(out_dir, clip.clip_id)
+        if read_prediction(path) is not None:
+            skipped += 1
+            continue
+        frames = data.load_features(clip.video_uid, range(clip.start_frame, clip.stop_frame))
+        t0 = time.perf_counter()
+        events = narrator.narrate(frames)
+        dt = time.perf_counter() - t0
+        seconds += dt
+        rec = {
+            "version": PREDICTION_VERSION, "clip_id": clip.clip_id, "video_uid": clip.video_uid, "system": system,
+            "start_frame": clip.start_frame, "stop_frame": clip.stop_frame,
+            "narrations": {str(e.frame): e.text for e in events},
+            "forced": [e.frame for e in events if e.forced],
+            "timing": {"seconds": round(dt, 4), "frames": int(frames.shape[0]),
+                       "fps": round(frames.shape[0] / dt, 2) if dt > 0 else None},
+            "counters": asdict(narrator.counters),
+            "final_state": narrator.state_size(),
+        }
+        _atomic_write_json(path, rec)
+        done += 1
+    return {"done": done, "skipped": skipped, "seconds": round(seconds, 2)}
+
+
+def clip_references(data, split: str = "val") -> list[ClipReference]:
+    return [ClipReference(c.clip_id, [[(n.time, n.text) for n in ref] for ref in c.references], c.start_time,
+                          c.start_frame, data.dataset) for c in data.eval_clips(split)]
+
+
+def load_predictions(out_dir: str | Path, clip_ids: list[str]) -> list[ClipPrediction]:
+    preds = []
+    for cid in clip_ids:
+        rec = read_prediction(clip_file(out_dir, cid))
+        if rec is not None:
+            preds.append(ClipPrediction(cid, {int(k): v for k, v in rec["narrations"].items()}))
+    return preds
+
+
+def score_clips(data, out_dir: str | Path, split: str = "val", eos: str | None = None, with_captions: bool = True) -> dict:
+    """Both scorings (``paper`` and ``corrected``) of the predictions in ``out_dir``."""
+    refs = clip_references(data, split)
+    preds = load_predictions(out_dir, [r.clip_id for r in refs])
+    if not preds:
+        raise FlowNarError(f"{out_dir}: no prediction files for the {len(refs)} clips of {data.dataset}/{split}")
+    kw = {"fps": data.fps, "with_captions": with_captions}
+    if eos is not None:
+        kw["eos"] = eos
+    return evaluate_both(preds, refs, **kw)
+
+
+def stream_timing(out_dir: str | Path) -> dict:
+    """Frames per second and counters summed over the clip records of a run."""
+    frames = seconds = 0.0
+    counters: dict[str, int] = {}
+    for p in Path(out_dir).glob("*.json"):
+        rec = read_prediction(p)
+        if rec is None:
+            continue
+        frames += rec["timing"]["frames"]
+        seconds += rec["timing"]["seconds"]
+        for k, v in rec["counters"].items():
+            counters[k] = counters.get(k, 0) + v
+    return {"frames": int(frames), "seconds": round(seconds, 2), "fps": round(frames / seconds, 2) if seconds else None,
+            **counters}
+
+
+@torch.no_grad()
+def oracle_split(model, chat, data, split: str = "val", seed: int = 0, max_num_frames: int = 1200,
+                 progress: bool = True, limit: int | None = None) -> tuple[dict, list[dict]]:
+    """Teacher-forced metrics over a split (samples built as for training, instruction seeded per sample)."""
+    from tqdm.auto import tqdm
+
+    samples = build_stream_samples(data, split, use_memory=model.config.use_memory, max_num_frames=max_num_frames,
+                                   seed=seed)[:limit]
+    ev = OracleEvaluator(model, chat, fps=data.fps)
+    rows = []
+    for s in tqdm(samples, desc="oracle", disable=not progress):
+        enc = chat.encode(s)
+        frames = data.load_features(s.video_uid, s.frames).float()
+        rows.append({"sample_id": s.sample_id, **sample_summary(ev.sample(enc, frames), fps=data.fps)})
+    return aggregate(rows), rows

@@ -1,0 +1,345 @@
+"""The streaming engine: narrate a video one frame at a time, on the model's own outputs, with a KV cache.
+
+``Narrator(model, chat).push(frame)`` feeds one frame (``(tokens_per_frame, D)`` features) and returns a
+:class:`NarrationEvent` when the model speaks, else None; ``finish()`` forces a narration at the last frame.
+
+What is fed, token for token, is exactly the training layout (:mod:`flownar.data.chat`), with the same position
+ids, so that the logits equal those of one teacher-forced pass with the DCM mask (tested):
+
+* prompt: ``<bos>{system}\\n\\n[V_0]\\nUser: {instruction}\\nAssistant:`` then greedy decoding of narration 0;
+* after a narration: ``<eos>\\n`` [``[M]\\n`` memory block, systems with CLAM] ``[V_i``;
+* after a silent frame: ``,V_i``;
+* the decision is read at the frame's last ``<v>``: with p = P(stay silent), the model speaks when
+  p < threshold, where threshold = ``threshold_high`` (0.8) once more than ``avg_duration`` (8) frames have
+  passed since the last narration and ``threshold_low`` (0.5) before that (the original's two-threshold rule);
+* to speak: feed the run-closing token (``]\\n``) and ``Assistant:``, decode greedily until EOS or
+  ``max_new_tokens``; the EOS is fed with the next frame.
+
+Cache policy (what DCM means at inference): right after a narration is decoded, FlowNar / FlowNar-C / dcm-only
+delete the KV entries of the segment's frame run (``[`` ... ``]\\n``) and of the memory block before it; FlowNar-C
+also deletes the oldest narration (``Assistant`` ... ``<eos>``) when more than ``last_k_narration`` remain.
+VideoLLM-online and -MoD keep everything. Position ids keep counting (RoPE positions are never reused).
+CLAM runs online: its fixed-size state is updated as each frame arrives.
+
+Robustness (reference 11.3): an unexpected argmax after the silent token is zeroed is treated as "speak" and
+counted; a narration that hits the token cap is closed with an EOS and counted. Neither crashes the stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .data.chat import ChatTokenizer
+from .data.samples import Message, eval_prompt_messages
+
+PERMANENT = -1
+
+
+@dataclass
+class NarrationEvent:
+    frame: int  # frame index (0 = the first frame pushed) at which the narration was emitted
+    text: str
+    token_ids: list[int]
+    forced: bool = False  # the first and the last frame always narrate
+    p_silent: float = float("nan")  # P(stay silent) at the decision
+
+
+@dataclass
+class StreamCounters:
+    frames: int = 0
+    narrations: int = 0
+    unexpected_argmax: int = 0  # after zeroing the silent token, something other than the speak token won
+    capped: int = 0  # narrations closed at max_new_tokens without an EOS
+    deleted_tokens: int = 0
+
+
+@dataclass
+class _Tag:
+    """What each cached token belongs to: a segment (frames run or its memory block), a narration, or neither."""
+
+    segment: list[int] = field(default_factory=list)
+    narration: list[int] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+
+    def add(self, n: int, kind: str, segment: int = PERMANENT, narration: int = PERMANENT) -> None:
+        self.segment += [segment] * n
+        self.narration += [narration] * n
+        self.kind += [kind] * n
+
+    def keep(self, idx: list[int]) -> None:
+        self.segment = [self.segment[i] for i in idx]
+        self.narration = [self.narration[i] for i in idx]
+        self.kind = [self.kind[i] for i in idx]
+
+
+class Narrator:
+    """Streams narrations of one video at a time. See the module docstring for the protocol.
+
+    Args:
+        model: a :class:`~flownar.models.FlowNarForCausalLM` (any system).
+        chat: the :class:`~flownar.data.chat.ChatTokenizer` it was trained with.
+        threshold_high, threshold_low, avg_duration: the two-threshold rule (``rule="single"``: always high).
+        max_new_tokens: cap on one narration's length.
+        record_logits: keep the logits of every fed position (for the equality test).
+    """
+
+    def __init__(self, model, chat: ChatTokenizer, *, threshold_high: float = 0.8, threshold_low: float = 0.5,
+                 avg_duration: int = 8, rule: str = "two_threshold", max_new_tokens: int = 32,
+                 system_prompt: str | None = None, instruction: str | None = None, record_logits: bool = False):
+        if rule not in ("two_threshold", "single"):
+            raise ValueError(f"rule must be 'two_threshold' or 'single', got {rule!r}")
+        self.model = model.eval()
+        self.cfg = model.config
+        self.chat = chat
+        self.threshold_high, self.threshold_low = threshold_high, threshold_low
+        self.avg_duration, self.rule = avg_duration, rule
+        self.max_new_tokens = max_new_tokens
+        kw = {}
+        if system_prompt is not None:
+            kw["system_prompt"] = system_prompt
+        if instruction is not None:
+            kw["instruction"] = instruction
+        self.prompt_messages: list[Message] = eval_prompt_messages(**kw)
+        self.record_logits = record_logits
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        if self.cfg.mod and self.cfg.dcm:
+            raise NotImplementedError("MoD routing together with DCM pruning is not supported")
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget the current video."""
+        self.cache = DynamicCache(config=self.cfg)
+        self.tags = _Tag()
+        self.pos = 0  # next position id (counts deleted tokens too)
+        self.frame = -1  # index of the last pushed frame
+        self.segment = 0  # index of the current frame run
+        self.narration_count = 0
+        self.pending_eos = False
+        self.last_narration_frame = 0
+        self.clam_state = None  # CLAM's recurrent state after the last frame (fixed size)
+        self.readout_state = None  # the state the next memory block reads (after the frame / its CLS token)
+        self.memory = None  # the memory tokens being fed, (Q, D)
+        self.counters = StreamCounters()
+        self.events: list[NarrationEvent] = []
+        self.fed_ids: list[int] = []  # every token id fed, in order (for tests and debugging)
+        self.fed_logits: list[torch.Tensor] = []
+
+    @property
+    def has_memory(self) -> bool:
+        return self.cfg.use_memory
+
+    def state_size(self) -> dict:
+        """Cached tokens per kind and bytes (KV cache; CLAM state)."""
+        kv = sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
+                 for l in self.cache.layers if getattr(l, "keys", None) is not None and l.keys.numel())
+        counts: dict[str, int] = {}
+        for k in self.tags.kind:
+            counts[k] = counts.get(k, 0) + 1
+        clam = 0 if self.clam_state is None else self.clam_state.numel() * self.clam_state.element_size()
+        return {"tokens": len(self.tags.kind), "kv_bytes": kv, "clam_state_bytes": clam, "position": self.pos,
+                **{f"tokens_{k}": v for k, v in sorted(counts.items())}}
+
+    # ------------------------------------------------------------------ feeding
+    def _embed(self, ids: list[int], frame: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, n, H) embeddings of ``ids``; ``<v>`` take the frame's tokens, ``<m>`` the CLAM read-out."""
+        t = torch.tensor(ids, device=self.device)
+        emb = self.model.model.embed_tokens(t.clamp(max=self.cfg.vocab_size - 1))
+        v = t == self.cfg.v_placeholder_id
+        if bool(v.any()):
+            emb[v] = self.model.frame_embeds(frame.to(self.device)).to(emb.dtype)
+        m = t == self.cfg.m_placeholder_id
+        if bool(m.any()):
+            emb[m] = self.model.connector(self.memory.to(emb.dtype)).to(emb.dtype)
+        return emb[None]
+
+    @torch.no_grad()
+    def _feed(self, ids: list[int], tags: list[tuple[str, int, int]], frame: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the model on new tokens; returns the logits of the last one. ``tags`` has one entry per token."""
+        n = len(ids)
+        emb = self._embed(ids, frame)
+        pos = torch.arange(self.pos, self.pos + n, device=self.device)[None]
+        fp = None
+        if self.cfg.mod:
+            vpos = [i for i, t in enumerate(ids) if t == self.cfg.v_placeholder_id]
+            if vpos:
+                fp = torch.tensor(vpos, device=self.device).view(-1, self.cfg.frame_num_tokens)
+        with self.model.streaming_routing(fp):
+            out = self.model.model(inputs_embeds=emb, position_ids=pos, past_key_values=self.cache, use_cache=True)
+        hidden = out.last_hidden_state
+        logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
+        if self.record_logits:
+            self.fed_logits.append(logits[0])
+        for kind, seg, nar in tags:
+            self.tags.add(1, kind, seg, nar)
+        self.pos += n
+        self.fed_ids += ids
+        return logits[0, -1]
+
+    def _delete(self, drop) -> None:
+        """Remove cached tokens for which ``drop(i)`` is True, in every layer."""
+        keep = [i for i in range(len(self.tags.kind)) if not drop(i)]
+        if len(keep) == len(self.tags.kind):
+            return
+        idx = torch.tensor(keep, device=self.device, dtype=torch.long)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(-2, idx)
+            layer.values = layer.values.index_select(-2, idx)
+        self.counters.deleted_tokens += len(self.tags.kind) - len(keep)
+        self.tags.keep(keep)
+
+    def _update_memory(self, frame: torch.Tensor) -> None:
+        """Advance CLAM's fixed-size state with the frame's tokens (no read-out: that happens only when a memory
+        block is fed, from the state after the narration frame)."""
+        if not self.has_memory:
+            return
+        x = frame.to(self.device, self.dtype)[None]  # (1, N, D)
+        if self.clam_state is None:
+            self.clam_state = self.model.clam.init_state(1, device=self.device, dtype=torch.float32)
+        if self.cfg.memory_readout == "frame_cls":  # the original: read after the frame's first (CLS) token
+            self.readout_state = self.model.clam.update(x[:, :1], self.clam_state)
+            self.clam_state = self.model.clam.update(x[:, 1:], self.readout_state)
+        else:
+            self.clam_state = self.model.clam.update(x, self.clam_state)
+            self.readout_state = self.clam_state
+
+    # ------------------------------------------------------------------ decoding
+    def _decode(self, first_logits: torch.Tensor) -> tuple[list[int], bool]:
+        """Greedy narration: feed argmax tokens until EOS (not fed) or the cap. Returns (ids, capped)."""
+        out: list[int] = []
+        logits = first_logits
+        nid = self.narration_count
+        for _ in range(self.max_new_tokens):
+            tok = int(logits.argmax())
+            if tok == self.chat.eos_id:
+                return out, False
+            out.append(tok)
+            logits = self._feed([tok], [("narration", PERMANENT, nid)])
+        return out, True
+
+    def _narrate(self, frame_idx: int, after_prompt_ids: list[int], forced: bool, p_silent: float,
+                 frame: torch.Tensor | None = None, script_text: str | None = None) -> NarrationEvent:
+        nid = self.narration_count
+        tags = []
+        for i, t in enumerate(after_prompt_ids):
+            tags.append(("frames", self.segment, PERMANENT) if i < len(after_prompt_ids) - len(self.chat.assistant_prompt_ids)
+                        else ("narration", PERMANENT, nid))
+        logits = self._feed(after_prompt_ids, tags, frame)
+        if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
+            ids = self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
+            for t in ids:
+                self._feed([t], [("narration", PERMANENT, nid)])
+            capped = False
+        else:
+            ids, capped = self._decode(logits)
+        if capped:
+            self.counters.capped += 1
+        self.counters.narrations += 1
+        self.narration_count += 1
+        self.pending_eos = True
+        self.last_narration_frame = frame_idx
+        # DCM: drop this segment's frame run and the memory block before it; FlowNar-C: the oldest narration
+        if self.cfg.dcm:
+            seg = self.segment
+            self._delete(lambda i: self.tags.segment[i] == seg)
+        k = self.cfg.last_k_narration
+        if k is not None and self.narration_count > k:
+            old = self.narration_count - 1 - k
+            self._delete(lambda i: self.tags.narration[i] == old)
+        self.segment += 1
+        ev = NarrationEvent(frame_idx, self.chat.decode(ids), ids, forced, p_silent)
+        self.events.append(ev)
+        return ev
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def push(self, frame: torch.Tensor, speak: bool | None = None, script_text: str | None = None) -> NarrationEvent | None:
+        """Feed one frame ``(tokens_per_frame, D)``. Returns a narration or None.
+
+        ``speak`` / ``script_text`` override the model's decision / text (replaying a schedule)."""
+        if frame.ndim != 2 or frame.shape[0] != self.cfg.frame_num_tokens or frame.shape[1] != self.cfg.vision_hidden_size:
+            raise ValueError(f"frame of shape {tuple(frame.shape)}; this model takes "
+                             f"({self.cfg.frame_num_tokens}, {self.cfg.vision_hidden_size})")
+        self.frame += 1
+        self.counters.frames += 1
+        i = self.frame
+        V = [self.cfg.v_placeholder_id] * self.cfg.frame_num_tokens
+        if i == 0:
+            return self._prompt(frame, script_text)
+        seg = self.segment
+        if self.pending_eos:
+            ids = [self.chat.eos_id, self.chat.newline_id]
+            tags = [("narration", PERMANENT, self.narration_count - 1), ("other", PERMANENT, PERMANENT)]
+            if self.has_memory:
+                self.memory = self.model.clam.read(self.readout_state)[0]  # (Q, D) after the narration frame
+                m = [self.chat.open_id] + [self.cfg.m_placeholder_id] * self.chat.num_m_tokens + [self.chat.speak_id]
+                ids += m
+                tags += [("memory", seg, PERMANENT)] * len(m)
+            ids += [self.chat.open_id] + V
+            tags += [("frames", seg, PERMANENT)] * (1 + len(V))
+            self.pending_eos = False
+        else:
+            ids = [self.chat.silent_id] + V
+            tags = [("frames", seg, PERMANENT)] * len(ids)
+        logits = self._feed(ids, tags, frame)
+        self._update_memory(frame)
+        p = torch.softmax(logits, dim=-1)
+        p_silent = float(p[self.chat.silent_id])
+        if speak is None:
+            thr = self.threshold_low
+            if self.rule == "single" or i - self.last_narration_frame > self.avg_duration:
+                thr = self.threshold_high
+            speak = p_silent < thr
+            if speak:
+                p2 = p.clone()
+                p2[self.chat.silent_id] = 0
+                if int(p2.argmax()) != self.chat.speak_id:
+                    self.counters.unexpected_argmax += 1
+        if not speak:
+            return None
+        return self._narrate(i, [self.chat.speak_id] + self.chat.assistant_prompt_ids, False, p_silent,
+                             script_text=script_text)
+
+    def _prompt(self, frame: torch.Tensor, script_text: str | None) -> NarrationEvent:
+        """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
+        text = self.chat.render_text(self.prompt_messages, add_generation_prompt=True)
+        ids = self.chat.tok(text, add_special_tokens=False)["input_ids"]
+        # tags: the frame run "[ V ]\n" of frame 0 is segment 0; the rest is permanent; "Assistant :" is narration 0
+        r = self.chat.render(self.prompt_messages, add_generation_prompt=True)
+        enc = self.chat.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        span = next(s for s in r.spans if s[0] == "frames")
+        n_assist = len(self.chat.assistant_prompt_ids)
+        tags = []
+        for j, (a, b) in enumerate(enc["offset_mapping"]):
+            if j >= len(ids) - n_assist:
+                tags.append(("narration", PERMANENT, 0))
+            elif span[2] <= a < span[3]:
+                tags.append(("frames", 0, PERMANENT))
+            else:
+                tags.append(("other", PERMANENT, PERMANENT))
+        self._update_memory(frame)
+        # feed everything up to (not including) "Assistant:" then the narration prompt, as _narrate does
+        head, tail = ids[: len(ids) - n_assist], ids[len(ids) - n_assist :]
+        self._feed(head, tags[: len(head)], frame)
+        return self._narrate(0, tail, True, float("nan"), script_text=script_text)
+
+    @torch.no_grad()
+    def finish(self) -> NarrationEvent | None:
+        """End of the video: force a narration at the last frame unless it just narrated."""
+        if self.frame < 0 or (self.events and self.events[-1].frame == self.frame):
+            return None
+        ev = self._narrate(self.frame, [self.chat.speak_id] + self.chat.assistant_prompt_ids, True, float("nan"))
+        return ev
+
+    def narrate(self, frames: torch.Tensor, progress: bool = False) -> list[NarrationEvent]:
+        """Narrate a whole clip ``(T, tokens, D)``; returns every narration event."""
+        from tqdm.auto import tqdm
+
+        self.reset()
+        for f in tqdm(frames, disable=not progress, desc="narrating", leave=False):
+            self.push(f)
+        self.finish()
+        return self.events

@@ -1,0 +1,136 @@
+"""The streaming engine: it sees exactly what a teacher-forced pass with the DCM mask sees; its cache is bounded."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from flownar.data.chat import ChatTokenizer
+from flownar.data.readers import Narration, NarrationStream, VideoInfo
+from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
+from flownar.data.tokenizer import train_word_tokenizer
+from flownar.models import SYSTEMS, FlowNarForCausalLM, config_for
+from flownar.models.masks import expiry_positions
+from flownar.stream import Narrator
+
+TEXTS = ["You open the fridge.", "You take the jar.", "You put down the knife.", "You wash the cup.",
+         "You close the fridge.", DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+D = 16
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_word_tokenizer(TEXTS)
+
+
+def micro(tok, system, n=3, m=4, **kw):
+    torch.manual_seed(0)
+    chat = ChatTokenizer(tok, frame_num_tokens=n, num_m_tokens=m)
+    cfg = config_for(system, chat, D, size="micro", clam_dropout=0.0, **kw)
+    return FlowNarForCausalLM(cfg).eval(), chat
+
+
+def sample(use_memory):
+    times = (1.0, 2.5, 3.0, 5.5, 7.0)
+    texts = ["You open the fridge.", "You take the jar.", "You put down the knife.", "You wash the cup.",
+             "You close the fridge."]
+    stream = NarrationStream("v", "v", [Narration(t, x) for t, x in zip(times, texts)])
+    return make_stream_sample(stream, VideoInfo("v", 20.0, Path("x")), 2.0, use_memory=use_memory, seed=None)
+
+
+def replay(narrator, s, frames):
+    """Feed the sample's frames with its narration schedule and texts forced."""
+    texts = [m.content for m in s.messages if m.role == "assistant"]
+    at = dict(zip(s.narration_frames, texts))
+    narrator.reset()
+    for i in range(s.num_frames):
+        narrator.push(frames[i], speak=(i in at) if i else None, script_text=at.get(i))
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS) + ["flownar-c-k1", "flownar-frame-cls"])
+def test_streaming_logits_equal_teacher_forced(tok, system):
+    kw = {}
+    if system == "flownar-c-k1":
+        system, kw = "flownar-c", {"last_k_narration": 1}
+    if system == "flownar-frame-cls":
+        system, kw = "flownar", {"memory_readout": "frame_cls"}
+    model, chat = micro(tok, system, n=10 if system == "videollm-mod" else 3, **kw)
+    s = sample(model.config.use_memory)
+    enc = chat.encode(s)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1))
+    cfg = model.config
+    expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration) \
+        if (cfg.dcm or cfg.last_k_narration is not None) else None
+    with torch.no_grad():
+        ref = model(input_ids=enc.input_ids[None], frames=frames, mem_frame_indices=enc.mem_frame_indices,
+                    expiry=expiry).logits[0]
+    narrator = Narrator(model, chat, record_logits=True)
+    replay(narrator, s, frames)
+    fed = narrator.fed_ids
+    L = len(enc.input_ids)
+    # the engine has fed every token but the final EOS (fed with the next frame)
+    assert fed == enc.input_ids[: L - 1].tolist()
+    got = torch.cat(narrator.fed_logits)
+    assert got.shape == ref[: L - 1].shape
+    torch.testing.assert_close(got, ref[: L - 1], atol=2e-4, rtol=1e-4)
+    assert [e.frame for e in narrator.events] == s.narration_frames
+
+
+def test_dcm_cache_holds_only_what_the_mask_allows(tok):
+    model, chat = micro(tok, "flownar-c", last_k_narration=2)
+    s = sample(True)
+    frames = torch.randn(s.num_frames, 3, D)
+    narrator = Narrator(model, chat)
+    replay(narrator, s, frames)
+    size = narrator.state_size()
+    # after the last narration: no frames, no memory block (both dropped), 2 narrations kept
+    assert size.get("tokens_frames", 0) == 0 and size.get("tokens_memory", 0) == 0
+    assert sorted(set(n for n in narrator.tags.narration if n >= 0)) == [3, 4]
+    online, chat2 = micro(tok, "videollm-online")
+    n2 = Narrator(online, chat2)
+    replay(n2, s, frames)
+    # every frame (3 tokens), a "," or "]\n" after each, and a "[" per segment
+    assert n2.state_size()["tokens_frames"] == s.num_frames * 3 + s.num_frames + len(s.narration_frames)
+    assert size["position"] == n2.state_size()["position"] + 4 * (2 + 4)  # same text, plus the memory blocks
+
+
+def test_decisions_use_the_two_threshold_rule(tok):
+    model, chat = micro(tok, "videollm-online")
+    n = Narrator(model, chat, threshold_high=0.8, threshold_low=0.5, avg_duration=2, max_new_tokens=3)
+    # make P(silent) exactly controllable: bias the lm_head towards the silent token
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        bias_dir = torch.zeros(model.config.hidden_size)
+    frames = torch.randn(8, 3, D)
+    n.reset()
+    n.push(frames[0])  # forced first narration
+    logits_silent = []
+    for i in range(1, 8):
+        ev = n.push(frames[i])
+        logits_silent.append(ev is None)
+    # with a zero lm_head every token has the same probability: P(silent) = 1/V < 0.5 -> always speaks
+    assert not any(logits_silent)
+    assert n.counters.unexpected_argmax == 7  # the argmax after zeroing "," is not the speak token (ties)
+    assert n.counters.capped >= 1  # no EOS ever wins -> capped narrations are closed, the stream goes on
+
+
+@pytest.mark.parametrize("system", ["flownar", "flownar-c"])
+def test_bounded_cache_over_10000_frames(tok, system):
+    """Over 10,000 frames (narrating every 8): the visual part of the cache is bounded for FlowNar (only its
+    narration text grows) and the whole cache for FlowNar-C."""
+    model, chat = micro(tok, system, n=1, m=2)
+    narrator = Narrator(model, chat)
+    frames = torch.randn(64, 1, D)
+    visual, total = [], []
+    for i in range(10_000):
+        narrator.push(frames[i % 64], speak=(i % 8 == 0) if i else None, script_text="You wash the cup.")
+        if i % 1000 == 995:  # the same phase of the schedule each time
+            st = narrator.state_size()
+            visual.append(st.get("tokens_frames", 0) + st.get("tokens_memory", 0))
+            total.append(st["tokens"])
+    assert narrator.pos > 10_000 * 2  # positions kept counting
+    assert max(visual) == min(visual) <= 8 * 2 + 2 + 4, visual  # one segment + one memory block
+    if system == "flownar-c":
+        assert max(total) == min(total), total
+    else:
+        assert total == sorted(total) and total[-1] > total[0]  # narrations accumulate
+    assert narrator.counters.narrations == 1250
