@@ -8,3 +8,12 @@ import shutil as _shutil
 # import; on a machine without NVIDIA tools, tell it the answer.
 if "DS_ACCELERATOR" not in _os.environ and _shutil.which("nvidia-smi") is None:
     _os.environ["DS_ACCELERATOR"] = "cpu"
+
+# Model loading and saving progress bars from transformers would clutter notebooks (and their nbval outputs).
+_os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+try:
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except Exception:  # transformers missing or changed: only cosmetic
+    pass

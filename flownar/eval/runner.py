@@ -40,18 +40,36 @@ def _atomic_write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_prediction(path: Path) -> dict | None:
-    """A finished clip's record, or None if the file is missing or unreadable (then the clip is redone)."""
+def run_fingerprint(run_dir: str | Path) -> str:
+    """Identifies a trained model cheaply: a hash of its config and training log (both change on retraining)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in ("config.json", "train_log.csv", "adapter_config.json"):
+        p = Path(run_dir) / name
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def read_prediction(path: Path, fingerprint: str | None = None) -> dict | None:
+    """A finished clip's record, or None if the file is missing, unreadable, or was written by another model
+    (then the clip is redone)."""
     try:
         rec = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return rec if isinstance(rec, dict) and rec.get("version") == PREDICTION_VERSION else None
+    if not isinstance(rec, dict) or rec.get("version") != PREDICTION_VERSION:
+        return None
+    if fingerprint is not None and rec.get("model_fingerprint") != fingerprint:
+        return None
+    return rec
 
 
 def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", system: str = "", progress: bool = True,
-                  limit: int | None = None, **narrator_kwargs) -> dict:
-    """Narrate every clip of ``split`` not narrated yet; returns {"done": n, "skipped": n, "seconds": s}."""
+                  limit: int | None = None, fingerprint: str | None = None, **narrator_kwargs) -> dict:
+    """Narrate every clip of ``split`` not narrated yet (by this model, when ``fingerprint`` is given);
+    returns {"done": n, "skipped": n, "seconds": s}."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -62,7 +80,7 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
     seconds = 0.0
     for clip in tqdm(clips, desc=f"narrating {system or 'clips'}", disable=not progress):
         path = clip_file(out_dir, clip.clip_id)
-        if read_prediction(path) is not None:
+        if read_prediction(path, fingerprint) is not None:
             skipped += 1
             continue
         frames = data.load_features(clip.video_uid, range(clip.start_frame, clip.stop_frame))
@@ -72,6 +90,7 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
         seconds += dt
         rec = {
             "version": PREDICTION_VERSION, "clip_id": clip.clip_id, "video_uid": clip.video_uid, "system": system,
+            "model_fingerprint": fingerprint,
             "start_frame": clip.start_frame, "stop_frame": clip.stop_frame,
             "narrations": {str(e.frame): e.text for e in events},
             "forced": [e.frame for e in events if e.forced],

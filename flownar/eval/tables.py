@@ -1,0 +1,83 @@
+"""The paper's tables and Fig. 5 from our results, with the paper's values in labelled reference columns.
+
+Paper values are read from ``flownar/resources/paper_*.csv`` (transcribed from the FlowNar project page); they are
+never computed here. Our values are percentages where the paper's are (P/R/F1, CIDEr, METEOR, ROUGE-L, Fluency,
+LM-Correctness).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..models import SYSTEM_NAMES
+from ..paths import RESOURCES_DIR
+
+PAPER_DATASET = {"ek100": "EK100", "ego4d": "Ego4D", "egoexo4d": "EgoExo4D"}
+SC_COLUMNS = [("t_precision", "Precision"), ("t_recall", "Recall"), ("t_f1", "F1"), ("CIDEr", "CIDEr"),
+              ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L")]
+TF_COLUMNS = [("lm_ppl", "LM-PPL", 1.0), ("time_diff", "TimeDiff (s)", 1.0), ("fluency", "Fluency (%)", 100.0),
+              ("lm_correctness", "LM-Correctness (%)", 100.0)]
+
+
+def paper_self_conditioned(dataset: str) -> pd.DataFrame:
+    df = pd.read_csv(RESOURCES_DIR / "paper_self_conditioned.csv")
+    df = df[df["dataset"] == PAPER_DATASET[dataset]].set_index("method")
+    return df.rename(columns={"t_precision": "Precision", "t_recall": "Recall", "t_f1": "F1", "cider": "CIDEr",
+                              "meteor": "METEOR", "rouge_l": "ROUGE-L"})
+
+
+def paper_teacher_forcing() -> pd.DataFrame:
+    df = pd.read_csv(RESOURCES_DIR / "paper_teacher_forcing.csv")
+    df = df[df["frame_strategy"] == "1+3x3"].set_index("method")
+    return df.rename(columns={"lm_ppl": "LM-PPL", "time_diff_s": "TimeDiff (s)", "fluency_pct": "Fluency (%)",
+                              "lm_correctness_pct": "LM-Correctness (%)"})
+
+
+def self_conditioned_table(scores: dict[str, dict], dataset: str, scoring: str = "paper") -> pd.DataFrame:
+    """Rows = systems; our metrics (``scoring``) beside the paper's (columns prefixed ``paper:``)."""
+    paper = paper_self_conditioned(dataset)
+    rows = []
+    for system, res in scores.items():
+        name = SYSTEM_NAMES.get(system, system)
+        r = {"system": name}
+        for key, col in SC_COLUMNS:
+            r[col] = 100.0 * res[scoring][key]
+        for _, col in SC_COLUMNS:
+            r[f"paper: {col}"] = paper.loc[name, col] if name in paper.index else np.nan
+        rows.append(r)
+    return pd.DataFrame(rows).set_index("system")
+
+
+def teacher_forcing_table(results: dict[str, dict]) -> pd.DataFrame:
+    """Rows = systems; our oracle metrics beside the paper's (columns prefixed ``paper:``)."""
+    paper = paper_teacher_forcing()
+    rows = []
+    for system, res in results.items():
+        name = SYSTEM_NAMES.get(system, system)
+        r = {"system": name}
+        for key, col, scale in TF_COLUMNS:
+            r[col] = scale * res[key]
+        for _, col, _ in TF_COLUMNS:
+            r[f"paper: {col}"] = paper.loc[name, col] if name in paper.index else np.nan
+        rows.append(r)
+    return pd.DataFrame(rows).set_index("system")
+
+
+def plot_comparison(table: pd.DataFrame, dataset: str, title_note: str = ""):
+    """Fig. 5 style: F1 and CIDEr per system, ours beside the paper's (hatched, real data)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(len(table))
+    for ax, col in zip(axes, ("F1", "CIDEr")):
+        ours = table[col].to_numpy()
+        paper = table[f"paper: {col}"].to_numpy()
+        b1 = ax.bar(x - 0.2, ours, 0.4, label="ours", color="tab:blue")
+        ax.bar(x + 0.2, paper, 0.4, label=f"paper ({PAPER_DATASET[dataset]}, real data)", color="white",
+               edgecolor="tab:gray", hatch="//")
+        ax.bar_label(b1, fmt="%.1f", fontsize=7)
+        ax.set_xticks(x, table.index, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{col} (self-conditioned){title_note}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
