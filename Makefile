@@ -64,6 +64,7 @@ unit: $(STAMP)
 # Re-execute the committed notebooks in place with their default (smoke) parameters, so that nbval compares
 # real outputs. Run after changing a notebook or what it prints.
 notebooks-smoke: $(STAMP)
+	rm -rf $(ROOT)/runs/*/smoke $(ROOT)/paper_figures/*/smoke $(ROOT)/data/*/smoke
 	cd $(ROOT) && for nb in $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)); do \
 	  TQDM_DISABLE=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=1800 $$nb || exit 1; done

@@ -272,7 +272,10 @@ class Narrator:
         seg = self.segment
         if self.pending_eos:
             ids = [self.chat.eos_id, self.chat.newline_id]
-            tags = [("narration", PERMANENT, self.narration_count - 1), ("other", PERMANENT, PERMANENT)]
+            # the EOS and the newline after it belong to the narration (FlowNar-C drops them with it)
+            nl = ("narration", PERMANENT, self.narration_count - 1) if self.cfg.last_k_narration is not None \
+                else ("other", PERMANENT, PERMANENT)
+            tags = [("narration", PERMANENT, self.narration_count - 1), nl]
             if self.has_memory:
                 self.memory = self.model.clam.read(self.readout_state)[0]  # (Q, D) after the narration frame
                 m = [self.chat.open_id] + [self.cfg.m_placeholder_id] * self.chat.num_m_tokens + [self.chat.speak_id]

@@ -79,7 +79,7 @@ class TrainConfig:
 
 # The paper's schedule for `paper`; CPU-sized ones for the embedded profiles.
 TRAIN_PROFILES: dict[str, dict] = {
-    "smoke": dict(model_size="micro", epochs=2.0, lr=2e-3, grad_accum=2, max_num_frames=240, warmup_ratio=0.1),
+    "smoke": dict(model_size="micro", epochs=4.0, lr=3e-3, grad_accum=1, max_num_frames=240, warmup_ratio=0.1),
     "default": dict(model_size="mini", epochs=1.5, lr=1.5e-3, grad_accum=2, max_num_frames=600, warmup_ratio=0.05),
     "paper": dict(epochs=2.0, lr=2e-4, grad_accum=16, max_num_frames=MAX_NUM_FRAMES, warmup_ratio=0.05, bf16=True,
                   gradient_checkpointing=True),

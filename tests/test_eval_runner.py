@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
 def test_narrate_resume_and_score(setup):
     base, data, chat, model = setup
     out = base / "preds"
-    r = narrate_clips(model, chat, data, out, system="flownar-c", progress=False, limit=3, max_new_tokens=4)
+    r = narrate_clips(model, chat, data, out, system="flownar-c", progress=False, limit=3, max_new_tokens=2)
     assert r["done"] == 3 and r["skipped"] == 0
     clips = data.eval_clips("val")[:3]
     rec = read_prediction(clip_file(out, clips[0].clip_id))
@@ -44,7 +44,7 @@ def test_narrate_resume_and_score(setup):
     clip_file(out, clips[1].clip_id).unlink()
     clip_file(out, clips[2].clip_id).write_text('{"version": 1, "narr')
     stamp = clip_file(out, clips[0].clip_id).stat().st_mtime_ns
-    r2 = narrate_clips(model, chat, data, out, system="flownar-c", progress=False, limit=3, max_new_tokens=4)
+    r2 = narrate_clips(model, chat, data, out, system="flownar-c", progress=False, limit=3, max_new_tokens=2)
     assert (r2["done"], r2["skipped"]) == (2, 1)
     assert clip_file(out, clips[0].clip_id).stat().st_mtime_ns == stamp
     assert not list(out.glob(".*.tmp"))  # no temporary files left behind

@@ -9,8 +9,8 @@ Rules (``L`` = sequence length, "narration g" = the ``Assistant ... <eos>`` span
 * without DCM every token lives forever (``until = L``): plain causal attention (VideoLLM-online, -MoD);
 * with DCM, frame run g (``[`` through ``]\\n``) and the memory block just before it expire at the EOS of
   narration g: the narration is decoded while its segment is visible, then the segment is dropped;
-* with ``last_k_narration = k``, narration j expires at the EOS of narration j + k: after a narration is
-  produced, k narrations remain.
+* with ``last_k_narration = k``, narration j (and the newline after its EOS) expires at the EOS of narration
+  j + k: after a narration is produced, k narrations remain, and the cache stays bounded.
 
 Deviations from the original training mask (reference 4.2 and 11.2), made so training matches streaming:
 the original lets the ``<eos> \\n [ <m>... ]\\n`` rows after a narration still see the segment that just ended
@@ -41,10 +41,15 @@ def expiry_positions(length: int, spans: list[Span], dcm: bool, last_k_narration
                 until[before[-1].start : before[-1].stop] = end
     if last_k_narration is not None:
         k = int(last_k_narration)
+        starts = {s.start for s in spans}
         for j, span in enumerate(narrations):
             if j + k < len(narrations):
-                until[span.start : span.stop] = torch.minimum(until[span.start : span.stop],
-                                                              torch.tensor(eos[j + k]))
+                stop = span.stop
+                # the newline token after the EOS (when it stands alone) goes with its narration, so that
+                # FlowNar-C's cache is truly bounded (deviation: the original keeps every EOS and newline)
+                if stop < length and stop not in starts:
+                    stop += 1
+                until[span.start : stop] = torch.minimum(until[span.start : stop], torch.tensor(eos[j + k]))
     return until
 
 
