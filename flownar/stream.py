@@ -308,11 +308,10 @@ class Narrator:
 
     def _prompt(self, frame: torch.Tensor, script_text: str | None) -> NarrationEvent:
         """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
-        text = self.chat.render_text(self.prompt_messages, add_generation_prompt=True)
-        ids = self.chat.tok(text, add_special_tokens=False)["input_ids"]
         # tags: the frame run "[ V ]\n" of frame 0 is segment 0; the rest is permanent; "Assistant :" is narration 0
         r = self.chat.render(self.prompt_messages, add_generation_prompt=True)
-        enc = self.chat.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.chat.tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
         span = next(s for s in r.spans if s[0] == "frames")
         n_assist = len(self.chat.assistant_prompt_ids)
         tags = []
