@@ -221,13 +221,13 @@ class Narrator:
         return out, True
 
     def _narrate(self, frame_idx: int, after_prompt_ids: list[int], forced: bool, p_silent: float,
-                 frame: torch.Tensor | None = None, script_text: str | None = None) -> NarrationEvent:
+                 script_text: str | None = None) -> NarrationEvent:
         nid = self.narration_count
         tags = []
         for i, t in enumerate(after_prompt_ids):
             tags.append(("frames", self.segment, PERMANENT) if i < len(after_prompt_ids) - len(self.chat.assistant_prompt_ids)
                         else ("narration", PERMANENT, nid))
-        logits = self._feed(after_prompt_ids, tags, frame)
+        logits = self._feed(after_prompt_ids, tags)
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
             ids = self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
             for t in ids:

@@ -210,24 +210,17 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             emb = emb.masked_scatter(m_mask[..., None], mem.reshape(-1, emb.shape[-1]).to(emb.dtype))
         return emb
 
-    @contextmanager
     def _routing(self, input_ids: torch.Tensor | None):
-        """Tell MoD layers where each frame's vision tokens are, for one forward."""
-        routed = [l for l in self.model.layers if getattr(l, "router", None) is not None]
-        if routed and input_ids is not None and input_ids.shape[0] == 1:
+        """Tell MoD layers where each frame's vision tokens are, for one teacher-forced forward."""
+        fp = None
+        if self.config.mod and input_ids is not None and input_ids.shape[0] == 1:
             pos = (input_ids[0] == self.config.v_placeholder_id).nonzero().flatten()
             fp = pos.view(-1, self.config.frame_num_tokens)
-            for l in routed:
-                l.frame_positions = fp
-        try:
-            yield
-        finally:
-            for l in routed:
-                l.frame_positions = None
+        return self.streaming_routing(fp)
 
     @contextmanager
     def streaming_routing(self, frame_positions: torch.Tensor | None):
-        """For the streaming engine: where the new chunk's vision tokens are, (F, N) positions within it."""
+        """Where the vision tokens of the tokens being fed are, (F, N) positions within them (None: no routing)."""
         routed = [l for l in self.model.layers if getattr(l, "router", None) is not None]
         for l in routed:
             l.frame_positions = frame_positions
