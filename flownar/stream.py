@@ -21,6 +21,12 @@ also deletes the oldest narration (``Assistant`` ... ``<eos>``) when more than `
 VideoLLM-online and -MoD keep everything. Position ids keep counting (RoPE positions are never reused).
 CLAM runs online: its fixed-size state is updated as each frame arrives.
 
+Engines: ``engine="static"`` (default) runs :func:`flownar.engine.forward_step` on a preallocated
+:class:`~flownar.engine.StaticKVCache` that DCM compacts in place; ``engine="hf"`` runs transformers' forward with a
+growing ``DynamicCache`` pruned by ``index_select`` (what the original code does; kept as the reference and as the
+baseline of the speed benchmark). Both give the same logits (tested). The only host synchronisations per frame are
+the trigger decision (and, when speaking, one per decoded token for the EOS check).
+
 Robustness (reference 11.3): an unexpected argmax after the silent token is zeroed is treated as "speak" and
 counted; a narration that hits the token cap is closed with an EOS and counted. Neither crashes the stream.
 """
@@ -29,10 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import numpy as np
 from transformers import DynamicCache
 
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
+from .engine import SlotTags, StaticKVCache, forward_step
 
 PERMANENT = -1
 
@@ -55,25 +63,6 @@ class StreamCounters:
     deleted_tokens: int = 0
 
 
-@dataclass
-class _Tag:
-    """What each cached token belongs to: a segment (frames run or its memory block), a narration, or neither."""
-
-    segment: list[int] = field(default_factory=list)
-    narration: list[int] = field(default_factory=list)
-    kind: list[str] = field(default_factory=list)
-
-    def add(self, n: int, kind: str, segment: int = PERMANENT, narration: int = PERMANENT) -> None:
-        self.segment += [segment] * n
-        self.narration += [narration] * n
-        self.kind += [kind] * n
-
-    def keep(self, idx: list[int]) -> None:
-        self.segment = [self.segment[i] for i in idx]
-        self.narration = [self.narration[i] for i in idx]
-        self.kind = [self.kind[i] for i in idx]
-
-
 class Narrator:
     """Streams narrations of one video at a time. See the module docstring for the protocol.
 
@@ -83,11 +72,17 @@ class Narrator:
         threshold_high, threshold_low, avg_duration: the two-threshold rule (``rule="single"``: always high).
         max_new_tokens: cap on one narration's length.
         record_logits: keep the logits of every fed position (for the equality test).
+        engine: ``"static"`` (preallocated cache, the fast path) or ``"hf"`` (transformers' DynamicCache).
+        cache_capacity: initial tokens per layer of the static cache (it doubles when full).
     """
 
     def __init__(self, model, chat: ChatTokenizer, *, threshold_high: float = 0.8, threshold_low: float = 0.5,
                  avg_duration: int = 8, rule: str = "two_threshold", max_new_tokens: int = 32,
-                 system_prompt: str | None = None, instruction: str | None = None, record_logits: bool = False):
+                 system_prompt: str | None = None, instruction: str | None = None, record_logits: bool = False,
+                 engine: str = "static", cache_capacity: int = 2048):
+        if engine not in ("static", "hf"):
+            raise ValueError(f"engine must be 'static' or 'hf', got {engine!r}")
+        self.engine, self.cache_capacity = engine, cache_capacity
         if rule not in ("two_threshold", "single"):
             raise ValueError(f"rule must be 'two_threshold' or 'single', got {rule!r}")
         self.model = model.eval()
@@ -105,15 +100,19 @@ class Narrator:
         self.record_logits = record_logits
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        if self.cfg.mod and self.cfg.dcm:
-            raise NotImplementedError("MoD routing together with DCM pruning is not supported")
+        if self.cfg.mod and (self.cfg.dcm or self.cfg.last_k_narration is not None):
+            raise NotImplementedError("MoD routing together with cache pruning (DCM, last-k) is not supported")
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget the current video."""
-        self.cache = DynamicCache(config=self.cfg)
-        self.tags = _Tag()
+        if self.engine == "static":
+            self.cache = StaticKVCache.for_model(self.cfg, capacity=self.cache_capacity, device=self.device,
+                                                 dtype=self.dtype)
+        else:
+            self.cache = DynamicCache(config=self.cfg)
+        self.tags = SlotTags(self.cache_capacity)  # one entry per cached token (of the unrouted layers)
         self.pos = 0  # next position id (counts deleted tokens too)
         self.frame = -1  # index of the last pushed frame
         self.segment = 0  # index of the current frame run
@@ -132,27 +131,33 @@ class Narrator:
     def has_memory(self) -> bool:
         return self.cfg.use_memory
 
+    def kv_bytes(self) -> int:
+        """Bytes of the cached keys and values (valid entries only; MoD's routed layers hold fewer)."""
+        if self.engine == "static":
+            return self.cache.used_bytes()
+        return sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
+                   for l in self.cache.layers if getattr(l, "keys", None) is not None and l.keys.numel())
+
     def state_size(self) -> dict:
         """Cached tokens per kind and bytes (KV cache; CLAM state)."""
-        kv = sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
-                 for l in self.cache.layers if getattr(l, "keys", None) is not None and l.keys.numel())
-        counts: dict[str, int] = {}
-        for k in self.tags.kind:
-            counts[k] = counts.get(k, 0) + 1
         clam = 0 if self.clam_state is None else self.clam_state.numel() * self.clam_state.element_size()
-        return {"tokens": len(self.tags.kind), "kv_bytes": kv, "clam_state_bytes": clam, "position": self.pos,
-                **{f"tokens_{k}": v for k, v in sorted(counts.items())}}
+        out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": clam, "position": self.pos}
+        if self.engine == "static":
+            out["kv_allocated_bytes"] = self.cache.allocated_bytes()
+        return {**out, **{f"tokens_{k}": v for k, v in sorted(self.tags.counts().items())}}
 
     # ------------------------------------------------------------------ feeding
     def _embed(self, ids: list[int], frame: torch.Tensor | None = None) -> torch.Tensor:
-        """(1, n, H) embeddings of ``ids``; ``<v>`` take the frame's tokens, ``<m>`` the CLAM read-out."""
-        t = torch.tensor(ids, device=self.device)
-        emb = self.model.model.embed_tokens(t.clamp(max=self.cfg.vocab_size - 1))
-        v = t == self.cfg.v_placeholder_id
-        if bool(v.any()):
+        """(1, n, H) embeddings of ``ids``; ``<v>`` take the frame's tokens, ``<m>`` the CLAM read-out.
+        Placeholder positions are found on the host (no device sync)."""
+        vocab = self.cfg.vocab_size
+        t = torch.tensor([min(i, vocab - 1) for i in ids], device=self.device)
+        emb = self.model.model.embed_tokens(t)
+        v = [j for j, i in enumerate(ids) if i == self.cfg.v_placeholder_id]
+        if v:
             emb[v] = self.model.frame_embeds(frame.to(self.device)).to(emb.dtype)
-        m = t == self.cfg.m_placeholder_id
-        if bool(m.any()):
+        m = [j for j, i in enumerate(ids) if i == self.cfg.m_placeholder_id]
+        if m:
             emb[m] = self.model.connector(self.memory.to(emb.dtype)).to(emb.dtype)
         return emb[None]
 
@@ -167,29 +172,34 @@ class Narrator:
             vpos = [i for i, t in enumerate(ids) if t == self.cfg.v_placeholder_id]
             if vpos:
                 fp = torch.tensor(vpos, device=self.device).view(-1, self.cfg.frame_num_tokens)
-        with self.model.streaming_routing(fp):
-            out = self.model.model(inputs_embeds=emb, position_ids=pos, past_key_values=self.cache, use_cache=True)
-        hidden = out.last_hidden_state
+        if self.engine == "static":
+            hidden = forward_step(self.model, emb, pos, self.cache, fp)
+        else:
+            with self.model.streaming_routing(fp):
+                out = self.model.model(inputs_embeds=emb, position_ids=pos, past_key_values=self.cache, use_cache=True)
+            hidden = out.last_hidden_state
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
             self.fed_logits.append(logits[0])
-        for kind, seg, nar in tags:
-            self.tags.add(1, kind, seg, nar)
+        kinds, segs, nars = zip(*tags)
+        self.tags.add(list(kinds), list(segs), list(nars))
         self.pos += n
         self.fed_ids += ids
         return logits[0, -1]
 
-    def _delete(self, drop) -> None:
-        """Remove cached tokens for which ``drop(i)`` is True, in every layer."""
-        keep = [i for i in range(len(self.tags.kind)) if not drop(i)]
-        if len(keep) == len(self.tags.kind):
+    def _delete(self, keep: np.ndarray) -> None:
+        """Remove the cached tokens where ``keep`` is False, in every layer."""
+        if keep.all():
             return
-        idx = torch.tensor(keep, device=self.device, dtype=torch.long)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(-2, idx)
-            layer.values = layer.values.index_select(-2, idx)
-        self.counters.deleted_tokens += len(self.tags.kind) - len(keep)
-        self.tags.keep(keep)
+        if self.engine == "static":
+            self.cache.compact(keep)
+        else:
+            idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
+            for layer in self.cache.layers:
+                layer.keys = layer.keys.index_select(-2, idx)
+                layer.values = layer.values.index_select(-2, idx)
+        self.counters.deleted_tokens += int((~keep).sum())
+        self.tags.compact(keep)
 
     def _update_memory(self, frame: torch.Tensor) -> None:
         """Advance CLAM's fixed-size state with the frame's tokens (no read-out: that happens only when a memory
@@ -221,7 +231,7 @@ class Narrator:
         return out, True
 
     def _narrate(self, frame_idx: int, after_prompt_ids: list[int], forced: bool, p_silent: float,
-                 script_text: str | None = None) -> NarrationEvent:
+                 script_text: str | list[int] | None = None) -> NarrationEvent:
         nid = self.narration_count
         tags = []
         for i, t in enumerate(after_prompt_ids):
@@ -229,7 +239,8 @@ class Narrator:
                         else ("narration", PERMANENT, nid))
         logits = self._feed(after_prompt_ids, tags)
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
-            ids = self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
+            ids = (self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
+                   if isinstance(script_text, str) else list(script_text))  # text, or token ids (benchmarks)
             for t in ids:
                 self._feed([t], [("narration", PERMANENT, nid)])
             capped = False
@@ -243,12 +254,10 @@ class Narrator:
         self.last_narration_frame = frame_idx
         # DCM: drop this segment's frame run and the memory block before it; FlowNar-C: the oldest narration
         if self.cfg.dcm:
-            seg = self.segment
-            self._delete(lambda i: self.tags.segment[i] == seg)
+            self._delete(self.tags.keep_mask(segment=self.segment))
         k = self.cfg.last_k_narration
         if k is not None and self.narration_count > k:
-            old = self.narration_count - 1 - k
-            self._delete(lambda i: self.tags.narration[i] == old)
+            self._delete(self.tags.keep_mask(narration=self.narration_count - 1 - k))
         self.segment += 1
         ev = NarrationEvent(frame_idx, self.chat.decode(ids), ids, forced, p_silent)
         self.events.append(ev)
@@ -256,10 +265,12 @@ class Narrator:
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def push(self, frame: torch.Tensor, speak: bool | None = None, script_text: str | None = None) -> NarrationEvent | None:
+    def push(self, frame: torch.Tensor, speak: bool | None = None,
+             script_text: str | list[int] | None = None) -> NarrationEvent | None:
         """Feed one frame ``(tokens_per_frame, D)``. Returns a narration or None.
 
-        ``speak`` / ``script_text`` override the model's decision / text (replaying a schedule)."""
+        ``speak`` / ``script_text`` override the model's decision / text (replaying a schedule); ``script_text`` may
+        be token ids. A replayed narration is fed one token per forward, like greedy decoding."""
         if frame.ndim != 2 or frame.shape[0] != self.cfg.frame_num_tokens or frame.shape[1] != self.cfg.vision_hidden_size:
             raise ValueError(f"frame of shape {tuple(frame.shape)}; this model takes "
                              f"({self.cfg.frame_num_tokens}, {self.cfg.vision_hidden_size})")
@@ -306,26 +317,12 @@ class Narrator:
         return self._narrate(i, [self.chat.speak_id] + self.chat.assistant_prompt_ids, False, p_silent,
                              script_text=script_text)
 
-    def _prompt(self, frame: torch.Tensor, script_text: str | None) -> NarrationEvent:
+    def _prompt(self, frame: torch.Tensor, script_text: str | list[int] | None) -> NarrationEvent:
         """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
-        # tags: the frame run "[ V ]\n" of frame 0 is segment 0; the rest is permanent; "Assistant :" is narration 0
-        r = self.chat.render(self.prompt_messages, add_generation_prompt=True)
-        enc = self.chat.tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        span = next(s for s in r.spans if s[0] == "frames")
-        n_assist = len(self.chat.assistant_prompt_ids)
-        tags = []
-        for j, (a, b) in enumerate(enc["offset_mapping"]):
-            if j >= len(ids) - n_assist:
-                tags.append(("narration", PERMANENT, 0))
-            elif span[2] <= a < span[3]:
-                tags.append(("frames", 0, PERMANENT))
-            else:
-                tags.append(("other", PERMANENT, PERMANENT))
+        head, head_tags, tail = prompt_plan(self.chat, self.prompt_messages)
         self._update_memory(frame)
         # feed everything up to (not including) "Assistant:" then the narration prompt, as _narrate does
-        head, tail = ids[: len(ids) - n_assist], ids[len(ids) - n_assist :]
-        self._feed(head, tags[: len(head)], frame)
+        self._feed(head, head_tags, frame)
         return self._narrate(0, tail, True, float("nan"), script_text=script_text)
 
     @torch.no_grad()
@@ -345,3 +342,17 @@ class Narrator:
             self.push(f)
         self.finish()
         return self.events
+
+
+def prompt_plan(chat: ChatTokenizer, messages: list[Message]) -> tuple[list[int], list[tuple[str, int, int]], list[int]]:
+    """The prompt fed at frame 0: (ids up to ``Assistant:``, their tags, the ``Assistant:`` ids).
+
+    Tags: the frame run ``[ V ]\n`` of frame 0 is segment 0, the rest is permanent; ``Assistant:`` is narration 0."""
+    r = chat.render(messages, add_generation_prompt=True)
+    enc = chat.tok(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    span = next(s for s in r.spans if s[0] == "frames")
+    n_head = len(ids) - len(chat.assistant_prompt_ids)
+    tags = [("frames", 0, PERMANENT) if span[2] <= a < span[3] else ("other", PERMANENT, PERMANENT)
+            for a, _ in enc["offset_mapping"][:n_head]]
+    return ids[:n_head], tags, ids[n_head:]

@@ -1,0 +1,126 @@
+"""Efficiency tools: the token simulator matches the engine, the MAC formulas match the flop counter, the KV-size
+accounting matches the bytes actually cached, and the static cache compacts correctly."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from flownar.efficiency import (Layout, bench_chat, bench_config, bench_model, cache_bytes, kv_bytes_per_token,
+                                narration_schedule, run_bench, simulate_stream, stream_macs)
+from flownar.engine import StaticKVCache
+from flownar.models import SYSTEMS
+from flownar.stream import Narrator
+
+TEXT = 5
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return bench_chat(frame_tokens=10, memory_tokens=4)
+
+
+def _model(chat, system):
+    cfg = bench_config(system, "micro", chat, vision_dim=16)
+    cfg.num_m_tokens = chat.num_m_tokens
+    return bench_model(cfg)
+
+
+def _replay(model, chat, schedule, n, **kw):
+    nar = Narrator(model, chat, **kw)
+    text = [chat.tok.convert_tokens_to_ids("▁the")] * TEXT
+    frames = torch.randn(n, 10, model.config.vision_hidden_size)
+    sizes = []
+    for i in range(n):
+        nar.push(frames[i], speak=(i in schedule) if i else None, script_text=text)
+        sizes.append(nar.state_size())
+    return nar, sizes
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+def test_simulator_matches_engine_cache(chat, system):
+    model = _model(chat, system)
+    sched = narration_schedule(60, 3.83, 7.95, seed=3)
+    assert sched[0] == 0 and len(sched) > 4
+    nar, sizes = _replay(model, chat, set(sched), 60)
+    tr = simulate_stream(model.config, Layout.from_chat(chat, TEXT), sched, 60, finish=False)
+    assert [s["tokens"] for s in sizes] == tr.frame_tokens_after
+    assert nar.counters.narrations == tr.narrations
+    # KV accounting: the bytes the engine holds (per layer, MoD's routed layers fewer) = the formula
+    assert sizes[-1]["kv_bytes"] == cache_bytes(model.config, tr.frame_tokens_after[-1],
+                                                tr.frame_tokens_after_routed[-1], bytes_per_element=4)
+
+
+def test_kv_bytes_per_token_of_llama_3_2_1b(chat):
+    cfg = bench_config("videollm-online", "llama-3.2-1b", chat)
+    assert kv_bytes_per_token(cfg, 2) == 2 * 16 * 8 * 64 * 2 == 32768  # 32 KiB per token in bf16
+    cfg8 = bench_config("videollm-online", "llama-3.1-8b", chat)
+    assert kv_bytes_per_token(cfg8, 2) == 2 * 32 * 8 * 128 * 2
+
+
+@pytest.mark.parametrize("system", ["videollm-online", "videollm-mod", "flownar"])
+def test_mac_formulas_match_the_flop_counter(chat, system):
+    """The analytic MACs of a traced stream equal what torch's flop counter sees when the engine runs it (sdpa
+    forced to its math backend, whose matmuls the counter sees)."""
+    model = _model(chat, system)
+    n = 24
+    sched = narration_schedule(n, 2.0, 1.0, seed=1)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        _replay(model, chat, set(sched), n)
+    tr = simulate_stream(model.config, Layout.from_chat(chat, TEXT), sched, n, finish=False)
+    macs = stream_macs(model.config, tr)
+    assert fc.get_total_flops() == 2 * macs["total"], (fc.get_total_flops() / 2, macs)
+
+
+def test_real_config_is_llama_3_2_1b_sized(chat):
+    model = bench_model(bench_config("videollm-online", "llama-3.2-1b", chat), device="meta")
+    llm = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("connector"))
+    assert abs(llm - 1.236e9) / 1.236e9 < 0.01  # Llama-3.2-1B: 1.24 B parameters (tied embeddings)
+
+
+def test_static_cache_compaction_in_place():
+    c = StaticKVCache(2, 1, 2, capacity=4)
+    vals = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 1, 10, 2)
+    for layer in range(2):
+        c.append(layer, vals[:, :, :6], vals[:, :, :6] + 100)
+    assert c.reallocations == 2 and c.capacity == 8  # each layer grew once, by doubling
+    buf_before = c.keys[0].data_ptr()
+    keep = np.array([1, 1, 0, 0, 1, 1], bool)
+    assert c.compact(keep) == 2
+    assert c.keys[0].data_ptr() == buf_before  # in place: no reallocation
+    assert c.lengths == [4, 4]
+    assert c.keys[1][0, 0, :4, 0].tolist() == [0, 1, 4, 5]
+    assert c.values[0][0, 0, :4, 1].tolist() == [100, 101, 104, 105]
+    K, V = c.append(0, vals[:, :, 6:7], vals[:, :, 6:7])
+    assert K[0, 0, :, 0].tolist() == [0, 1, 4, 5, 6]
+    assert c.used_bytes() == (5 + 4) * 2 * 1 * 2 * 4
+    with pytest.raises(ValueError, match="compact"):
+        c.compact(np.ones(5, bool))  # layers of different lengths
+    c.append(1, vals[:, :, 6:7], vals[:, :, 6:7])
+    assert c.compact(np.ones(5, bool)) == 0
+    with pytest.raises(ValueError, match="compact"):
+        c.compact(np.ones(3, bool))  # a mask of the wrong length
+
+
+@pytest.mark.parametrize("system", ["videollm-online", "flownar-c"])
+def test_static_and_hf_engines_agree(chat, system):
+    model = _model(chat, system)
+    sched = set(narration_schedule(30, 2.0, 1.0, seed=2))
+    torch.manual_seed(5)
+    a, _ = _replay(model, chat, sched, 30, record_logits=True)
+    torch.manual_seed(5)
+    b, _ = _replay(model, chat, sched, 30, record_logits=True, engine="hf")
+    assert a.fed_ids == b.fed_ids
+    torch.testing.assert_close(torch.cat(a.fed_logits), torch.cat(b.fed_logits), atol=2e-4, rtol=1e-4)
+
+
+def test_run_bench_writes_points(chat):
+    res = run_bench(["flownar", "videollm-online"], [120], config="micro", progress=False)
+    runs = {r["system"]: r for r in res["runs"]}
+    assert [p["frames"] for p in runs["flownar"]["points"]] == [1, 10, 100, 120]
+    # same schedule, so the same narrations; DCM holds fewer tokens
+    assert runs["flownar"]["narrations"] == runs["videollm-online"]["narrations"] > 5
+    assert runs["flownar"]["points"][-1]["cache_tokens"] < runs["videollm-online"]["points"][-1]["cache_tokens"]
+    assert len(runs["flownar"]["frame_ms"]) == 120 and runs["flownar"]["macs"]["total"] > 0
