@@ -26,7 +26,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TORCH_EXTENSIONS_DIR := $(VENV)/torch_extensions
 
 .PHONY: help setup java test unit nbval lab data-ek100 data-ego4d data-egoexo4d reproduce-ek100 reproduce-ego4d \
-        reproduce-egoexo4d notebooks-smoke clean distclean
+        reproduce-egoexo4d notebooks-smoke bench-cpu bench-gpu clean distclean
 
 help:
 	@sed -n '1,6p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -102,6 +102,24 @@ endef
 prev_of = $(if $(filter 1,$(2)),,$(ROOT)/paper_figures/$(1)/$(PROFILE)/notebooks/$(notdir $(word $(shell echo $$(($(2)-1))),$(NOTEBOOKS))))
 $(foreach d,ek100 ego4d egoexo4d,$(foreach i,$(shell seq 1 $(words $(NOTEBOOKS))),\
   $(eval $(call notebook_rule,$(d),$(word $(i),$(NOTEBOOKS)),$(call prev_of,$(d),$(i))))))
+
+# ---------------------------------------------------------------- committed benchmark runs
+# Longer than the pipeline's own benchmark (notebook 04 shows these beside its run). Commit the JSON files.
+BENCH_DIR := $(ROOT)/paper_figures/ek100/bench
+BENCH_SYSTEMS := videollm-online,videollm-mod,flownar-c,flownar
+bench-cpu: $(STAMP)
+	taskset -c 0 $(VENV)/bin/flownar bench --systems flownar-c,flownar,videollm-online --frames 10000 --config mini \
+	  --threads 1 --json $(BENCH_DIR)/bench_cpu_mini_static.json
+	taskset -c 0 $(VENV)/bin/flownar bench --systems flownar,videollm-online --frames 1000 --config mini --threads 1 \
+	  --engine hf --json $(BENCH_DIR)/bench_cpu_mini_hf_1000.json
+	taskset -c 0 $(VENV)/bin/flownar bench --systems flownar,videollm-online --frames 1000 --config mini --threads 1 \
+	  --json $(BENCH_DIR)/bench_cpu_mini_static_1000.json
+
+# On a machine with a CUDA GPU: the paper's sizes in bf16 (10^4 frames; 10^5 for the DCM systems).
+bench-gpu: $(STAMP)
+	for cfg in llama-3.2-1b llama-3.1-8b; do \
+	  $(VENV)/bin/flownar bench --systems $(BENCH_SYSTEMS) --frames 10000 --long-frames 100000 --config $$cfg \
+	    --device cuda --json $(BENCH_DIR)/bench_cuda_$$cfg.json || exit 1; done
 
 # ---------------------------------------------------------------- cleaning
 clean:

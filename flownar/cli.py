@@ -5,6 +5,8 @@
     flownar train --system flownar --profile smoke [--data DIR] [--out DIR]   train one system
     flownar eval stream --checkpoint RUN --data DIR --out DIR       self-conditioned narration + metrics
     flownar eval oracle --checkpoint RUN --data DIR --out DIR       teacher-forced metrics
+    flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --json OUT.json
+                                                                    speed and memory of the streaming engine
 """
 from __future__ import annotations
 
@@ -91,7 +93,68 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--max-new-tokens", type=int, default=32)
             e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")
         e.set_defaults(func=func)
+
+    b = sub.add_parser("bench", help="speed and memory of the streaming engine (random weights, replayed schedule)")
+    b.add_argument("--systems", default="videollm-online,videollm-mod,flownar-c,flownar",
+                   help="comma-separated systems")
+    b.add_argument("--frames", default="10000", help="stream length (comma-separated: the largest is run; memory "
+                   "is recorded at 1, 10, 100, ...)")
+    b.add_argument("--long-frames", type=int, default=None,
+                   help="a longer stream for the systems with a bounded visual cache (DCM), e.g. 100000")
+    b.add_argument("--config", default="tiny", help="LLM size: micro, mini, tiny, small, llama-3.2-1b, llama-3.1-8b")
+    b.add_argument("--device", default="cpu", help="cpu or cuda")
+    b.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    b.add_argument("--engine", default="static", choices=["static", "hf"],
+                   help="static: preallocated cache (default); hf: transformers' DynamicCache (the baseline)")
+    b.add_argument("--segment-stats", type=float, nargs=2, metavar=("MEAN_S", "STD_S"), default=None,
+                   help="segment duration statistics of the schedule (default: EK100's 3.83 +- 7.95 s)")
+    b.add_argument("--data", type=Path, default=None, help="take the segment statistics from this dataset root")
+    b.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    b.add_argument("--text-tokens", type=int, default=12, help="tokens per replayed narration")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", required=True, type=Path, help="where to write the raw results")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_bench)
     return p
+
+
+def _cmd_bench(args) -> int:
+    import json
+
+    import torch
+
+    from .efficiency import EK100_SEGMENT_STATS, run_bench, segment_stats_from_data
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available to this torch build")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    try:
+        frames = [int(f) for f in str(args.frames).split(",")]
+    except ValueError as e:
+        raise ValueError(f"--frames: expected comma-separated integers, got {args.frames!r}") from e
+    stats = tuple(args.segment_stats) if args.segment_stats else EK100_SEGMENT_STATS
+    if args.data is not None:
+        from .data.readers import FlowNarData
+
+        stats = segment_stats_from_data(FlowNarData(args.data, args.dataset))
+    lengths = frames
+    if args.long_frames:
+        from .models import SYSTEMS
+
+        lengths = {s: (args.long_frames if SYSTEMS[s]["dcm"] else max(frames)) for s in systems}
+    res = run_bench(systems, lengths, config=args.config, device=args.device, dtype=args.dtype, engine=args.engine,
+                    segment_stats=stats, text_tokens=args.text_tokens, seed=args.seed, progress=not args.quiet)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(res))
+    for r in res["runs"]:
+        print(f"{r['system']:>16}: {r['frames']} frames, {r['fps']:.1f} frames/s, "
+              f"cache {r['points'][-1]['cache_tokens']} tokens ({r['points'][-1]['kv_bytes'] / 2**20:.1f} MiB)")
+    print(f"wrote {args.json}")
+    return 0
 
 
 def _load_for_eval(args):
