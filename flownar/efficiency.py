@@ -664,7 +664,7 @@ def measured_table(results: list[dict]) -> "pd.DataFrame":
             if "cuda_max_allocated_bytes" in last:
                 row["GPU max allocated (GiB)"] = last["cuda_max_allocated_bytes"] / 2 ** 30
             else:
-                row["RSS growth (MiB)"] = last["rss_growth_bytes"] / 2 ** 20
+                row["RSS change (MiB)"] = last["rss_growth_bytes"] / 2 ** 20
             rows.append(row)
     return pd.DataFrame(rows)
 

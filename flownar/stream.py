@@ -83,6 +83,7 @@ class Narrator:
         if engine not in ("static", "hf"):
             raise ValueError(f"engine must be 'static' or 'hf', got {engine!r}")
         self.engine, self.cache_capacity = engine, cache_capacity
+        self._ids_cache: dict[tuple, torch.Tensor] = {}
         if rule not in ("two_threshold", "single"):
             raise ValueError(f"rule must be 'two_threshold' or 'single', got {rule!r}")
         self.model = model.eval()
@@ -147,17 +148,41 @@ class Narrator:
         return {**out, **{f"tokens_{k}": v for k, v in sorted(self.tags.counts().items())}}
 
     # ------------------------------------------------------------------ feeding
+    def _ids_tensor(self, ids: list[int]) -> torch.Tensor:
+        """Token ids on the device, clamped to the vocabulary (placeholders are overwritten). The few fixed
+        patterns of the stream (a silent frame, the step after a narration, the narration prompt) are copied to the
+        device once and reused: no host-to-device copy on the per-frame path."""
+        key = tuple(ids)
+        t = self._ids_cache.get(key)
+        if t is None:
+            vocab = self.cfg.vocab_size
+            t = torch.tensor([min(i, vocab - 1) for i in ids], device=self.device)
+            if len(ids) > 1 and len(self._ids_cache) < 64:
+                self._ids_cache[key] = t
+        return t
+
+    @staticmethod
+    def _run(ids: list[int], token: int) -> slice | None:
+        """The contiguous run of ``token`` in ``ids`` (placeholders always come in one run per fed chunk)."""
+        if token not in ids:
+            return None
+        a = ids.index(token)
+        b = a
+        while b < len(ids) and ids[b] == token:
+            b += 1
+        if token in ids[b:]:
+            raise ValueError("placeholder tokens must form one contiguous run per forward")
+        return slice(a, b)
+
     def _embed(self, ids: list[int], frame: torch.Tensor | None = None) -> torch.Tensor:
         """(1, n, H) embeddings of ``ids``; ``<v>`` take the frame's tokens, ``<m>`` the CLAM read-out.
-        Placeholder positions are found on the host (no device sync)."""
-        vocab = self.cfg.vocab_size
-        t = torch.tensor([min(i, vocab - 1) for i in ids], device=self.device)
-        emb = self.model.model.embed_tokens(t)
-        v = [j for j, i in enumerate(ids) if i == self.cfg.v_placeholder_id]
-        if v:
+        Placeholder positions are found on the host and written as slices (no device sync)."""
+        emb = self.model.model.embed_tokens(self._ids_tensor(ids))
+        v = self._run(ids, self.cfg.v_placeholder_id)
+        if v is not None:
             emb[v] = self.model.frame_embeds(frame.to(self.device)).to(emb.dtype)
-        m = [j for j, i in enumerate(ids) if i == self.cfg.m_placeholder_id]
-        if m:
+        m = self._run(ids, self.cfg.m_placeholder_id)
+        if m is not None:
             emb[m] = self.model.connector(self.memory.to(emb.dtype)).to(emb.dtype)
         return emb[None]
 
@@ -169,9 +194,13 @@ class Narrator:
         pos = torch.arange(self.pos, self.pos + n, device=self.device)[None]
         fp = None
         if self.cfg.mod:
-            vpos = [i for i, t in enumerate(ids) if t == self.cfg.v_placeholder_id]
-            if vpos:
-                fp = torch.tensor(vpos, device=self.device).view(-1, self.cfg.frame_num_tokens)
+            v = self._run(ids, self.cfg.v_placeholder_id)
+            if v is not None:
+                key = ("frame_positions", v.start, v.stop)
+                if key not in self._ids_cache:
+                    self._ids_cache[key] = torch.arange(v.start, v.stop, device=self.device).view(
+                        -1, self.cfg.frame_num_tokens)
+                fp = self._ids_cache[key]
         if self.engine == "static":
             hidden = forward_step(self.model, emb, pos, self.cache, fp)
         else:

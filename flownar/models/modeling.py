@@ -80,7 +80,9 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
         keep = torch.ones(L, dtype=torch.bool, device=device)
         keep[fp.flatten()] = False
         keep[selected] = True
-        return keep.nonzero().flatten(), selected, weight  # idx ascending
+        count = L - F_ * N + F_ * k  # known on the host: no nonzero(), so no device sync
+        idx = torch.argsort((~keep).to(torch.int8), stable=True)[:count]  # kept positions, ascending
+        return idx, selected, weight
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
                 position_embeddings=None, **kwargs):
