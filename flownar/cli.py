@@ -7,6 +7,8 @@
     flownar eval oracle --checkpoint RUN --data DIR --out DIR       teacher-forced metrics
     flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --json OUT.json
                                                                     speed and memory of the streaming engine
+    flownar extract-features VIDEO_OR_DIR --vision SIGLIP_DIR --out DATA_ROOT   videos -> FlowNar-Data features
+    flownar narrate VIDEO --checkpoint RUN --vision SIGLIP_DIR [--out DIR] [--realtime]   live narration
 """
 from __future__ import annotations
 
@@ -117,7 +119,62 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", required=True, type=Path, help="where to write the raw results")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bench)
+
+    x = sub.add_parser("extract-features", help="encode video files into a FlowNar-Data root (2 fps, SigLIP, 1+3x3)")
+    x.add_argument("videos", type=Path, help="a video file or a folder of videos")
+    x.add_argument("--vision", required=True, type=Path, help="local SigLIP vision tower (google/siglip-large-patch16-384)")
+    x.add_argument("--out", required=True, type=Path, help="dataset root to write (features + features_metadata.json)")
+    x.add_argument("--layout", default="ek100", choices=["ek100", "ego4d", "egoexo4d"], help="feature folder naming")
+    x.add_argument("--batch-size", type=int, default=16)
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--overwrite", action="store_true", help="re-encode videos already in the metadata")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=_cmd_extract)
+
+    nr = sub.add_parser("narrate", help="narrate a video file live with a trained checkpoint")
+    nr.add_argument("video", type=Path)
+    nr.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
+    nr.add_argument("--vision", required=True, type=Path, help="the SigLIP vision tower the model was trained on")
+    nr.add_argument("--out", type=Path, default=None, help="folder for <video>.json/.srt/.vtt (default: beside the video)")
+    nr.add_argument("--realtime", action="store_true", help="pace input at the video clock and report the lag")
+    nr.add_argument("--threshold-high", type=float, default=0.8)
+    nr.add_argument("--threshold-low", type=float, default=0.5)
+    nr.add_argument("--max-new-tokens", type=int, default=32)
+    nr.add_argument("--device", default="cpu")
+    nr.add_argument("--quiet", action="store_true", help="no progress bar")
+    nr.set_defaults(func=_cmd_narrate)
     return p
+
+
+def _cmd_extract(args) -> int:
+    from .video import extract_features
+
+    r = extract_features(args.videos, args.vision, args.out, layout=args.layout, batch_size=args.batch_size,
+                         device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"encoded {len(r['encoded'])} video(s), skipped {len(r['skipped'])} already encoded; "
+          f"features ({r['tower']}, dim {r['hidden_size']}) in {r['feature_dir']}")
+    return 0
+
+
+def _cmd_narrate(args) -> int:
+    from .narrate import _stamp, narrate_video
+
+    def show(item):
+        print(f"[{_stamp(item['time'], '.')[3:]}] {item['text']}", flush=True)
+
+    out = args.out if args.out is not None else args.video.parent
+    res, files = narrate_video(args.video, args.checkpoint, args.vision, out, realtime=args.realtime,
+                               progress=not args.quiet, on_event=show, device=args.device,
+                               threshold_high=args.threshold_high, threshold_low=args.threshold_low,
+                               max_new_tokens=args.max_new_tokens)
+    rate = res.frames / res.wall_s if res.wall_s else float("nan")
+    msg = f"{len(res.narrations)} narrations over {res.frames} frames in {res.wall_s:.1f} s ({rate:.1f} frames/s)"
+    if res.realtime:
+        msg += f"; behind the video clock by {res.final_lag_s:.2f} s at the end (at most {res.max_lag_s:.2f} s)"
+    print(msg)
+    for kind, path in files.items():
+        print(f"wrote {path}")
+    return 0
 
 
 def _cmd_bench(args) -> int:

@@ -1,0 +1,137 @@
+"""Narrate a video file live: decode, encode and stream each frame into the narrator as it comes.
+
+``narrate_video`` is what ``flownar narrate VIDEO --checkpoint DIR --vision PATH`` runs: frames at 2 fps from
+:mod:`flownar.video`, encoded one at a time by the SigLIP tower, pushed into :class:`flownar.stream.Narrator`;
+each narration is reported as soon as it is decoded (``on_event``), and at the end JSON, SRT and WebVTT files are
+written. With ``realtime=True`` input is paced at the video clock (frame j is not read before j / fps seconds
+after the start) and the lag behind that clock is measured.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import FlowNarError
+
+
+@dataclass
+class Cue:
+    start: float
+    end: float
+    text: str
+
+
+def _stamp(t: float, sep: str) -> str:
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def cues_from_events(times: list[float], texts: list[str], duration: float, max_len: float = 5.0,
+                     min_len: float = 0.5) -> list[Cue]:
+    """One cue per narration, from its time to the next narration (at most ``max_len`` s, at least ``min_len``)."""
+    cues = []
+    for i, (t, text) in enumerate(zip(times, texts)):
+        nxt = times[i + 1] if i + 1 < len(times) else max(duration, t + min_len)
+        end = min(nxt, t + max_len)
+        cues.append(Cue(t, max(end, t + min_len), text.strip()))
+    return cues
+
+
+def to_srt(cues: list[Cue]) -> str:
+    return "".join(f"{i}\n{_stamp(c.start, ',')} --> {_stamp(c.end, ',')}\n{c.text}\n\n" for i, c in enumerate(cues, 1))
+
+
+def to_vtt(cues: list[Cue]) -> str:
+    return "WEBVTT\n\n" + "".join(f"{_stamp(c.start, '.')} --> {_stamp(c.end, '.')}\n{c.text}\n\n" for c in cues)
+
+
+@dataclass
+class NarrationResult:
+    video: str
+    checkpoint: str
+    system: str
+    fps: float
+    frames: int
+    narrations: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    realtime: bool = False
+    max_lag_s: float = 0.0  # realtime: largest delay of a frame's processing behind the video clock
+    final_lag_s: float = 0.0
+    counters: dict = field(default_factory=dict)
+
+
+def check_compatible(model, encoder, checkpoint, vision) -> None:
+    cfg = model.config
+    if encoder.hidden_size != cfg.vision_hidden_size or cfg.frame_num_tokens != 10:
+        raise FlowNarError(
+            f"{checkpoint} takes frames of ({cfg.frame_num_tokens}, {cfg.vision_hidden_size}) features but the "
+            f"vision tower {vision} gives (10, {encoder.hidden_size}): use the tower the model was trained on")
+
+
+def narrate_video(video: str | Path, checkpoint: str | Path, vision: str | Path, out_dir: str | Path | None = None,
+                  fps: float = 2.0, realtime: bool = False, progress: bool = True, on_event=None,
+                  device: str = "cpu", **narrator_kwargs) -> tuple[NarrationResult, dict[str, Path]]:
+    """Stream ``video`` through the checkpoint's narrator. Returns the result and the written files."""
+    from tqdm.auto import tqdm
+
+    from .stream import Narrator
+    from .train import load_trained
+    from .video import FrameEncoder, read_frames, video_duration
+
+    video, checkpoint = Path(video), Path(checkpoint)
+    duration = video_duration(video)  # also checks that the file is a readable video, before loading anything
+    model, chat = load_trained(checkpoint)
+    model = model.to(device)
+    encoder = FrameEncoder(vision, device=device)
+    check_compatible(model, encoder, checkpoint, vision)
+    narrator = Narrator(model, chat, **narrator_kwargs)
+    narrator.reset()
+    res = NarrationResult(str(video), str(checkpoint), model.config.system, fps, 0, realtime=realtime)
+    total = int(duration * fps) + 1 if duration else None
+    bar = tqdm(total=total, disable=not progress, desc=f"narrating {video.name}", unit="frame", leave=False)
+    t0 = time.perf_counter()
+
+    def emit(ev):
+        t = ev.frame / fps
+        item = {"frame": ev.frame, "time": t, "text": ev.text.strip(), "forced": ev.forced}
+        res.narrations.append(item)
+        if on_event is not None:
+            on_event(item)
+
+    for t, img in read_frames(video, fps, encoder.image_size):
+        if realtime:  # the frame at video time t cannot be seen before t
+            wait = t - (time.perf_counter() - t0)
+            if wait > 0:
+                time.sleep(wait)
+        feats = encoder.encode(img[None])[0]
+        ev = narrator.push(feats)
+        if ev is not None:
+            emit(ev)
+        res.frames += 1
+        lag = (time.perf_counter() - t0) - t
+        res.max_lag_s = max(res.max_lag_s, lag)
+        res.final_lag_s = lag
+        bar.update(1)
+    ev = narrator.finish()
+    if ev is not None:
+        emit(ev)
+    bar.close()
+    res.wall_s = time.perf_counter() - t0
+    res.counters = asdict(narrator.counters)
+    files = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cues = cues_from_events([n["time"] for n in res.narrations], [n["text"] for n in res.narrations],
+                                max(duration, res.frames / fps))
+        stem = out / video.stem
+        files = {"json": stem.with_suffix(".json"), "srt": stem.with_suffix(".srt"), "vtt": stem.with_suffix(".vtt")}
+        files["json"].write_text(json.dumps(asdict(res), indent=2))
+        files["srt"].write_text(to_srt(cues))
+        files["vtt"].write_text(to_vtt(cues))
+    return res, files
