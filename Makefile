@@ -86,6 +86,8 @@ define dataset_rules
 OUT_$(1) := $(ROOT)/paper_figures/$(1)/$(PROFILE)
 EXEC_$(1) := $$(patsubst $(ROOT)/notebooks/%,$$(OUT_$(1))/notebooks/%,$(NOTEBOOKS))
 reproduce-$(1): $$(EXEC_$(1))
+	$(VENV)/bin/flownar provenance --dataset $(1) --profile $(PROFILE) --seed $(SEED) \
+	  $(if $(DATA_ROOT),--data "$(DATA_ROOT)") --out $$(OUT_$(1))
 	@echo "reproduce-$(1): outputs in $$(OUT_$(1))"
 endef
 $(foreach d,ek100 ego4d egoexo4d,$(eval $(call dataset_rules,$(d))))

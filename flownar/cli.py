@@ -143,7 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     nr.add_argument("--device", default="cpu")
     nr.add_argument("--quiet", action="store_true", help="no progress bar")
     nr.set_defaults(func=_cmd_narrate)
+
+    pv = sub.add_parser("provenance", help="write provenance.json (commit, data fingerprint, versions, device)")
+    pv.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    pv.add_argument("--profile", default="default")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--data", type=Path, default=None, help="dataset root (default: the embedded one of the profile)")
+    pv.add_argument("--out", required=True, type=Path, help="folder to write provenance.json into")
+    pv.set_defaults(func=_cmd_provenance)
     return p
+
+
+def _cmd_provenance(args) -> int:
+    from .provenance import write_provenance
+
+    print(f"wrote {write_provenance(args.out, args.dataset, args.profile, args.seed, args.data)}")
+    return 0
 
 
 def _cmd_extract(args) -> int:

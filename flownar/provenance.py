@@ -1,0 +1,107 @@
+"""``provenance.json``: what produced a set of results (code, data, settings, software, hardware).
+
+Written by ``make reproduce-*`` beside the tables (``flownar provenance``); everything in it is cheap to compute,
+so it is rewritten on every run. The data fingerprint hashes the metadata and annotation files and the names and
+sizes of the feature files (hashing every feature tensor of FlowNar-Data would take minutes); for the embedded
+data the synthetic card (generator version, profile, seed) is included as well.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from . import paths
+
+PACKAGES = ("flownar", "torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "datasets",
+            "safetensors", "numpy", "pandas", "pycocoevalcap", "papermill", "nbval", "av", "matplotlib", "seaborn")
+
+
+def git_state(root: Path | None = None) -> dict:
+    root = Path(root or paths.project_root())
+
+    def run(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = run("rev-parse", "HEAD")
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit or None, "dirty": dirty}
+
+
+def data_fingerprint(root: str | Path) -> dict:
+    """sha256 over the metadata/annotation file contents and the feature files' relative paths and sizes."""
+    root = Path(root)
+    h = hashlib.sha256()
+    n_feat, feat_bytes = 0, 0
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith("features/"):
+            size = p.stat().st_size
+            h.update(f"{rel}:{size}\n".encode())
+            n_feat += 1
+            feat_bytes += size
+        elif p.suffix == ".json":
+            h.update(f"{rel}\n".encode())
+            h.update(p.read_bytes())
+    return {"sha256": h.hexdigest(), "feature_files": n_feat, "feature_bytes": feat_bytes}
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def package_versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        out["java"] = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20).stderr.split("\n")[0]
+    except (OSError, subprocess.SubprocessError):
+        out["java"] = None
+    return out
+
+
+def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | None = None) -> dict:
+    """The provenance record of a pipeline run (the data root defaults to the embedded one of the profile)."""
+    from .data.layouts import SYNTHETIC_CARD_FILE, get_layout
+
+    layout = get_layout(dataset).name
+    root = Path(data_root) if data_root else paths.embedded_data_root(layout, profile)
+    card = root / SYNTHETIC_CARD_FILE
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": layout, "profile": profile, "seed": seed,
+        "data": {"root": str(root), "embedded_synthetic": card.is_file(),
+                 "synthetic_card": json.loads(card.read_text()) if card.is_file() else None,
+                 **(data_fingerprint(root) if root.is_dir() else {"missing": True})},
+        "git": git_state(), "packages": package_versions(), "device": device_info(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def write_provenance(out_dir: str | Path, dataset: str, profile: str, seed: int,
+                     data_root: str | Path | None = None) -> Path:
+    out = Path(out_dir) / "provenance.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(provenance(dataset, profile, seed, data_root), indent=2, default=str))
+    return out

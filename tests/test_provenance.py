@@ -1,0 +1,27 @@
+"""provenance.json: commit, data fingerprint, versions, device."""
+import json
+
+from flownar.cli import main
+from flownar.data.synth import write_synthetic_dataset
+from flownar.provenance import data_fingerprint
+
+
+def test_provenance_records_data_and_software(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "d", layout="ek100", profile="smoke", seed=0, progress=False)
+    assert main(["provenance", "--dataset", "ek100", "--profile", "smoke", "--data", str(root),
+                 "--out", str(tmp_path / "out")]) == 0
+    p = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert p["dataset"] == "ek100" and p["profile"] == "smoke" and p["seed"] == 0
+    assert p["data"]["embedded_synthetic"] and p["data"]["synthetic_card"]["seed"] == 0
+    assert p["data"]["feature_files"] > 0 and len(p["data"]["sha256"]) == 64
+    assert p["packages"]["torch"] and p["packages"]["flownar"] and "cpu_count" in p["device"]
+    assert "commit" in p["git"]
+
+
+def test_fingerprint_changes_with_annotations_only_when_they_change(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "d", layout="ego4d", profile="smoke", seed=1, progress=False)
+    a = data_fingerprint(root)
+    assert data_fingerprint(root) == a  # deterministic
+    ann = next((root / "annotations").glob("*.json"))
+    ann.write_text(ann.read_text().replace("You", "you", 1))
+    assert data_fingerprint(root)["sha256"] != a["sha256"]
