@@ -240,3 +240,31 @@ def test_clam_update_and_read_equal_step(tok):
         s = clam.update(x[:, a:b], s)
     torch.testing.assert_close(s, s_step)
     torch.testing.assert_close(clam.read(s), mem_step)
+
+
+@pytest.mark.parametrize("system,kw", [("flownar", {}), ("flownar-c", {"last_k_narration": 1}), ("dcm-only", {})])
+def test_dcm_block_attention_equals_the_dense_mask(tok, system, kw):
+    """The block attention used with sdpa gives the loss and gradients of the dense 4-D visibility mask."""
+    from flownar.models.dcm_attention import dcm_blocks, dcm_sdpa
+    from flownar.models.masks import additive_mask
+
+    model, chat = micro_model(tok, system, **kw)
+    batch, enc = batch_for(model, chat, make_sample(model.config.use_memory))
+    expiry = batch.pop("expiry")
+    losses, grads = [], []
+    for use_blocks in (True, False):
+        model.zero_grad()
+        extra = {"expiry": expiry} if use_blocks else {
+            "attention_mask": additive_mask(visibility(expiry), torch.float32)}
+        out = model(**batch, **extra)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    # and the kernel alone, on this sample's expiry, with grouped-query heads
+    L = expiry.shape[0]
+    q, k, v = torch.randn(1, 4, L, 8), torch.randn(1, 2, L, 8), torch.randn(1, 2, L, 8)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=additive_mask(visibility(expiry), torch.float32), enable_gqa=True)
+    torch.testing.assert_close(dcm_sdpa(q, k, v, dcm_blocks(expiry)), dense, atol=1e-5, rtol=1e-5)

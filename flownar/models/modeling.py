@@ -9,7 +9,9 @@ Pieces (reference sections 3-6):
 * CLAM (:mod:`flownar.models.clam`), run over the clip's frame tokens flattened frame-major, read out once per
   memory block after the previous segment's last frame token (or, for the original's checkpoints, at the
   narration frame's CLS token);
-* DCM and FlowNar-C's narration window as a 4-D attention mask (:mod:`flownar.models.masks`);
+* DCM and FlowNar-C's narration window as expiry positions (:mod:`flownar.models.masks`), applied by an exact
+  block attention (:mod:`flownar.models.dcm_attention`: each block of queries attends to the keys it can see) with
+  sdpa, or as a 4-D attention mask otherwise;
 * VideoLLM-MoD's routed layers (:class:`FlowNarDecoderLayer`);
 * the loss: token cross-entropy on the pre-shifted labels, frame-decision positions (input ``<v>``) weighted by
   ``stream_loss_weight``, divided by the number of labelled tokens.
@@ -29,7 +31,10 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from .clam import CLAM, CLAMConfig
 from .config import FlowNarConfig
+from .dcm_attention import dcm_blocks, register
 from .masks import additive_mask, visibility
+
+DCM_ATTENTION = register()
 
 
 class Connector(nn.Module):
@@ -247,15 +252,25 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         """
         if inputs_embeds is None:
             inputs_embeds = self.joint_embed(input_ids, frames, mem_frame_indices)
+        impl = self.config._attn_implementation
         if expiry is not None:
             if attention_mask is not None:
                 raise ValueError("pass either expiry or attention_mask")
-            attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
+            if impl == "sdpa" and not self.config.mod and inputs_embeds.shape[0] == 1 and past_key_values is None:
+                # exact block attention over each query block's visible keys (no L x L mask)
+                kwargs["dcm_blocks"] = dcm_blocks(expiry.cpu())
+            else:
+                attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
         if use_cache is None and past_key_values is None:
             use_cache = False  # a teacher-forced pass needs no cache (the streaming engine passes its own)
-        with self._routing(input_ids):
-            out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        if "dcm_blocks" in kwargs:
+            self.config._attn_implementation = DCM_ATTENTION
+        try:
+            with self._routing(input_ids):
+                out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        finally:
+            self.config._attn_implementation = impl
         hidden = out.last_hidden_state
         if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
