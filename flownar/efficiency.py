@@ -194,26 +194,9 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
     def total_r():
         return state["perm_r"] + seg[1] + sum(x[1] for x in narr)
 
-    def feed(n, v, kind):
-        """kind: 'perm', 'seg' or 'narr' (the narration being written)."""
-        tr.n.append(n)
-        tr.vision.append(v)
-        tr.cached.append(total())
-        tr.cached_routed.append(total_r())
-        nr = n - v + (v // N) * k_sel
-        if kind == "seg":
-            seg[0] += n
-            seg[1] += nr
-        elif kind == "narr" and cfg.last_k_narration is not None:
-            narr[-1][0] += n
-            narr[-1][1] += nr
-        else:
-            state["perm"] += n
-            state["perm_r"] += nr
-        peak[0] = max(peak[0], total())
-
-    def feed_mixed(parts):
-        """One forward of several tagged parts [(n, v, kind)]."""
+    def feed(parts):
+        """One forward of tagged parts [(tokens, of which <v>, kind)]; kind: 'perm', 'seg' or 'narr' (the
+        narration being written)."""
         n = sum(p[0] for p in parts)
         v = sum(p[1] for p in parts)
         tr.n.append(n)
@@ -237,9 +220,9 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
         if cfg.last_k_narration is not None:
             narr.append([0, 0])
         parts = ([(1, 0, "seg")] if run_close else []) + [(layout.assistant, 0, "narr")]
-        feed_mixed(parts)
+        feed(parts)
         for _ in range(layout.text):
-            feed(1, 0, "narr")
+            feed([(1, 0, "narr")])
         tr.narrations += 1
         if cfg.dcm:
             seg[0] = seg[1] = 0
@@ -257,7 +240,7 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
         peak[0] = total()
         if i == 0:
             run = layout.prompt_frame_run
-            feed_mixed([(layout.prompt_head - run, 0, "perm"), (run, N, "seg")])
+            feed([(layout.prompt_head - run, 0, "perm"), (run, N, "seg")])
             narrate(run_close=False)
             pending, last = True, 0
         else:
@@ -270,7 +253,7 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
                 pending = False
             else:
                 parts = [(1 + N, N, "seg")]
-            feed_mixed(parts)
+            feed(parts)
             if i in speak_at:
                 narrate(run_close=True)
                 pending, last = True, i
@@ -329,63 +312,53 @@ def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
     return out
 
 
-def stream_macs(cfg, trace: StreamTrace, clam: dict | None = None) -> dict[str, int]:
-    """MACs of a traced stream, by part (see the module docstring for the convention)."""
+def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
+    """Per-forward MACs of the decoder by part (int64 arrays, one entry per forward of the trace)."""
     L = cfg.num_hidden_layers
-    routed = [cfg.mod and i % cfg.mod_every == cfg.mod_every - 1 for i in range(L)]
-    n_routed = sum(routed)
+    n_routed = sum(1 for i in range(L) if cfg.mod and i % cfg.mod_every == cfg.mod_every - 1)
     N = cfg.frame_num_tokens
     k_sel = max(1, math.ceil(cfg.mod_capacity * N)) if cfg.mod else N
-    per_tok = linear_macs_per_token(cfg)
     n = np.asarray(trace.n, np.int64)
     v = np.asarray(trace.vision, np.int64)
     c = np.asarray(trace.cached, np.int64)
     cr = np.asarray(trace.cached_routed, np.int64)
-    nr = n - v + (v // N) * k_sel
+    nr = n - v + (v // N) * k_sel  # tokens a routed layer computes
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     att = 2 * cfg.num_attention_heads * hd
-    out = {
-        "linear": int(per_tok * ((L - n_routed) * n.sum() + n_routed * nr.sum())),
-        "attention": int(att * ((L - n_routed) * (n * (c + n)).sum() + n_routed * (nr * (cr + nr)).sum())),
-        "router": int(cfg.hidden_size * n_routed * v.sum()) if cfg.mod else 0,
-        "lm_head": int(cfg.hidden_size * cfg.vocab_size * len(n)),
-        "connector": 0,
-        "clam": 0,
+    return {
+        "linear": linear_macs_per_token(cfg) * ((L - n_routed) * n + n_routed * nr),
+        "attention": att * ((L - n_routed) * n * (c + n) + n_routed * nr * (cr + nr)),
+        "router": cfg.hidden_size * n_routed * v if cfg.mod else np.zeros_like(n),
+        "lm_head": np.full_like(n, cfg.hidden_size * cfg.vocab_size),
     }
+
+
+def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
+    """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block) MACs."""
     D, H = cfg.vision_hidden_size, cfg.hidden_size
-    out["connector"] = (D * H + H * H) * (trace.frames * N + trace.memory_blocks * cfg.num_m_tokens)
+    out = {"connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
+           "clam": 0 * frames}
     if cfg.use_memory:
         clam = clam or clam_macs(cfg)
-        out["clam"] = trace.frames * clam["update"] + trace.memory_blocks * clam["read"]
+        out["clam"] = frames * clam["update"] + memory_blocks * clam["read"]
+    return out
+
+
+def stream_macs(cfg, trace: StreamTrace, clam: dict | None = None) -> dict[str, int]:
+    """MACs of a traced stream, by part (see the module docstring for the convention)."""
+    out = {k: int(x.sum()) for k, x in _forward_macs(cfg, trace).items()}
+    out.update({k: int(x) for k, x in _input_macs(cfg, trace.frames, trace.memory_blocks, clam).items()})
     out["total"] = sum(out.values())
     return out
 
 
 def cumulative_macs(cfg, trace: StreamTrace, clam: dict | None = None) -> np.ndarray:
     """MACs of the stream up to the end of each frame (same convention as :func:`stream_macs`), (frames,)."""
-    L = cfg.num_hidden_layers
-    n_routed = sum(1 for i in range(L) if cfg.mod and i % cfg.mod_every == cfg.mod_every - 1)
-    N = cfg.frame_num_tokens
-    k_sel = max(1, math.ceil(cfg.mod_capacity * N)) if cfg.mod else N
-    n = np.asarray(trace.n, np.float64)
-    v = np.asarray(trace.vision, np.float64)
-    c = np.asarray(trace.cached, np.float64)
-    cr = np.asarray(trace.cached_routed, np.float64)
-    nr = n - v + (v // N) * k_sel
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    att = 2 * cfg.num_attention_heads * hd
-    per_fwd = (linear_macs_per_token(cfg) * ((L - n_routed) * n + n_routed * nr)
-               + att * ((L - n_routed) * n * (c + n) + n_routed * nr * (cr + nr))
-               + (cfg.hidden_size * n_routed * v if cfg.mod else 0) + cfg.hidden_size * cfg.vocab_size)
+    per_fwd = sum(_forward_macs(cfg, trace).values()).astype(np.float64)
     cum = np.concatenate([[0.0], np.cumsum(per_fwd)])[np.asarray(trace.frame_forwards)]
-    frames = np.arange(1, len(trace.frame_forwards) + 1)
+    frames = np.arange(1, len(trace.frame_forwards) + 1, dtype=np.float64)
     blocks = np.asarray(trace.frame_memory_blocks, np.float64)
-    D, H = cfg.vision_hidden_size, cfg.hidden_size
-    cum += (D * H + H * H) * (frames * N + blocks * cfg.num_m_tokens)
-    if cfg.use_memory:
-        clam = clam or clam_macs(cfg)
-        cum += frames * clam["update"] + blocks * clam["read"]
-    return cum
+    return cum + sum(_input_macs(cfg, frames, blocks, clam).values())
 
 
 # ---------------------------------------------------------------------------------------------------- paper fit
