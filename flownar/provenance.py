@@ -33,7 +33,8 @@ def git_state(root: Path | None = None) -> dict:
             return ""
 
     commit = run("rev-parse", "HEAD")
-    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    # regenerated outputs under paper_figures/ do not make the code dirty
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!paper_figures")) if commit else None
     return {"commit": commit or None, "dirty": dirty}
 
 
@@ -81,6 +82,13 @@ def package_versions() -> dict:
     return out
 
 
+def _card_summary(card: Path) -> dict:
+    """The synthetic card without its per-video ground truth (that stays in the data root)."""
+    c = json.loads(card.read_text())
+    videos = c.pop("videos", {})
+    return {**c, "videos": len(videos)}
+
+
 def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | None = None) -> dict:
     """The provenance record of a pipeline run (the data root defaults to the embedded one of the profile)."""
     from .data.layouts import SYNTHETIC_CARD_FILE, get_layout
@@ -92,7 +100,7 @@ def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | No
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": layout, "profile": profile, "seed": seed,
         "data": {"root": str(root), "embedded_synthetic": card.is_file(),
-                 "synthetic_card": json.loads(card.read_text()) if card.is_file() else None,
+                 "synthetic_card": _card_summary(card) if card.is_file() else None,
                  **(data_fingerprint(root) if root.is_dir() else {"missing": True})},
         "git": git_state(), "packages": package_versions(), "device": device_info(),
         "command": " ".join(sys.argv),
