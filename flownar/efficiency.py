@@ -480,11 +480,11 @@ def run_stream_bench(model, chat, schedule: list[int], n_frames: int, *, text_to
             torch.cuda.synchronize()
         times[i] = time.perf_counter() - t0
         if i + 1 in marks:
-            st = narrator.state_size()
+            st, rss = narrator.state_size(), _rss_bytes()
             p = {"frames": i + 1, "cache_tokens": st["tokens"], "kv_bytes": st["kv_bytes"],
                  "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
-                 "clam_state_bytes": st["clam_state_bytes"], "rss_bytes": _rss_bytes(),
-                 "rss_growth_bytes": _rss_bytes() - base_rss, "elapsed_s": time.perf_counter() - t_all}
+                 "clam_state_bytes": st["clam_state_bytes"], "rss_bytes": rss,
+                 "rss_growth_bytes": rss - base_rss, "elapsed_s": time.perf_counter() - t_all}
             if cuda:
                 p["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
                 p["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
@@ -629,7 +629,7 @@ def measured_table(results: list[dict]) -> "pd.DataFrame":
             n = r["frames"]
             row = {"source": res.get("label", ""), "device": res["device"], "config": res["config"],
                    "engine": res["engine"], "system": SYSTEM_NAMES.get(r["system"], r["system"]), "frames": n,
-                   "FPS": r["fps"], "ms/frame @100": per_frame_ms(r, min(100, n)), f"ms/frame @end": per_frame_ms(r, n),
+                   "FPS": r["fps"], "ms/frame @100": per_frame_ms(r, min(100, n)), "ms/frame @end": per_frame_ms(r, n),
                    "KV (MiB) @end": last["kv_bytes"] / 2 ** 20, "cache tokens @end": last["cache_tokens"]}
             row["time growth (@end / @100)"] = row["ms/frame @end"] / row["ms/frame @100"]
             if on is not None and on["frames"] == n:

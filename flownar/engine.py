@@ -210,12 +210,7 @@ def _routed(layer, x, cos, sin, cache, i, frame_positions):
     idx, selected, weight = layer._select(x, frame_positions)
     layer.kept_index = idx
     sub = _attend(layer, x[:, idx], cos[:, idx], sin[:, idx], cache, i, None)
-    out = x.clone()
-    out[:, idx] = sub
-    if selected is not None:
-        base = x[0, selected]
-        out[0, selected] = base + weight[:, None] * (out[0, selected] - base)
-    return out
+    return layer.merge(x, idx, sub, selected, weight)
 
 
 def forward_step(model, embeds: torch.Tensor, position_ids: torch.Tensor, cache: StaticKVCache,

@@ -174,11 +174,10 @@ class Narrator:
             raise ValueError("placeholder tokens must form one contiguous run per forward")
         return slice(a, b)
 
-    def _embed(self, ids: list[int], frame: torch.Tensor | None = None) -> torch.Tensor:
-        """(1, n, H) embeddings of ``ids``; ``<v>`` take the frame's tokens, ``<m>`` the CLAM read-out.
-        Placeholder positions are found on the host and written as slices (no device sync)."""
+    def _embed(self, ids: list[int], frame: torch.Tensor | None, v: slice | None) -> torch.Tensor:
+        """(1, n, H) embeddings of ``ids``; ``<v>`` (the run ``v``) take the frame's tokens, ``<m>`` the CLAM
+        read-out. Placeholder positions are found on the host and written as slices (no device sync)."""
         emb = self.model.model.embed_tokens(self._ids_tensor(ids))
-        v = self._run(ids, self.cfg.v_placeholder_id)
         if v is not None:
             emb[v] = self.model.frame_embeds(frame.to(self.device)).to(emb.dtype)
         m = self._run(ids, self.cfg.m_placeholder_id)
@@ -190,17 +189,16 @@ class Narrator:
     def _feed(self, ids: list[int], tags: list[tuple[str, int, int]], frame: torch.Tensor | None = None) -> torch.Tensor:
         """Run the model on new tokens; returns the logits of the last one. ``tags`` has one entry per token."""
         n = len(ids)
-        emb = self._embed(ids, frame)
+        v = self._run(ids, self.cfg.v_placeholder_id)
+        emb = self._embed(ids, frame, v)
         pos = torch.arange(self.pos, self.pos + n, device=self.device)[None]
         fp = None
-        if self.cfg.mod:
-            v = self._run(ids, self.cfg.v_placeholder_id)
-            if v is not None:
-                key = ("frame_positions", v.start, v.stop)
-                if key not in self._ids_cache:
-                    self._ids_cache[key] = torch.arange(v.start, v.stop, device=self.device).view(
-                        -1, self.cfg.frame_num_tokens)
-                fp = self._ids_cache[key]
+        if self.cfg.mod and v is not None:  # MoD: where the frame's tokens are among the new ones
+            key = ("frame_positions", v.start, v.stop)
+            if key not in self._ids_cache:
+                self._ids_cache[key] = torch.arange(v.start, v.stop, device=self.device).view(
+                    -1, self.cfg.frame_num_tokens)
+            fp = self._ids_cache[key]
         if self.engine == "static":
             hidden = forward_step(self.model, emb, pos, self.cache, fp)
         else:

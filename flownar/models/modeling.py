@@ -119,6 +119,12 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
                               position_ids=position_ids[:, idx] if position_ids is not None else None,
                               past_key_values=past_key_values if streaming else None, use_cache=streaming,
                               position_embeddings=(cos[:, idx], sin[:, idx]), **kwargs)
+        return self.merge(hidden_states, idx, sub, selected, weight)
+
+    @staticmethod
+    def merge(hidden_states, idx, sub, selected, weight):
+        """The layer's output: computed tokens ``idx`` take ``sub``; the selected vision tokens' updates are scaled by
+        their router weight; skipped tokens pass through unchanged."""
         out = hidden_states.clone()
         out[:, idx] = sub
         if selected is not None:
