@@ -2,7 +2,7 @@
 #   make reproduce-ek100    create .venv if missing, then run every notebook (papermill) for EK100
 #   make test               unit tests + nbval on the committed smoke notebooks
 # Variables: PROFILE (default|smoke|paper), DATA_ROOT (a FlowNar-Data dataset folder; empty = embedded
-# synthetic data), SEED, VENV, TORCH_SPEC.
+# synthetic data), LLM_PATH (paper profile: a local Llama-3.2-1B-Instruct folder), SEED, VENV, TORCH_SPEC.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -12,6 +12,7 @@ PYTHON ?= python3
 PROFILE ?= default
 SEED ?= 0
 DATA_ROOT ?=
+LLM_PATH ?=
 
 # CPU build of torch unless a GPU is present (then PyPI's CUDA build) or TORCH_SPEC is given. A bare `torch`
 # requirement on a CPU machine would pull gigabytes of CUDA wheels, so the CPU pin is also a constraint for
@@ -98,7 +99,8 @@ $(ROOT)/paper_figures/$(1)/$(PROFILE)/notebooks/$(notdir $(2)): $(2) $(3) $(STAM
 	@mkdir -p $$(@D)
 	cd $(ROOT) && $(VENV)/bin/papermill -k python3 --cwd $(ROOT)/notebooks $(2) $$@.tmp.ipynb \
 	  -p dataset $(1) -p profile $(PROFILE) -p seed $(SEED) -p data_root "$(DATA_ROOT)" \
-	  -p output_dir $(ROOT)/paper_figures/$(1)/$(PROFILE)
+	  -p output_dir $(ROOT)/paper_figures/$(1)/$(PROFILE) \
+	  $(if $(filter 01_%,$(notdir $(2))),-p llm_path "$(LLM_PATH)")
 	@mv $$@.tmp.ipynb $$@
 endef
 prev_of = $(if $(filter 1,$(2)),,$(ROOT)/paper_figures/$(1)/$(PROFILE)/notebooks/$(notdir $(word $(shell echo $$(($(2)-1))),$(NOTEBOOKS))))

@@ -104,6 +104,20 @@ def train_config(system: str, profile: str = "smoke", dataset: str = "ek100", **
     return TrainConfig(system=system, profile=profile, dataset=dataset, **kw)
 
 
+def check_paper_setup(cfg: TrainConfig) -> None:
+    """The paper profile fine-tunes a local Llama on FlowNar-Data: refuse to start without both."""
+    if cfg.profile != "paper":
+        return
+    if not cfg.llm_path:
+        raise FlowNarError("the paper profile fine-tunes a local Llama with LoRA: give its folder (flownar train "
+                           "--llm DIR, or make reproduce-<dataset> PROFILE=paper LLM_PATH=DIR)")
+    if not Path(cfg.llm_path, "config.json").is_file():
+        raise FlowNarError(f"{cfg.llm_path}: not a Hugging Face model folder (no config.json)")
+    if not cfg.data_root:
+        raise FlowNarError("the paper profile trains on FlowNar-Data: give the dataset folder (flownar train --data "
+                           "DIR, or DATA_ROOT=DIR)")
+
+
 # ---------------------------------------------------------------------------------------------------- data
 class StreamDataset(torch.utils.data.Dataset):
     """Encoded narration-stream samples of one split, with their frames and DCM expiry positions."""
@@ -239,6 +253,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Train ``cfg.system``; returns the run directory. Resumes from the latest checkpoint when ``resume``."""
     from tqdm.auto import tqdm
 
+    check_paper_setup(cfg)
     run = cfg.run_dir()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     _set_seed(cfg.seed)
@@ -463,16 +478,53 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------------------------------------------- notebooks
-def ensure_trained(cfg: TrainConfig) -> Path:
-    """Train unless the run directory already holds a finished model trained with the same settings."""
+# settings that do not change what is trained (how it is launched or shown)
+_LAUNCH_ONLY = ("progress", "deepspeed")
+
+
+def deepspeed_command(cfg: TrainConfig, num_gpus: int) -> list[str]:
+    """The DeepSpeed launcher command that trains ``cfg`` on ``num_gpus`` local GPUs (ZeRO-2 unless ``cfg.deepspeed``
+    names another config), with this interpreter; every setting that differs from the profile's is passed with
+    ``--set``, so the launched run's ``train_config.json`` equals ``cfg`` up to the launch-only fields."""
+    ds = cfg.deepspeed or str(CONFIG_DIR / "zero2.json")
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus), "--module", "flownar.train",
+           "--system", cfg.system, "--profile", cfg.profile, "--dataset", cfg.dataset, "--data", cfg.data_root,
+           "--out", str(cfg.run_dir()), "--seed", str(cfg.seed), "--llm", cfg.llm_path, "--deepspeed", ds, "--quiet"]
+    base = train_config(cfg.system, cfg.profile, cfg.dataset)
+    passed = {"system", "profile", "dataset", "data_root", "out", "seed", "llm_path", "deepspeed", "progress"}
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if f.name not in passed and v != getattr(base, f.name):
+            cmd += ["--set", f"{f.name}={v}"]
+    return cmd
+
+
+def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
+    """Train unless the run directory already holds a finished model trained with the same settings.
+
+    With a local Llama (paper scale) and more than one visible GPU (``num_gpus``, default: all visible), the run
+    is launched with DeepSpeed (:func:`deepspeed_command`) in a subprocess; otherwise it trains in this process.
+    """
+    check_paper_setup(cfg)
     run = cfg.run_dir()
     saved = run / "train_config.json"
     done = (run / "train_summary.json").is_file() and saved.is_file()
     if done:
         old = json.loads(saved.read_text())
-        same = {k: v for k, v in old.items() if k != "progress"} == {k: v for k, v in asdict(cfg).items() if k != "progress"}
-        if same:
+        mine = asdict(cfg)
+        if {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {k: v for k, v in mine.items() if k not in _LAUNCH_ONLY}:
             return run
+    if num_gpus is None:
+        num_gpus = torch.cuda.device_count() if cfg.llm_path else 0
+    if num_gpus > 1 and "RANK" not in os.environ:
+        import subprocess
+
+        cmd = deepspeed_command(cfg, num_gpus)
+        print("launching:", " ".join(cmd))
+        if subprocess.run(cmd).returncode != 0:
+            raise FlowNarError(f"DeepSpeed training of {cfg.system} failed (command above); checkpoints, if any, "
+                               f"are in {run} and a rerun resumes from them")
+        return run
     return train(cfg, resume=not done)
 
 

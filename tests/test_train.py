@@ -129,3 +129,73 @@ def test_deepspeed_zero2_two_cpu_ranks(env):
     log = pd.read_csv(out / "train_log.csv")
     assert log["step"].tolist() == [1, 2] and log["loss"].notna().all()
     assert (out / "model.safetensors").is_file()
+
+
+def test_same_seed_same_weights(env):
+    """Two runs with the same seed give bit-identical weights and logs (what makes reproduce-* tables repeatable)."""
+    from safetensors.torch import load_file
+
+    kw = dict(model_size="micro", max_steps=3, progress=False)
+    a = train(train_config("flownar", "smoke", out=str(env / "det_a"), **kw), resume=False)
+    b = train(train_config("flownar", "smoke", out=str(env / "det_b"), **kw), resume=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    la, lb = (pd.read_csv(r / "train_log.csv").drop(columns="seconds") for r in (a, b))
+    pd.testing.assert_frame_equal(la, lb)
+    c = train(train_config("flownar", "smoke", out=str(env / "det_c"), seed=1, **kw), resume=False)
+    wc = load_file(c / "model.safetensors")
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_paper_profile_needs_a_local_llama_and_real_data(env, tmp_path):
+    from flownar.errors import FlowNarError
+    from flownar.train import check_paper_setup
+
+    with pytest.raises(FlowNarError, match="LLM_PATH"):
+        check_paper_setup(train_config("flownar", "paper", data_root="/data/ek100"))
+    with pytest.raises(FlowNarError, match=f"{tmp_path}: not a Hugging Face model folder"):
+        check_paper_setup(train_config("flownar", "paper", data_root="/data/ek100", llm_path=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FlowNarError, match="DATA_ROOT"):
+        check_paper_setup(train_config("flownar", "paper", llm_path=str(tmp_path)))
+    check_paper_setup(train_config("flownar", "paper", data_root="/data/ek100", llm_path=str(tmp_path)))
+    check_paper_setup(train_config("flownar", "default"))  # the embedded profiles need neither
+
+
+def test_deepspeed_launch_command_round_trips_the_config(env):
+    """The launcher command, parsed by the training CLI the launched ranks run, gives back the same settings."""
+    import argparse
+    from dataclasses import asdict
+
+    from flownar.train import _parse_overrides, add_train_arguments, deepspeed_command
+
+    cfg = train_config("flownar-c", "paper", "ego4d", data_root="/data/ego4d", llm_path="/models/llama", seed=3,
+                       lr=1e-4, grad_accum=8, save_every=50)
+    cmd = deepspeed_command(cfg, 4)
+    assert cmd[:6] == [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "4", "--module"]
+    assert cmd[6] == "flownar.train"
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    args = p.parse_args(cmd[7:])
+    assert args.deepspeed.endswith("flownar/configs/zero2.json") and Path(args.deepspeed).is_file()
+    back = train_config(args.system, args.profile, args.dataset, data_root=args.data, out=args.out, seed=args.seed,
+                        llm_path=args.llm, **_parse_overrides(args.set))
+    mine, theirs = asdict(cfg), asdict(back)
+    mine["out"] = str(cfg.run_dir())
+    assert {k: v for k, v in theirs.items() if k != "progress"} == {k: v for k, v in mine.items() if k != "progress"}
+    assert sorted(args.set) == ["grad_accum=8", "lr=0.0001", "save_every=50"]
+
+
+def test_ensure_trained_reuses_a_run_launched_with_deepspeed(env):
+    """A finished run is reused when only launch settings differ (e.g. it was trained under the deepspeed launcher)."""
+    from dataclasses import asdict
+
+    from flownar.train import ensure_trained
+
+    cfg = train_config("videollm-online", "smoke", out=str(env / "launched"), model_size="micro", progress=False)
+    run = cfg.run_dir()
+    run.mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps({**asdict(cfg), "deepspeed": "flownar/configs/zero2.json"}))
+    (run / "train_summary.json").write_text("{}")
+    assert ensure_trained(cfg, num_gpus=0) == run
+    assert not (run / "train_log.csv").exists()  # not retrained
