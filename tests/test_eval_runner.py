@@ -80,3 +80,38 @@ def test_eval_cli(setup, tmp_path, capsys):
     assert main(["eval", "stream", "--checkpoint", str(tmp_path / "nothing"), "--data", str(data.root),
                  "--out", str(out), "--quiet"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_roc_auc_hand_cases():
+    import numpy as np
+
+    from flownar.eval.oracle import roc_auc
+
+    y = np.array([0, 0, 1, 1], dtype=bool)
+    assert roc_auc([0.1, 0.2, 0.3, 0.4], y) == 1.0
+    assert roc_auc([0.4, 0.3, 0.2, 0.1], y) == 0.0
+    assert roc_auc([0.5, 0.5, 0.5, 0.5], y) == 0.5  # ties count half
+    assert roc_auc([0.1, 0.3, 0.2, 0.4], y) == 0.75  # 3 of the 4 (pos, neg) pairs ordered right
+    assert np.isnan(roc_auc([0.1, 0.2], np.array([1, 1], dtype=bool)))
+
+
+def test_decision_probe_reads_the_decisions_the_trigger_sees(setup):
+    """The probe's P(speak) at each learned decision equals 1 - P(stay silent) of the streaming engine there."""
+    from flownar.eval.oracle import decision_probe
+    from flownar.train import StreamDataset
+
+    base, data, chat, model = setup
+    r = decision_probe(model, chat, data, "val", limit=2, threshold=0.8)
+    ds = StreamDataset(data, "val", chat, model.config, 1200)
+    n = sum(int(((ds[i]["labels"][0] == chat.silent_id) | (ds[i]["labels"][0] == chat.speak_id)).sum()) for i in range(2))
+    n_speak = sum(int((ds[i]["labels"][0] == chat.speak_id).sum()) for i in range(2))
+    assert r["streams"] == 2 and r["decisions"] == n and r["base rate"] == pytest.approx(n_speak / n)
+    assert 0.0 <= r["AUC"] <= 1.0 and 0.0 <= r["trigger fires (%)"] <= 100.0
+    assert r["max P(speak)"] >= max(r["P(speak) at narration frames"], r["P(speak) elsewhere"])
+    # a model whose output ignores its input (final norm zeroed: uniform logits) cannot rank: AUC 0.5, all ties
+    blind = FlowNarForCausalLM(model.config).eval()
+    with torch.no_grad():
+        blind.model.norm.weight.zero_()
+    r0 = decision_probe(blind, chat, data, "val", limit=2)
+    assert r0["AUC"] == 0.5
+    assert r0["P(speak) at narration frames"] == pytest.approx(r0["P(speak) elsewhere"]) == pytest.approx(r0["max P(speak)"])

@@ -165,6 +165,50 @@ class OracleEvaluator:
         return -(int(speak[0]) + 1) if speak.numel() else -m
 
 
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U / (n_pos n_neg), ties counted half); nan without both classes."""
+    score, positive = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inv, counts = np.unique(score, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each distinct value
+    ranks = avg_rank[inv]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def decision_probe(model, chat, data, split: str = "val", limit: int | None = None, threshold: float = 0.8,
+                   max_num_frames: int | None = None) -> dict:
+    """Has the model learned *when* to speak? Teacher-forced P(speak) = 1 - P(stay silent) at every learned
+    decision (a frame's last ``<v>``) of ``split``'s streams, against where the ground truth speaks.
+
+    Returns the number of decisions, the base rate, the ROC AUC, the mean P(speak) at narration frames and
+    elsewhere, its maximum, and the share of decisions where the trigger would fire (P(stay silent) < threshold).
+    A diagnostic, not a paper metric.
+    """
+    from ..data.samples import MAX_NUM_FRAMES
+    from ..train import StreamDataset, model_inputs
+
+    model.eval()
+    device = next(model.parameters()).device
+    ds = StreamDataset(data, split, chat, model.config, max_num_frames or MAX_NUM_FRAMES)
+    ps, ys = [], []
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        batch = model_inputs(ds[i], device)
+        labels, ids = batch.pop("labels")[0], batch["input_ids"][0]
+        logits = model(**batch).logits[0]
+        dec = (labels != IGNORE_INDEX) & (ids == model.config.v_placeholder_id)
+        p_silent = logits[dec].float().softmax(-1)[:, chat.silent_id]
+        ps.append((1.0 - p_silent).cpu().numpy())
+        ys.append((labels[dec] != chat.silent_id).cpu().numpy())
+    p, y = np.concatenate(ps), np.concatenate(ys)
+    return {"streams": len(ps), "decisions": int(y.size), "base rate": float(y.mean()), "AUC": roc_auc(p, y),
+            "P(speak) at narration frames": float(p[y].mean()) if y.any() else float("nan"),
+            "P(speak) elsewhere": float(p[~y].mean()) if (~y).any() else float("nan"),
+            "max P(speak)": float(p.max()), "trigger fires (%)": 100.0 * float((p > 1.0 - threshold).mean())}
+
+
 def sample_summary(turns: list[TurnMetrics], fps: float = 2.0) -> dict:
     """Mean over a sample's turns (TimeDiff and Fluency over turns with decisions)."""
     with_v = [t for t in turns if t.frame_diff is not None]
