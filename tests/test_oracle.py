@@ -104,3 +104,16 @@ def test_look_ahead_on_models(system):
     turns = ev.sample(enc, frames)
     assert [t.n_v for t in turns] == [0, 4, 2, 6]
     assert [t.frame_diff for t in turns] == [None, -min(2, 3), -min(6, 1), 0]
+
+
+def test_teacher_forcing_table_labels_the_papers_dataset():
+    from flownar.eval.tables import teacher_forcing_table
+
+    import numpy as np
+
+    ours = {"lm_ppl": 3.0, "time_diff": 1.5, "fluency": 0.4, "lm_correctness": 0.5}
+    t = teacher_forcing_table({"videollm-online": ours, "dcm-only": ours})
+    assert t.loc["VideoLLM-online", "paper (Ego4D): LM-PPL"] == 2.40  # the 1+3x3 row, from the resources CSV
+    assert t.loc["VideoLLM-online", "paper (Ego4D): TimeDiff (s)"] == 2.05
+    assert np.isnan(t.loc["DCM only (no CLAM)", "paper (Ego4D): LM-PPL"])  # not in the paper
+    assert not any(c.startswith("paper:") for c in t.columns)
