@@ -478,8 +478,9 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------------------------------------------- notebooks
-# settings that do not change what is trained (how it is launched or shown)
-_LAUNCH_ONLY = ("progress", "deepspeed")
+# settings that do not change what is trained: how it is launched or shown, and where it is written (the saved
+# config is read from that folder; a launched run records its resolved path, a notebook's config may leave it empty)
+_LAUNCH_ONLY = ("progress", "deepspeed", "out")
 
 
 def deepspeed_command(cfg: TrainConfig, num_gpus: int) -> list[str]:

@@ -192,10 +192,12 @@ def test_ensure_trained_reuses_a_run_launched_with_deepspeed(env):
 
     from flownar.train import ensure_trained
 
-    cfg = train_config("videollm-online", "smoke", out=str(env / "launched"), model_size="micro", progress=False)
+    # out left empty, as notebook 01 does: the run folder comes from FLOWNAR_RUNS_DIR (nothing else trains there)
+    cfg = train_config("videollm-online", "smoke", "egoexo4d", model_size="micro", progress=False)
     run = cfg.run_dir()
     run.mkdir(parents=True)
-    (run / "train_config.json").write_text(json.dumps({**asdict(cfg), "deepspeed": "flownar/configs/zero2.json"}))
+    launched = {**asdict(cfg), "deepspeed": "flownar/configs/zero2.json", "out": str(run)}  # as deepspeed_command saves it
+    (run / "train_config.json").write_text(json.dumps(launched))
     (run / "train_summary.json").write_text("{}")
     assert ensure_trained(cfg, num_gpus=0) == run
     assert not (run / "train_log.csv").exists()  # not retrained
