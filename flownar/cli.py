@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stream":
             e.add_argument("--threshold-high", type=float, default=0.8)
             e.add_argument("--threshold-low", type=float, default=0.5)
-            e.add_argument("--max-new-tokens", type=int, default=32)
+            e.add_argument("--max-new-tokens", type=int, default=None,
+                           help="cap on one narration (default: the run's profile's, flownar.stream.narration_cap: "
+                                "100 at paper, as the original; 32 on the embedded profiles)")
             e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")
         e.set_defaults(func=func)
 
@@ -247,9 +249,15 @@ def _cmd_eval_stream(args) -> int:
 
     from .eval.runner import narrate_clips, score_clips, stream_timing
 
+    from .stream import narration_cap
+
     model, chat, data = _load_for_eval(args)
     system = model.config.system
     preds = args.out / "predictions"
+    if args.max_new_tokens is None:
+        cfg_file = args.checkpoint / "train_config.json"
+        profile = json.loads(cfg_file.read_text()).get("profile") if cfg_file.is_file() else None
+        args.max_new_tokens = narration_cap(profile)
     r = narrate_clips(model, chat, data, preds, split=args.split, system=system, progress=not args.quiet,
                       limit=args.limit, threshold_high=args.threshold_high, threshold_low=args.threshold_low,
                       max_new_tokens=args.max_new_tokens)

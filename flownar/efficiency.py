@@ -449,8 +449,7 @@ def run_stream_bench(model, chat, schedule: list[int], n_frames: int, *, text_to
                      engine: str = "static", progress: bool = False, frame_pool: int = 64, seed: int = 0) -> dict:
     """Push ``n_frames`` random frames through a Narrator replaying ``schedule`` with ``text_tokens``-token
     narrations. Returns per-frame wall times and, at 1, 10, 100, ... frames, the cache and memory."""
-    from tqdm.auto import tqdm
-
+    from .progress import progress_bar
     from .stream import Narrator
 
     cfg = model.config
@@ -473,7 +472,7 @@ def run_stream_bench(model, chat, schedule: list[int], n_frames: int, *, text_to
     times = np.zeros(n_frames)
     points = []
     t_all = time.perf_counter()
-    for i in tqdm(range(n_frames), disable=not progress, desc=f"{cfg.system}", leave=False, mininterval=2):
+    for i in progress_bar(range(n_frames), enabled=progress, desc=f"bench {cfg.system}", leave=False, mininterval=2):
         t0 = time.perf_counter()
         narrator.push(pool[i % frame_pool], speak=bool(speak[i]) if i else None, script_text=text)
         if cuda:

@@ -214,17 +214,19 @@ def _routed(layer, x, cos, sin, cache, i, frame_positions):
 
 
 def forward_step(model, embeds: torch.Tensor, position_ids: torch.Tensor, cache: StaticKVCache,
-                 frame_positions: torch.Tensor | None = None) -> torch.Tensor:
+                 frame_positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run the decoder of a :class:`~flownar.models.FlowNarForCausalLM` on new token embeddings ``(1, n, H)`` at
     ``position_ids`` ``(1, n)``; keys/values go into ``cache``. Returns the final-norm hidden states ``(1, n, H)``.
 
-    ``frame_positions`` ``(F, N)``: positions of the vision tokens among the new ones (MoD routing only)."""
+    ``frame_positions`` ``(F, N)``: positions of the vision tokens among the new ones (MoD routing only).
+    ``mask``: an additive ``(n, cached + n)`` mask for the unrouted layers instead of "every cached token, the new
+    ones causally" (the oracle feeds a whole stream at once with its DCM mask this way)."""
     dec = model.model
     n = embeds.shape[1]
     cos, sin = dec.rotary_emb(embeds, position_ids)
     # all layers of a system without routing hold the same number of tokens: build the mask once for the step
-    shared = None
-    if n > 1 and len(set(cache.lengths)) == 1:
+    shared = mask
+    if shared is None and n > 1 and len(set(cache.lengths)) == 1:
         shared = tail_causal_mask(n, cache.lengths[0] + n, embeds.dtype, embeds.device)
     x = embeds
     for i, layer in enumerate(dec.layers):

@@ -82,6 +82,44 @@ def package_versions() -> dict:
     return out
 
 
+LOCK_FILE = "requirements.lock"
+LOCK_STAMP = ".flownar-lock"  # written into the environment by `make setup`: the sha256 of the lock it installed
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def lock_state(root: Path | None = None, prefix: str | None = None) -> dict:
+    """Whether this environment was installed from the project's lock file.
+
+    ``sha256``: of ``requirements.lock`` now; ``installed_from``: the sha256 that ``make setup`` recorded in the
+    environment (None if it was not set up by ``make setup``); ``mismatches``: every locked package whose
+    installed version differs (torch compared without its local build tag; on a GPU machine torch is PyPI's CUDA
+    build by design); ``used``: the environment was installed from this lock and nothing differs."""
+    lock = Path(root or paths.project_root()) / LOCK_FILE
+    if not lock.is_file():
+        return {"file": LOCK_FILE, "missing": True, "used": False}
+    text = lock.read_text()
+    stamp = Path(prefix or sys.prefix) / LOCK_STAMP
+    installed_from = stamp.read_text().strip() if stamp.is_file() else None
+    mismatches = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" not in line:
+            continue
+        name, version = (x.strip() for x in line.split("==", 1))
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have is None or have.split("+")[0] != version.split("+")[0]:
+            mismatches[_normalise(name)] = {"locked": version, "installed": have}
+    sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    return {"file": LOCK_FILE, "sha256": sha, "installed_from": installed_from, "mismatches": mismatches,
+            "used": installed_from == sha and not mismatches}
+
+
 def _card_summary(card: Path) -> dict:
     """The synthetic card without its per-video ground truth (that stays in the data root)."""
     c = json.loads(card.read_text())
@@ -102,7 +140,7 @@ def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | No
         "data": {"root": str(root), "embedded_synthetic": card.is_file(),
                  "synthetic_card": _card_summary(card) if card.is_file() else None,
                  **(data_fingerprint(root) if root.is_dir() else {"missing": True})},
-        "git": git_state(), "packages": package_versions(), "device": device_info(),
+        "git": git_state(), "packages": package_versions(), "lock": lock_state(), "device": device_info(),
         "command": " ".join(sys.argv),
     }
 

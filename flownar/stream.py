@@ -41,17 +41,25 @@ from transformers import DynamicCache
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
 from .engine import SlotTags, StaticKVCache, forward_step
+from .models.hf_compat import CACHE_ARG
 
 PERMANENT = -1
+
+
+def narration_cap(profile: str | None) -> int:
+    """The most tokens one narration may take: the original's 100 at the ``paper`` profile (Llama-3 BPE tokens),
+    32 on the embedded profiles (word-level tokens; their narrations have at most about 12)."""
+    return 100 if profile == "paper" else 32
 
 
 @dataclass
 class NarrationEvent:
     frame: int  # frame index (0 = the first frame pushed) at which the narration was emitted
-    text: str
+    text: str  # decoded without special tokens, stripped
     token_ids: list[int]
     forced: bool = False  # the first and the last frame always narrate
     p_silent: float = float("nan")  # P(stay silent) at the decision
+    raw_text: str = ""  # as the original decodes it: special tokens kept, the EOS included when one was emitted
 
 
 @dataclass
@@ -203,7 +211,7 @@ class Narrator:
             hidden = forward_step(self.model, emb, pos, self.cache, fp)
         else:
             with self.model.streaming_routing(fp):
-                out = self.model.model(inputs_embeds=emb, position_ids=pos, past_key_values=self.cache, use_cache=True)
+                out = self.model.model(inputs_embeds=emb, position_ids=pos, use_cache=True, **{CACHE_ARG: self.cache})
             hidden = out.last_hidden_state
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
@@ -286,7 +294,8 @@ class Narrator:
         if k is not None and self.narration_count > k:
             self._delete(self.tags.keep_mask(narration=self.narration_count - 1 - k))
         self.segment += 1
-        ev = NarrationEvent(frame_idx, self.chat.decode(ids), ids, forced, p_silent)
+        raw = self.chat.decode_raw(ids + ([] if capped else [self.chat.eos_id]))
+        ev = NarrationEvent(frame_idx, self.chat.decode(ids), ids, forced, p_silent, raw)
         self.events.append(ev)
         return ev
 

@@ -251,7 +251,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Train ``cfg.system``; returns the run directory. Resumes from the latest checkpoint when ``resume``."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     check_paper_setup(cfg)
     run = cfg.run_dir()
@@ -324,7 +324,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             csv.writer(f).writerow(log_fields)
 
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.system}", disable=not cfg.progress or rank != 0)
+    bar = progress_bar(total=total_steps, initial=step, desc=f"train {cfg.dataset}/{cfg.system}", enabled=cfg.progress,
+                       never=rank != 0)
     t0 = time.time()
     acc = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "n": 0, "tokens": 0}
     epoch, done = start_epoch, step >= total_steps

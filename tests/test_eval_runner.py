@@ -40,6 +40,12 @@ def test_narrate_resume_and_score(setup):
     assert rec["timing"]["frames"] == clips[0].num_frames
     last = str(clips[0].num_frames - 1)
     assert last in rec["narrations"]  # forced at the last frame
+    # beside each narration, the text as the original decodes it (special tokens kept; EOS unless capped)
+    assert rec["narrations_raw"].keys() == rec["narrations"].keys()
+    from flownar.eval.runner import load_predictions
+
+    pred = load_predictions(out, [clips[0].clip_id])[0]
+    assert pred.raw_predictions == {int(k): v for k, v in rec["narrations_raw"].items()}
     # interrupted run: one file lost, one truncated mid-write -> only those two are redone
     clip_file(out, clips[1].clip_id).unlink()
     clip_file(out, clips[2].clip_id).write_text('{"version": 1, "narr')

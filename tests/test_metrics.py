@@ -284,3 +284,91 @@ def test_evaluate_clips_pairs_by_clip_id():
     assert out["n_clips"] == 2 and out["t_f1"] == 0.5
     with pytest.raises(ValueError):
         evaluate_clips([ClipPrediction("a", {}), ClipPrediction("a", {})], [ra], with_captions=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the `paper` scoring reads, exactly as the original evaluator
+# ---------------------------------------------------------------------------------------------------------------
+def test_egoexo4d_paper_keeps_invisible_descriptions_corrected_drops_them(tmp_path, no_meteor):
+    """The original evaluator keeps ``ego_visible == False`` descriptions in its GT (and in the clip window)."""
+    from conftest import write_dataset
+
+    from flownar.data.readers import FlowNarData
+    from flownar.eval.runner import clip_references
+
+    def desc(t, text, vis=True):
+        return {"timestamp": t, "text": text, "ego_visible": vis}
+
+    ann = {"val": {"take1": [{"descriptions": [desc(0.5, "hidden.", False), desc(2.0, "You stir.")]},
+                             {"descriptions": [desc(3.0, "You pour.")]}]}}
+    data = FlowNarData(write_dataset(tmp_path, "egoexo4d", {"take1": 12}, ann), "egoexo4d")
+    (r,) = clip_references(data)
+    pred = ClipPrediction(r.clip_id, {2: "You stir.", 4: "You pour."})
+    # paper: t0 = 0, prediction times (k + 1) / 2 + 0.5 = 2.0, 3.0 -> segments (0, 2), (2, 3); GT (0, .5),
+    # (.5, 2), (0, 3): pred (0, 2) matches (.5, 2) [.75] and (0, 3) [.67]; (2, 3) matches nothing [<= .33]
+    paper = clip_matches(pred, r, scoring="paper")
+    assert len(paper["gt_segments"]) == 3 and "hidden." in paper["gt_texts"]
+    assert (paper["precision"], paper["recall"]) == pytest.approx((0.5, 2 / 3))
+    # corrected: visible only, t0 = 0.5, times k / 2 + 1 / 2 = 1.5, 2.5 -> (.5, 1.5), (1.5, 2.5); GT (.5, 2), (.5, 3)
+    corr = clip_matches(pred, r, scoring="corrected")
+    assert len(corr["gt_segments"]) == 2 and "hidden." not in corr["gt_texts"]
+    assert (corr["precision"], corr["recall"]) == pytest.approx((0.5, 0.5))
+
+
+def test_paper_scores_gt_texts_as_annotated(tmp_path):
+    from conftest import write_dataset
+
+    from flownar.data.readers import FlowNarData
+    from flownar.eval.runner import clip_references
+
+    ann = {"val": {"v": [{"time": 1.0, "text": " You cut the onion. "}, {"time": 3.0, "text": "You stop."}]}}
+    data = FlowNarData(write_dataset(tmp_path, "ek100", {"v": 10}, ann), "ek100")
+    (r,) = clip_references(data)
+    pred = ClipPrediction(r.clip_id, {1: "You cut the onion."})
+    assert clip_matches(pred, r, scoring="paper")["gt_texts"] == [" You cut the onion. ", "You stop."]
+    assert clip_matches(pred, r, scoring="corrected")["gt_texts"] == ["You cut the onion.", "You stop."]
+    assert data.streams("val")[0].narrations[0].text == "You cut the onion."  # training sees the stripped text
+
+
+def test_paper_scores_the_text_as_the_original_decodes_it():
+    """The original decodes narrations keeping special tokens and removes only the EOS (and ``</s>``)."""
+    r = ref(references=[[(4.0, "you open the door")]])
+    pred = ClipPrediction("c", {7: "you open the door"}, raw_predictions={7: " you open<|x|> the door<|eot_id|>"})
+    assert clip_matches(pred, r, scoring="paper")["pred_texts"] == ["you open<|x|> the door"]
+    assert clip_matches(pred, r, scoring="corrected")["pred_texts"] == ["you open the door"]
+    assert clip_matches(ClipPrediction("c", {7: "a b"}), r, scoring="paper")["pred_texts"] == ["a b"]  # no raw
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs a Java runtime for METEOR")
+def test_empty_narration_is_scored_as_the_original():
+    """An empty narration goes to METEOR as an empty string (pycocoevalcap scores it as zero words), not as a
+    placeholder word, which would change the corpus score."""
+    pairs = [("you open the fridge door", "you open the door"), ("she cuts a red onion slowly", "")]
+    ours = caption_scores(pairs)["METEOR"]
+    gts = {i: [g] for i, (g, _) in enumerate(pairs)}
+    res = {i: [p] for i, (_, p) in enumerate(pairs)}
+    original, _ = M._meteor_scorer.compute_score(gts, res)  # pycocoevalcap's wrapper on the raw strings
+    assert ours == pytest.approx(float(original), abs=1e-9)
+    with_word, _ = M._meteor_scorer.compute_score(gts, {0: res[0], 1: ["<empty>"]})
+    assert ours != pytest.approx(float(with_word), abs=1e-6)
+
+
+def test_narrator_records_the_raw_decoding():
+    from pathlib import Path
+
+    import torch
+
+    from flownar.data.chat import ChatTokenizer
+    from flownar.data.tokenizer import train_word_tokenizer
+    from flownar.models import FlowNarForCausalLM, config_for
+    from flownar.stream import Narrator, narration_cap
+
+    tok = train_word_tokenizer(["You open the fridge.", "You take the jar."])
+    chat = ChatTokenizer(tok, frame_num_tokens=3, num_m_tokens=4)
+    torch.manual_seed(0)
+    model = FlowNarForCausalLM(config_for("videollm-online", chat, 8, size="micro")).eval()
+    events = Narrator(model, chat, max_new_tokens=3).narrate(torch.randn(4, 3, 8))
+    for e in events:
+        assert e.raw_text == tok.decode(e.token_ids + ([chat.eos_id] if len(e.token_ids) < 3 else []),
+                                        skip_special_tokens=False)
+    assert (narration_cap("paper"), narration_cap("default")) == (100, 32)

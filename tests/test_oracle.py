@@ -117,3 +117,55 @@ def test_teacher_forcing_table_labels_the_papers_dataset():
     assert t.loc["VideoLLM-online", "paper (Ego4D): TimeDiff (s)"] == 2.05
     assert np.isnan(t.loc["DCM only (no CLAM)", "paper (Ego4D): LM-PPL"])  # not in the paper
     assert not any(c.startswith("paper:") for c in t.columns)
+
+
+def _sample_for(system, frame_num_tokens=3):
+    tok = train_word_tokenizer(TEXTS)
+    chat = ChatTokenizer(tok, frame_num_tokens=frame_num_tokens, num_m_tokens=4)
+    torch.manual_seed(0)
+    model = FlowNarForCausalLM(config_for(system, chat, 16, size="micro", clam_dropout=0.0)).eval()
+    stream = NarrationStream("v", "v", [Narration(t, x) for t, x in zip((1.0, 3.0, 4.0, 7.0), TEXTS[:4])])
+    s = make_stream_sample(stream, VideoInfo("v", 20.0, Path("x")), 2.0, use_memory=model.config.use_memory, seed=None)
+    enc = chat.encode(s)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, 16)
+    return model, chat, enc, frames
+
+
+@pytest.mark.parametrize("system", ["videollm-online", "flownar"])  # without and with memory blocks
+def test_look_ahead_positions_continue_after_the_turns_last_frame(system):
+    """The appended frames take the position ids right after the turn's last frame token, as the original
+    (``arange + turn_start + last_idx + 1``) and as a stream that stayed silent: not those of the next GT turn,
+    which come after the GT narration, its EOS, the newline and (with memory) the memory block."""
+    model, chat, enc, frames = _sample_for(system)
+    ev = OracleEvaluator(model, chat)
+    plan, _ = ev.look_ahead_logits(enc, frames, 1)
+    n = chat.frame_num_tokens
+    last_v = int(plan.alive[-1])  # the turn's last frame token is alive (its own segment has not expired)
+    m = plan.frame_tokens.shape[0]
+    assert plan.position_ids.tolist() == list(range(last_v + 1, last_v + 1 + m * (n + 1)))
+    # the next GT turn's first frame sits later: after the narration (and memory block)
+    assert int(plan.frame_tokens[0, 0]) - 1 > last_v + 1
+    if model.config.use_memory:
+        mem = [sp for sp in enc.spans if sp.kind == "memory"]
+        assert any(sp.start > last_v and sp.start < int(plan.frame_tokens[0, 0]) for sp in mem)
+
+
+@pytest.mark.parametrize("system", ["videollm-online", "videollm-mod"])
+def test_look_ahead_equals_a_teacher_forced_pass_of_the_silent_stream(system):
+    """Without DCM everything before the turn's last frame token stays alive, so the look-ahead is exactly a
+    teacher-forced pass over that prefix followed by the appended frames (stay-silent token + frame each)."""
+    model, chat, enc, frames = _sample_for(system, frame_num_tokens=10 if system == "videollm-mod" else 3)
+    ev = OracleEvaluator(model, chat)
+    plan, logits = ev.look_ahead_logits(enc, frames, 1)
+    last_v = plan.alive[-1]
+    n, m = chat.frame_num_tokens, plan.frame_tokens.shape[0]
+    ids = enc.input_ids[: last_v + 1].tolist()
+    for _ in range(m):
+        ids += [chat.silent_id] + [model.config.v_placeholder_id] * n
+    frames_used = int((enc.input_ids[: last_v + 1] == model.config.v_placeholder_id).sum()) // n
+    first_appended = int((enc.frame_positions[:, 0] < int(plan.frame_tokens[0, 0])).sum())
+    f = torch.cat([frames[:frames_used], frames[first_appended:first_appended + m]])
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids]), frames=f).logits[0]
+    last = [last_v + (j + 1) * (n + 1) for j in range(m)]
+    torch.testing.assert_close(logits, ref[last].float(), rtol=1e-4, atol=1e-4)

@@ -25,3 +25,28 @@ def test_fingerprint_changes_with_annotations_only_when_they_change(tmp_path):
     ann = next((root / "annotations").glob("*.json"))
     ann.write_text(ann.read_text().replace("You", "you", 1))
     assert data_fingerprint(root)["sha256"] != a["sha256"]
+
+
+def test_lock_state(tmp_path, monkeypatch):
+    """provenance.json says whether the environment was installed from the lock (make setup's stamp) and lists
+    every locked package whose installed version differs."""
+    import hashlib
+    from importlib import metadata
+
+    from flownar.provenance import LOCK_STAMP, lock_state
+
+    root, prefix = tmp_path / "repo", tmp_path / "env"
+    root.mkdir()
+    prefix.mkdir()
+    assert lock_state(root, str(prefix)) == {"file": "requirements.lock", "missing": True, "used": False}
+    np_version = metadata.version("numpy")
+    lock = root / "requirements.lock"
+    lock.write_text(f"# comment\nnumpy=={np_version}\n    # via flownar\n")
+    s = lock_state(root, str(prefix))
+    assert s["sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest() and s["mismatches"] == {}
+    assert s["installed_from"] is None and not s["used"]  # not installed by make setup
+    (prefix / LOCK_STAMP).write_text(s["sha256"] + "\n")
+    assert lock_state(root, str(prefix))["used"]
+    lock.write_text(f"numpy=={np_version}\nno-such-package-xyz==1.0\n")
+    s = lock_state(root, str(prefix))
+    assert not s["used"] and s["mismatches"] == {"no-such-package-xyz": {"locked": "1.0", "installed": None}}

@@ -68,7 +68,9 @@ def test_ego4d_summary_without_nested_narrations(tmp_path):
     assert [[n.text for n in r] for r in clips[0].references] == [["one."]]
 
 
-def test_egoexo4d_drops_invisible_descriptions(tmp_path):
+def test_egoexo4d_invisible_descriptions(tmp_path):
+    """Training streams drop them; the self-conditioned clip and its GT keep them, as the original's builder and
+    evaluator (the corrected scoring drops them: Narration.visible)."""
     def desc(t, text, vis=True):
         return {"timestamp": t, "text": text, "ego_visible": vis}
 
@@ -86,9 +88,10 @@ def test_egoexo4d_drops_invisible_descriptions(tmp_path):
     assert [[n.text for n in s.narrations] for s in streams] == [["You stir."], ["You pour."]]
     assert data.skipped["streams with no narrations"] == ["take1#2"]
     clip = data.eval_clips("val")[0]
-    # start from the first *visible* description (the original would start at 0.5 s)
-    assert (clip.start_frame, clip.start_time, clip.stop_frame) == (4, 2.0, 7)
-    assert all(n.text != "hidden." for r in clip.references for n in r)
+    # the window starts at the first description, visible or not, as the original's segment-summary builder
+    assert (clip.start_frame, clip.start_time, clip.stop_frame) == (1, 0.5, 7)
+    assert [[(n.text, n.visible) for n in r] for r in clip.references] == [
+        [("hidden.", False), ("You stir.", True)], [("You pour.", True)]]
 
 
 def test_safetensors_features(tmp_path):

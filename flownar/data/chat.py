@@ -254,3 +254,7 @@ class ChatTokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode(ids, skip_special_tokens=True).strip()
+
+    def decode_raw(self, ids) -> str:
+        """As the original's generator decodes a narration: special tokens kept, nothing stripped."""
+        return self.tok.decode(ids, skip_special_tokens=False)

@@ -12,9 +12,14 @@ seconds; frame ``j`` is time ``j / fps``.
 
 Deviations from the original loaders (reference notes, section 11.4), each deliberate:
 * narrations are sorted by time (stable); the original trusts file order;
-* EgoExo4D: ``ego_visible == False`` descriptions are dropped *before* the stream start is chosen (the original
-  picks the start from the first description even when it is not visible), and also from the evaluation ground
-  truth (the original keeps them there although training drops them).
+* EgoExo4D: ``ego_visible == False`` descriptions are dropped from the training/oracle streams *before* the
+  stream start is chosen (the original picks the start from the first description even when it is not visible).
+  The self-conditioned clips and their ground truth keep them, as the original's segment-summary builder and
+  evaluator do (each :class:`Narration` says whether it is visible; the ``corrected`` scoring drops the invisible
+  ones, the ``paper`` scoring keeps them).
+* Narration texts are stripped of surrounding whitespace; the annotation's exact text is kept beside it
+  (:attr:`Narration.annotated`), which the ``paper`` scoring uses, as the original evaluator scores GT texts as
+  they are.
 """
 from __future__ import annotations
 
@@ -38,7 +43,14 @@ class DataWarning(UserWarning):
 @dataclass(frozen=True)
 class Narration:
     time: float  # seconds from the start of the video
-    text: str
+    text: str  # stripped of surrounding whitespace
+    raw: str | None = None  # the annotation's text exactly, when it differs from ``text``
+    visible: bool = True  # EgoExo4D's ``ego_visible`` (always True elsewhere)
+
+    @property
+    def annotated(self) -> str:
+        """The text exactly as in the annotation file (what the original evaluator scores)."""
+        return self.text if self.raw is None else self.raw
 
 
 @dataclass
@@ -103,7 +115,8 @@ def _parse_narration_list(items, path: Path, where: str, time_key: str = "time")
             raise AnnotationError(f"{path}: {where}[{i}]: {time_key!r} must be a finite number, found {t!r}")
         if not isinstance(text, str):
             raise AnnotationError(f"{path}: {where}[{i}]: 'text' must be a string, found {type(text).__name__}")
-        out.append(Narration(float(t), text.strip()))
+        visible = not (item.get("ego_visible") is False)
+        out.append(Narration(float(t), text.strip(), None if text == text.strip() else text, visible))
     out.sort(key=lambda n: n.time)  # stable: same-time narrations keep file order
     return out
 
@@ -296,21 +309,22 @@ class FlowNarData:
 
     @staticmethod
     def _egoexo_annotators(uid, value, path) -> list[list[Narration]]:
+        """Every annotator's descriptions, invisible ones included (``Narration.visible`` tells them apart)."""
         if not isinstance(value, list):
             raise AnnotationError(f"{path}: {uid}: expected a list of annotator entries, found {type(value).__name__}")
         lists = []
         for a, entry in enumerate(value):
             if not isinstance(entry, dict) or not isinstance(entry.get("descriptions"), list):
                 raise AnnotationError(f"{path}: {uid}[{a}]: expected an object with a 'descriptions' list")
-            # Deviation (reference 11.4): drop descriptions the egocentric camera does not see, everywhere.
-            visible = [d for d in entry["descriptions"] if not (isinstance(d, dict) and d.get("ego_visible") is False)]
-            lists.append(_parse_narration_list(visible, path, f"{uid}[{a}].descriptions", time_key="timestamp"))
+            lists.append(_parse_narration_list(entry["descriptions"], path, f"{uid}[{a}].descriptions",
+                                               time_key="timestamp"))
         return lists
 
     @classmethod
     def _parse_egoexo4d(cls, uid, value, path):
         for a, narrations in enumerate(cls._egoexo_annotators(uid, value, path)):
-            yield NarrationStream(uid, f"{uid}#{a}", narrations)
+            # training and oracle streams: only what the egocentric camera sees (as the original's training)
+            yield NarrationStream(uid, f"{uid}#{a}", [n for n in narrations if n.visible])
 
     # ------------------------------------------------------------------ segment-summary (self-conditioned) clips
     def eval_clips(self, split: str = "val") -> list[EvalClip]:
@@ -331,6 +345,8 @@ class FlowNarData:
             for uid, value in raw.items():
                 if uid not in self.videos:
                     continue  # counted by streams()
+                # the window and the GT keep invisible descriptions, as the original's segment-summary builder
+                # and evaluator (the corrected scoring drops them from the GT: Narration.visible)
                 refs = [n for n in self._egoexo_annotators(uid, value, path) if n]
                 if not refs:
                     continue

@@ -29,11 +29,18 @@ the ground-truth (GT) narrations of that clip.  Two scorings are implemented:
        contribute no pair.  Why: caption metrics should measure what is said about the right moment; timing is
        already measured by t_precision / t_recall / t_f1.  ``n_pairs`` reports how many pairs were scored.
 
-Everything else is shared by both scorings:
+    4. **EgoExo4D ground truth.**  paper: every description, ``ego_visible == False`` included, as the original
+       evaluator.  corrected: only the descriptions the egocentric camera sees (``ClipReference.corrected_references``),
+       as training uses.  Why: a narrator that sees only the egocentric video cannot narrate what it does not show.
+
+Everything else is shared by both scorings, each as the original unless listed under *Deliberate differences*:
 
 * Text cleanup of predictions: ``text.strip()``, then remove the EOS string (default ``"<|eot_id|>"``) and
-  ``"</s>"`` (strip first, then remove, as the original does: whitespace before the EOS string is kept).
-  GT texts are used as they are.
+  ``"</s>"`` (strip first, then remove, as the original does: whitespace before the EOS string is kept).  The
+  ``paper`` scoring cleans the narration as the original decodes it (``ClipPrediction.raw_predictions``: special
+  tokens kept, the EOS included); ``corrected`` cleans the text decoded without special tokens.
+* GT texts: paper uses them exactly as annotated (``ClipReference.references``, not stripped); corrected uses the
+  stripped texts (``corrected_references`` when given).
 * Segments (:func:`point_segments`): for times ``t_1..t_n`` in list order, segment ``k`` is
   ``(t_{k-1}, t_k)`` ordered so that start <= end, with ``t_0`` as above.  The original does not sort the times
   and neither do we (the data readers of this package hand over time-sorted lists).  GT segments are built per
@@ -48,8 +55,23 @@ Everything else is shared by both scorings:
   narration at all is left out of the means, as the original skips it (a warning says so).
 * Caption scores (:func:`caption_scores`): METEOR, ROUGE-L and CIDEr(-D) from pycocoevalcap at corpus level over
   all (GT text, paired prediction text) pairs of all clips, one reference per pair, **without** the PTB
-  tokenizer (texts as they are: whitespace tokens, case and punctuation kept).  METEOR needs a Java runtime;
-  without one it is NaN and a warning says so.
+  tokenizer (texts as they are: whitespace tokens, case and punctuation kept).  Empty texts are scored as they
+  are (pycocoevalcap 1.2 scores an empty candidate as zero words).  METEOR needs a Java runtime; without one it
+  is NaN and a warning says so.
+
+Deliberate differences from the original pipeline that reach the scored inputs (the scoring itself has none):
+
+* METEOR's input line: every whitespace run in a text (newlines included) becomes one space and the text is
+  stripped before it is sent to the jar, as the original's vendored ``meteor.py`` does to its whole line (so the
+  scores are the same) except that we do it per text, so a stray ``|||`` or newline in a narration cannot break
+  the jar's line protocol.
+* The narration cap: the original decodes at most 100 tokens; so does the ``paper`` profile here
+  (:func:`flownar.stream.narration_cap`); the embedded profiles cap word-level narrations at 32 tokens.
+* Frame of a GT time (:func:`flownar.data.samples.frame_of`): ``ceil(t * fps - 1e-6)`` rather than
+  ``ceil(t * fps)``, so that a time written as 1.5000000001 s does not move to the next frame through float error.
+  This affects which frame a narration is trained and teacher-forced at, not the self-conditioned scoring.
+* The first prompt of a self-conditioned stream is tokenized as in training (the original tokenizes ``'.'`` and
+  ``'\n'`` separately there, a layout it never trained on): this changes what the model sees, not the scoring.
 
 Returned metrics are fractions (not percentages).
 """
@@ -72,7 +94,6 @@ __all__ = [
     "ClipReference",
     "DATASETS",
     "SCORINGS",
-    "EMPTY_PLACEHOLDER",
     "IOU_THRESHOLD",
     "java_available",
     "close_meteor",
@@ -92,11 +113,6 @@ __all__ = [
 DATASETS = ("ek100", "ego4d", "egoexo4d")
 SCORINGS = ("paper", "corrected")
 IOU_THRESHOLD = 0.5
-#: Stand-in for an empty candidate or reference text before caption scoring: pycocoevalcap's METEOR wrapper
-#: cannot score an empty string (and CIDEr fails when every reference is empty).  For ROUGE-L and CIDEr an empty
-#: candidate scores 0 against a non-empty reference either way; an empty candidate against an empty reference
-#: counts as identical.
-EMPTY_PLACEHOLDER = "<empty>"
 _UNION_EPS = 1e-8
 _METEOR_NO_JAVA = "METEOR skipped: no Java runtime (install a JRE, e.g. `apt-get install default-jre-headless`)"
 
@@ -108,12 +124,18 @@ _METEOR_NO_JAVA = "METEOR skipped: no Java runtime (install a JRE, e.g. `apt-get
 class ClipPrediction:
     """The narrations a model emitted on one clip.
 
-    ``predictions`` maps the frame index *relative to the clip start* at which a narration was emitted to the raw
+    ``predictions`` maps the frame index *relative to the clip start* at which a narration was emitted to the
     decoded text (EOS string included or not).  Keys may be ints or numeric strings (as read back from JSON).
+    ``raw_predictions`` (optional, same keys): the text as the original decodes it (special tokens kept, EOS
+    included); the ``paper`` scoring uses it when given.
     """
 
     clip_id: str
     predictions: dict[int, str] = field(default_factory=dict)
+    raw_predictions: dict[int, str] | None = None
+
+    def for_scoring(self, scoring: str) -> dict[int, str]:
+        return self.raw_predictions if scoring == "paper" and self.raw_predictions is not None else self.predictions
 
 
 @dataclass
@@ -124,7 +146,8 @@ class ClipReference:
     attributes are accepted too).  ``start_time``: the original evaluator's ``start`` (EK100: the first GT time
     of the video; EgoExo4D: the minimum first timestamp over annotators; Ego4D: the summary interval start).
     ``start_frame``: absolute frame index of the clip's first frame.  ``dataset``: ``"ek100"``, ``"ego4d"`` or
-    ``"egoexo4d"``.
+    ``"egoexo4d"``.  ``corrected_references`` (optional, same shape): the ground truth of the ``corrected``
+    scoring when it differs (EgoExo4D: ego-visible descriptions only; texts stripped); default: ``references``.
     """
 
     clip_id: str
@@ -132,6 +155,12 @@ class ClipReference:
     start_time: float
     start_frame: int
     dataset: str
+    corrected_references: list[list[tuple[float, str]]] | None = None
+
+    def for_scoring(self, scoring: str) -> list[list[tuple[float, str]]]:
+        if scoring == "corrected" and self.corrected_references is not None:
+            return self.corrected_references
+        return self.references
 
 
 def java_available() -> bool:
@@ -274,12 +303,12 @@ def clip_matches(pred: ClipPrediction | None, ref: ClipReference, scoring: str =
 
     gt_segments: list[tuple[float, float]] = []
     gt_texts: list[str] = []
-    for annotator in ref.references:
+    for annotator in ref.for_scoring(scoring):
         entries = [_time_text(e) for e in annotator]
         gt_segments.extend(point_segments([t for t, _ in entries], t0))
         gt_texts.extend(x for _, x in entries)
 
-    items = sorted(((int(k), v) for k, v in (pred.predictions if pred is not None else {}).items()),
+    items = sorted(((int(k), v) for k, v in (pred.for_scoring(scoring) if pred is not None else {}).items()),
                    key=lambda kv: kv[0])
     pred_times = [prediction_time(k, ref, scoring, fps) for k, _ in items]
     pred_texts = [clean_text(v, eos) for _, v in items]
@@ -357,8 +386,7 @@ atexit.register(close_meteor)
 def _meteor_text(s: str) -> str:
     # The METEOR jar speaks a line protocol with ' ||| ' separators: drop '|||' and collapse every whitespace run
     # (newlines included) to one space, as the original's vendored meteor.py does with its score line.
-    s = re.sub(r"\s+", " ", s.replace("|||", "")).strip()
-    return s or EMPTY_PLACEHOLDER
+    return re.sub(r"\s+", " ", s.replace("|||", "")).strip()
 
 
 def _meteor_score(gts: dict, res: dict) -> float:
@@ -392,8 +420,8 @@ def caption_scores(pairs: Iterable[tuple[str, str]]) -> dict:
     jar's aggregate over all pairs; NaN plus a warning without a working Java runtime).  ``ROUGE_L``: mean over
     pairs of ROUGE-L (LCS F-measure, beta 1.2, tokens = ``split(" ")``).  ``CIDEr``: pycocoevalcap's ``Cider``
     (CIDEr-D, n = 4, sigma = 6, document frequencies from the references of all pairs, x10).  No PTB tokenizer:
-    texts are passed as they are.  Empty texts are replaced by :data:`EMPTY_PLACEHOLDER`.  No pairs: all three
-    are 0.0 and Java is not started.
+    texts are passed as they are, empty ones included (as the original).  No pairs: all three are 0.0 and Java is
+    not started.
     """
     pairs = [(str(p[0]), str(p[1])) for p in pairs]
     if not pairs:
@@ -401,10 +429,14 @@ def caption_scores(pairs: Iterable[tuple[str, str]]) -> dict:
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    gts = {i: [ref if ref.strip() else EMPTY_PLACEHOLDER] for i, (ref, _) in enumerate(pairs)}
-    res = {i: [cand if cand.strip() else EMPTY_PLACEHOLDER] for i, (_, cand) in enumerate(pairs)}
+    gts = {i: [ref] for i, (ref, _) in enumerate(pairs)}
+    res = {i: [cand] for i, (_, cand) in enumerate(pairs)}
     rouge, _ = Rouge().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
+    if any(ref.split() for ref, _ in pairs):
+        cider, _ = Cider().compute_score(gts, res)
+    else:  # pycocoevalcap's CIDEr fails (empty document frequencies) when no reference has a word
+        warnings.warn("CIDEr undefined: every reference text is empty", RuntimeWarning, stacklevel=2)
+        cider = float("nan")
     return {"METEOR": _meteor_score(gts, res), "ROUGE_L": float(rouge), "CIDEr": float(cider)}
 
 

@@ -12,9 +12,10 @@ previous EOS through this turn's EOS; its *decision positions* are the labelled 
   first such decision and n_v the number of decisions, ``frame_diff = n_v - i - 1`` (frames too early; 0 = on
   time). If none does: the last turn counts 0; otherwise the look-ahead keeps the context the stream would have
   right after the turn's last frame (the GT narration removed; with DCM only what is still alive) and appends
-  ``min(frames of the next turn, n_v - 1)`` next frames, each after the stay-silent token, at their original
-  position ids; ``frame_diff = -(k + 1)`` for the first appended frame k that speaks, or minus the number
-  appended. TimeDiff (s) = mean |frame_diff| / fps.
+  ``min(frames of the next turn, n_v - 1)`` next frames, each after the stay-silent token, with position ids
+  that continue right after the turn's last frame token (as the original: ``arange + turn_start + last_idx + 1``,
+  which is also what a stream that stayed silent would see); ``frame_diff = -(k + 1)`` for the first appended
+  frame k that speaks, or minus the number appended. TimeDiff (s) = mean |frame_diff| / fps.
 * **Fluency**, with c the number of LM tokens right before the first error: on time ``(n_v + c) / (n_v + n_lm)``,
   early by d ``(n_v - d) / (n_v + n_lm)``, late ``(n_v - 1) / (n_v + n_lm)``.
 * Each metric is averaged over a sample's turns (TimeDiff and Fluency over turns that have decisions; the first
@@ -30,10 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
-
 from ..data.chat import IGNORE_INDEX
-from ..models.masks import expiry_positions
+from ..engine import StaticKVCache, forward_step
+from ..models.masks import additive_mask, expiry_positions, visibility
 
 
 @dataclass
@@ -82,8 +82,37 @@ def _turns(input_ids: torch.Tensor, eos_id: int) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass
+class LookAhead:
+    """What the look-ahead of one late turn feeds: after the cached tokens ``alive`` (full-sequence indices still
+    visible right after the turn's last frame token, the GT narration never seen), ``m`` future frames, each as
+    the stay-silent token then the frame's ``<v>`` tokens."""
+    alive: list[int]
+    frame_tokens: torch.Tensor  # (m, N) full-sequence positions of the appended frames' <v> tokens (their features)
+    position_ids: torch.Tensor  # (m * (N + 1),) position ids of the appended tokens
+
+
+def look_ahead_plan(enc, until: torch.Tensor, turns: list[tuple[int, int]], t: int, last_v: int,
+                    n_v: int) -> LookAhead | None:
+    """The look-ahead of turn ``t`` whose last decision is at ``last_v`` (None when there is nothing to append)."""
+    na, nb = turns[t + 1]
+    fp = enc.frame_positions  # (F, N)
+    nxt = fp[(fp[:, 0] >= na) & (fp[:, 0] < nb)]
+    m = min(nxt.shape[0], n_v - 1)
+    if m <= 0:
+        return None
+    alive = [j for j in range(last_v + 1) if int(until[j]) > last_v]
+    n_new = m * (fp.shape[1] + 1)
+    return LookAhead(alive, nxt[:m], torch.arange(last_v + 1, last_v + 1 + n_new))
+
+
 class OracleEvaluator:
-    """Teacher-forced metrics for one model. Call :meth:`sample` per encoded sample, then :func:`aggregate`."""
+    """Teacher-forced metrics for one model. Call :meth:`sample` per encoded sample, then :func:`aggregate`.
+
+    The teacher-forced pass is the model's own forward (with the system's mask). The look-ahead of a late turn runs
+    on :mod:`flownar.engine` (our cache and decoder step, the streaming engine's): the keys/values of the whole
+    stream are computed once per sample with the same mask, and each look-ahead continues from the tokens still
+    alive. No transformers cache object is involved, so nothing here depends on its private behaviour."""
 
     def __init__(self, model, chat, fps: float = 2.0):
         self.model = model.eval()
@@ -103,66 +132,91 @@ class OracleEvaluator:
         emb = self.model.joint_embed(ids[None], frames, mem_idx)
         use_expiry = cfg.dcm or cfg.last_k_narration is not None
         out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=until if use_expiry else None,
-                         use_cache=True)
+                         use_cache=False)
         logits = out.logits[0].float()
-        cache = out.past_key_values
-        kept = [getattr(l, "kept_index", None) for l in self.model.model.layers]
         labels = enc.labels.to(self.device)
         pred = logits.argmax(-1)
         is_v = ids == cfg.v_placeholder_id
         learned = labels != IGNORE_INDEX
         turns = _turns(ids, self.chat.eos_id)
+        stream_kv = []  # computed on the first look-ahead of this sample, then shared by the others
+
+        def look_ahead(t: int, last_v: int, n_v: int) -> int:
+            plan = look_ahead_plan(enc, until, turns, t, last_v, n_v)
+            if plan is None:
+                return 0
+            if not stream_kv:
+                stream_kv.append(self._stream_kv(enc, emb[0], until if use_expiry else None))
+            return self._look_ahead(plan, emb[0], *stream_kv[0])
+
         results = []
         for t, (a, b) in enumerate(turns):
             pos = torch.arange(a, b, device=self.device)
             dec = pos[(learned[a:b] & is_v[a:b])]
             lm = pos[(learned[a:b] & ~is_v[a:b])]
-            la = (lambda dec=dec, t=t: self._look_ahead(enc, emb[0], cache, kept, until, int(dec[-1]), t, dec.numel(), turns))
+            la = (lambda t=t, dec=dec: look_ahead(t, int(dec[-1]), dec.numel()))
             results.append(turn_metrics(logits[lm], labels[lm], pred[dec], self.chat.silent_id,
                                         t == len(turns) - 1, la))
         return results
 
-    def _look_ahead(self, enc, emb, cache, kept, until, last_v: int, t: int, n_v: int, turns) -> int:
-        """Frames (negative) until the model would speak if the GT narration of turn t were not there."""
-        cfg = self.cfg
-        ids = enc.input_ids
-        # the next turn's frames, in the full sequence
-        na, nb = turns[t + 1]
-        fp = enc.frame_positions.to(self.device)  # (F, N)
-        nxt = fp[(fp[:, 0] >= na) & (fp[:, 0] < nb)]
-        m = min(nxt.shape[0], n_v - 1)
-        if m <= 0:
-            return 0
-        alive = [j for j in range(last_v + 1) if int(until[j]) > last_v]
-        pieces_emb, positions, vpos = [], [], []
-        silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
-        for j in range(m):
-            frame_tokens = nxt[j]  # (N,) positions in the full sequence
-            sep_pos = int(frame_tokens[0]) - 1  # the token before the frame ("," or "[") keeps its position id
-            pieces_emb += [silent, emb[frame_tokens]]
-            positions += [sep_pos] + frame_tokens.tolist()
-        new_emb = torch.cat(pieces_emb)[None]
-        new_pos = torch.tensor(positions, device=self.device)[None]
-        sub = DynamicCache(config=cfg)
-        for li, layer in enumerate(cache.layers):
-            k_idx = kept[li]
-            if k_idx is None:
-                idx = torch.tensor(alive, device=self.device)
-            else:  # a MoD-routed layer cached only the tokens it computed
-                k_list = k_idx.tolist()
-                where = {g: i for i, g in enumerate(k_list)}
-                idx = torch.tensor([where[g] for g in alive if g in where], device=self.device)
-            sub.update(layer.keys.index_select(-2, idx), layer.values.index_select(-2, idx), li)
-        n = cfg.frame_num_tokens
-        fpos = None
-        if cfg.mod:
-            fpos = torch.stack([torch.arange(j * (n + 1) + 1, (j + 1) * (n + 1)) for j in range(m)]).to(self.device)
-        with self.model.streaming_routing(fpos):
-            out = self.model.model(inputs_embeds=new_emb, position_ids=new_pos, past_key_values=sub, use_cache=True)
-        last = torch.tensor([(j + 1) * (n + 1) - 1 for j in range(m)], device=self.device)
-        decisions = self.model.lm_head(out.last_hidden_state[0, last]).argmax(-1)
+    def _stream_kv(self, enc, emb: torch.Tensor, until: torch.Tensor | None):
+        """Keys/values of the whole stream under the system's mask, and the full-sequence index of every cached
+        token per layer (a MoD-routed layer caches only the tokens it computed)."""
+        L = emb.shape[0]
+        kv = StaticKVCache.for_model(self.cfg, capacity=L, device=self.device, dtype=emb.dtype)
+        mask = None if until is None else additive_mask(visibility(until.cpu()), emb.dtype)[0, 0].to(self.device)
+        fp = enc.frame_positions.to(self.device) if self.cfg.mod else None
+        routed = [getattr(layer, "router", None) is not None for layer in self.model.model.layers]
+        forward_step(self.model, emb[None], torch.arange(L, device=self.device)[None], kv, fp, mask=mask)
+        cached = [layer.kept_index if r else torch.arange(L, device=self.device)
+                  for layer, r in zip(self.model.model.layers, routed)]
+        return kv, cached
+
+    def _look_ahead(self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor]) -> int:
+        """Frames (negative) until the model would speak if the GT narration of the turn were not there."""
+        decisions = self._look_ahead_logits(plan, emb, kv, cached).argmax(-1)
         speak = (decisions != self.chat.silent_id).nonzero().flatten()
+        m = plan.frame_tokens.shape[0]
         return -(int(speak[0]) + 1) if speak.numel() else -m
+
+    def _look_ahead_logits(self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache,
+                           cached: list[torch.Tensor]) -> torch.Tensor:
+        """(m, V) logits at the last ``<v>`` of each appended frame."""
+        n = self.cfg.frame_num_tokens
+        m = plan.frame_tokens.shape[0]
+        alive = torch.tensor(plan.alive, device=self.device)
+        sub = StaticKVCache.for_model(self.cfg, capacity=len(plan.alive) + m * (n + 1), device=self.device,
+                                      dtype=emb.dtype)
+        for li, idx in enumerate(cached):
+            sel = torch.isin(idx, alive).nonzero().flatten()  # this layer's cached tokens that are still alive
+            length = kv.lengths[li]
+            sub.append(li, kv.keys[li][:, :, :length].index_select(2, sel),
+                       kv.values[li][:, :, :length].index_select(2, sel))
+        silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
+        new_emb = torch.cat([piece for j in range(m) for piece in (silent, emb[plan.frame_tokens[j].to(self.device)])])
+        fpos = None
+        if self.cfg.mod:  # where each appended frame's <v> tokens are among the new tokens
+            fpos = torch.stack([torch.arange(j * (n + 1) + 1, (j + 1) * (n + 1)) for j in range(m)]).to(self.device)
+        hidden = forward_step(self.model, new_emb[None], plan.position_ids.to(self.device)[None], sub, fpos)
+        last = torch.tensor([(j + 1) * (n + 1) - 1 for j in range(m)], device=self.device)
+        return self.model.lm_head(hidden[0, last]).float()
+
+    @torch.no_grad()
+    def look_ahead_logits(self, enc, frames: torch.Tensor, t: int) -> tuple[LookAhead, torch.Tensor] | None:
+        """The look-ahead of turn ``t`` of one sample on its own (for tests and inspection): its plan and logits."""
+        cfg = self.cfg
+        ids = enc.input_ids.to(self.device)
+        until = expiry_positions(ids.numel(), enc.spans, cfg.dcm, cfg.last_k_narration)
+        emb = self.model.joint_embed(ids[None], frames.to(self.device), enc.mem_frame_indices.to(self.device))[0]
+        turns = _turns(ids, self.chat.eos_id)
+        a, b = turns[t]
+        dec = [i for i in range(a, b) if int(enc.labels[i]) != IGNORE_INDEX and int(ids[i]) == cfg.v_placeholder_id]
+        plan = look_ahead_plan(enc, until, turns, t, dec[-1], len(dec))
+        if plan is None:
+            return None
+        use_expiry = cfg.dcm or cfg.last_k_narration is not None
+        kv, cached = self._stream_kv(enc, emb, until if use_expiry else None)
+        return plan, self._look_ahead_logits(plan, emb, kv, cached)
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from ..stream import Narrator
 from .metrics import ClipPrediction, ClipReference, evaluate_both
 from .oracle import OracleEvaluator, aggregate, sample_summary
 
-PREDICTION_VERSION = 1
+PREDICTION_VERSION = 2  # 2: narrations_raw (the text as the original decodes it) beside narrations
 
 
 def clip_file(out_dir: Path, clip_id: str) -> Path:
@@ -70,7 +70,7 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
                   limit: int | None = None, fingerprint: str | None = None, **narrator_kwargs) -> dict:
     """Narrate every clip of ``split`` not narrated yet (by this model, when ``fingerprint`` is given);
     returns {"done": n, "skipped": n, "seconds": s}."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
     narrator = Narrator(model, chat, **narrator_kwargs)
     done = skipped = 0
     seconds = 0.0
-    for clip in tqdm(clips, desc=f"narrating {system or 'clips'}", disable=not progress):
+    for clip in progress_bar(clips, desc=f"narrating {data.dataset}/{system or 'clips'}", enabled=progress, unit="clip"):
         path = clip_file(out_dir, clip.clip_id)
         if read_prediction(path, fingerprint) is not None:
             skipped += 1
@@ -93,6 +93,7 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
             "model_fingerprint": fingerprint,
             "start_frame": clip.start_frame, "stop_frame": clip.stop_frame,
             "narrations": {str(e.frame): e.text for e in events},
+            "narrations_raw": {str(e.frame): e.raw_text for e in events},
             "forced": [e.frame for e in events if e.forced],
             "timing": {"seconds": round(dt, 4), "frames": int(frames.shape[0]),
                        "fps": round(frames.shape[0] / dt, 2) if dt > 0 else None},
@@ -105,8 +106,15 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
 
 
 def clip_references(data, split: str = "val") -> list[ClipReference]:
-    return [ClipReference(c.clip_id, [[(n.time, n.text) for n in ref] for ref in c.references], c.start_time,
-                          c.start_frame, data.dataset) for c in data.eval_clips(split)]
+    """The ground truth of every clip: for the ``paper`` scoring every narration with its text as annotated (the
+    original evaluator's); for ``corrected`` the stripped texts of the visible ones (EgoExo4D's ``ego_visible``)."""
+    refs = []
+    for c in data.eval_clips(split):
+        paper = [[(n.time, n.annotated) for n in ref] for ref in c.references]
+        corrected = [lst for lst in ([(n.time, n.text) for n in ref if n.visible] for ref in c.references) if lst]
+        refs.append(ClipReference(c.clip_id, paper, c.start_time, c.start_frame, data.dataset,
+                                  corrected_references=None if corrected == paper else corrected))
+    return refs
 
 
 def load_predictions(out_dir: str | Path, clip_ids: list[str]) -> list[ClipPrediction]:
@@ -114,7 +122,9 @@ def load_predictions(out_dir: str | Path, clip_ids: list[str]) -> list[ClipPredi
     for cid in clip_ids:
         rec = read_prediction(clip_file(out_dir, cid))
         if rec is not None:
-            preds.append(ClipPrediction(cid, {int(k): v for k, v in rec["narrations"].items()}))
+            raw = rec.get("narrations_raw")
+            preds.append(ClipPrediction(cid, {int(k): v for k, v in rec["narrations"].items()},
+                                        {int(k): v for k, v in raw.items()} if raw is not None else None))
     return preds
 
 
@@ -150,13 +160,13 @@ def stream_timing(out_dir: str | Path) -> dict:
 def oracle_split(model, chat, data, split: str = "val", seed: int = 0, max_num_frames: int = 1200,
                  progress: bool = True, limit: int | None = None) -> tuple[dict, list[dict]]:
     """Teacher-forced metrics over a split (samples built as for training, instruction seeded per sample)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     samples = build_stream_samples(data, split, use_memory=model.config.use_memory, max_num_frames=max_num_frames,
                                    seed=seed)[:limit]
     ev = OracleEvaluator(model, chat, fps=data.fps)
     rows = []
-    for s in tqdm(samples, desc="oracle", disable=not progress):
+    for s in progress_bar(samples, desc=f"oracle {data.dataset}/{model.config.system}", enabled=progress, unit="stream"):
         enc = chat.encode(s)
         frames = data.load_features(s.video_uid, s.frames).float()
         rows.append({"sample_id": s.sample_id, **sample_summary(ev.sample(enc, frames), fps=data.fps)})

@@ -32,6 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from .clam import CLAM, CLAMConfig
 from .config import FlowNarConfig
 from .dcm_attention import dcm_blocks, register
+from .hf_compat import CACHE_ARG, CACHE_FIELD, find_cache
 from .masks import additive_mask, visibility
 
 DCM_ATTENTION = register()
@@ -89,24 +90,24 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
         idx = torch.argsort((~keep).to(torch.int8), stable=True)[:count]  # kept positions, ascending
         return idx, selected, weight
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
-                position_embeddings=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, position_embeddings=None, **kwargs):
+        # The cache (if any) stays in ``kwargs`` under whatever name this transformers version gives it and is
+        # handed on unchanged; it is found by type, so a renamed argument cannot silently turn streaming off.
         fp = self.frame_positions
-        streaming = self.router is not None and past_key_values is not None
+        cache = find_cache(kwargs)
+        streaming = self.router is not None and cache is not None
         if not streaming and (self.router is None or fp is None or fp.numel() == 0):
             return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, use_cache=use_cache,
                                    position_embeddings=position_embeddings, **kwargs)
         if hidden_states.shape[0] != 1:
             raise NotImplementedError("routed (MoD) layers run on one sequence at a time")
         idx, selected, weight = self._select(hidden_states, fp)
-        self.kept_index = idx  # which tokens of this call the layer computed (and cached): the oracle needs it
+        self.kept_index = idx  # which tokens of this call the layer computed (and cached)
         cos, sin = position_embeddings
         if streaming:
             # this layer's cache holds only the tokens it computed, so it needs its own mask: every cached token
             # is visible, the new ones causally
-            layer = past_key_values.layers[self.self_attn.layer_idx] if self.self_attn.layer_idx < len(past_key_values.layers) else None
-            past = layer.keys.shape[-2] if layer is not None and getattr(layer, "keys", None) is not None and layer.keys.numel() else 0
+            past = cache.get_seq_length(self.self_attn.layer_idx)
             q = idx.numel()
             sub_mask = None
             if q > 1:
@@ -117,7 +118,6 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
             sub_mask = attention_mask[:, :, idx][:, :, :, idx] if attention_mask is not None else None
         sub = super().forward(hidden_states[:, idx], attention_mask=sub_mask,
                               position_ids=position_ids[:, idx] if position_ids is not None else None,
-                              past_key_values=past_key_values if streaming else None, use_cache=streaming,
                               position_embeddings=(cos[:, idx], sin[:, idx]), **kwargs)
         return self.merge(hidden_states, idx, sub, selected, weight)
 
@@ -246,7 +246,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids=None, frames=None, mem_frame_indices=None, expiry=None, attention_mask=None,
                 position_ids=None, past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,
-                logits_to_keep=0, **kwargs) -> FlowNarOutput:
+                logits_to_keep=0, cache=None, **kwargs) -> FlowNarOutput:
         """
         Args:
             input_ids: (1, L) token ids with ``<v>``/``<m>`` placeholders (B > 1 only without memory).
@@ -255,7 +255,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             expiry: (L,) the DCM expiry positions (:func:`flownar.models.masks.expiry_positions`); becomes the
                 4-D attention mask. None = causal.
             labels: (1, L) pre-shifted labels (``labels[i]`` is the target of position i), -100 = not learned.
+            cache / past_key_values: a transformers ``Cache`` (either name; see :mod:`flownar.models.hf_compat`).
         """
+        past_key_values = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.joint_embed(input_ids, frames, mem_frame_indices)
         impl = self.config._attn_implementation
@@ -274,7 +276,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         try:
             with self._routing(input_ids):
                 out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                 past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+                                 use_cache=use_cache, **{CACHE_ARG: past_key_values}, **kwargs)
         finally:
             self.config._attn_implementation = impl
         hidden = out.last_hidden_state
@@ -284,8 +286,8 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         loss = lm_loss = stream_loss = None
         if labels is not None:
             loss, lm_loss, stream_loss = self.streaming_loss(logits, labels, input_ids)
-        return FlowNarOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                             lm_loss=lm_loss, stream_loss=stream_loss)
+        return FlowNarOutput(loss=loss, logits=logits, lm_loss=lm_loss, stream_loss=stream_loss,
+                             **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
 
     def streaming_loss(self, logits, labels, input_ids):
         """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5)."""
