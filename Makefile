@@ -131,7 +131,7 @@ $(foreach d,ek100 ego4d egoexo4d,$(eval $(call dataset_rules,$(d))))
 define notebook_rule
 $(ROOT)/paper_figures/$(1)/$(PROFILE)/notebooks/$(notdir $(2)): $(2) $(3) $(STAMP) $(LIB)
 	@mkdir -p $$(@D)
-	@echo "== $(1) / $(PROFILE): $(notdir $(2))"
+	@echo "== $$$$(date +%T) $(1) / $(PROFILE): $(notdir $(2))"
 	cd $(ROOT) && FLOWNAR_PROGRESS=terminal $(VENV)/bin/papermill -k python3 --cwd $(ROOT)/notebooks $(2) $$@.tmp.ipynb \
 	  -p dataset $(1) -p profile $(PROFILE) -p seed $(SEED) -p data_root "$(DATA_ROOT)" \
 	  -p output_dir $(ROOT)/paper_figures/$(1)/$(PROFILE) \

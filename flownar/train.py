@@ -400,17 +400,18 @@ def _save_checkpoint(run, step, epoch, item, cfg, model, opt, sched, engine, ran
 
 
 def plot_loss(log_csv: Path, stem: Path, title: str = "", banner: str | None = None) -> None:
-    """Loss curves (total, narration LM, frame decisions) from a train_log.csv."""
-    import matplotlib
+    """Loss curves (total, narration LM, frame decisions) from a train_log.csv.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    A pyplot-free ``Figure``: switching pyplot's backend here (as this once did) would stop a notebook that trains
+    from showing its later figures inline, so its outputs would depend on whether the runs were already trained."""
     import pandas as pd
+    from matplotlib.figure import Figure
 
     from .report import save_figure
 
     df = pd.read_csv(log_csv)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for col, label in (("loss", "total"), ("lm_loss", "narration tokens (LM)"), ("stream_loss", "frame decisions")):
         ax.plot(df["step"], df[col], label=label)
     ax.set_xlabel("optimizer step")
@@ -420,7 +421,6 @@ def plot_loss(log_csv: Path, stem: Path, title: str = "", banner: str | None = N
     ax.legend()
     fig.tight_layout()
     save_figure(fig, stem, banner)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
