@@ -174,10 +174,10 @@ def _cmd_extract(args) -> int:
 
 
 def _cmd_narrate(args) -> int:
-    from .narrate import _stamp, narrate_video
+    from .narrate import narrate_video, timestamp
 
     def show(item):
-        print(f"[{_stamp(item['time'], '.')[3:]}] {item['text']}", flush=True)
+        print(f"[{timestamp(item['time'], '.')[3:]}] {item['text']}", flush=True)
 
     out = args.out if args.out is not None else args.video.parent
     res, files = narrate_video(args.video, args.checkpoint, args.vision, out, realtime=args.realtime,
@@ -232,15 +232,12 @@ def _cmd_bench(args) -> int:
 
 
 def _load_for_eval(args):
+    from .checkpoint import check_compatible, load_trained
     from .data.readers import FlowNarData
-    from .train import load_trained
 
     model, chat = load_trained(args.checkpoint, expect_system=args.system)
     data = FlowNarData(args.data, args.dataset)
-    if data.feature_dim != model.config.vision_hidden_size or data.tokens_per_frame != model.config.frame_num_tokens:
-        raise ValueError(f"{args.checkpoint}: the model takes ({model.config.frame_num_tokens}, "
-                         f"{model.config.vision_hidden_size}) frames but {args.data} has "
-                         f"({data.tokens_per_frame}, {data.feature_dim})")
+    check_compatible(model, data.tokens_per_frame, data.feature_dim, args.checkpoint, args.data)
     return model, chat, data
 
 

@@ -40,9 +40,17 @@ class StaticKVCache:
 
     @classmethod
     def for_model(cls, config, *, capacity: int = 1024, device=None, dtype=torch.float32) -> "StaticKVCache":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.num_hidden_layers, config.num_key_value_heads, head_dim, capacity=capacity,
-                   device=device, dtype=dtype)
+        return cls(config.num_hidden_layers, config.num_key_value_heads, config.attention_head_dim,
+                   capacity=capacity, device=device, dtype=dtype)
+
+    # the KVStore interface (what the Narrator uses)
+    def forward(self, model, embeds: torch.Tensor, position_ids: torch.Tensor,
+                frame_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the decoder on new tokens, caching them here (:func:`forward_step`)."""
+        return forward_step(model, embeds, position_ids, self, frame_positions)
+
+    def delete(self, keep: np.ndarray) -> None:
+        self.compact(keep)
 
     def _empty(self, capacity: int) -> torch.Tensor:
         return torch.empty(1, self.kv_heads, capacity, self.head_dim, device=self.device, dtype=self.dtype)
@@ -156,6 +164,56 @@ class SlotTags:
         return {k: int(c[i]) for i, k in enumerate(self.KINDS) if c[i]}
 
 
+class HFCacheStore:
+    """transformers' ``DynamicCache`` behind the same interface as :class:`StaticKVCache`: transformers' own forward
+    on a growing cache that deletions rebuild with ``index_select`` (what the original code does). The reference
+    engine of the logits tests and the baseline of the speed benchmark."""
+
+    def __init__(self, config):
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=config)
+
+    def forward(self, model, embeds: torch.Tensor, position_ids: torch.Tensor,
+                frame_positions: torch.Tensor | None = None) -> torch.Tensor:
+        from .models.hf_compat import CACHE_ARG
+
+        with model.streaming_routing(frame_positions):
+            out = model.model(inputs_embeds=embeds, position_ids=position_ids, use_cache=True,
+                              **{CACHE_ARG: self.cache})
+        return out.last_hidden_state
+
+    def delete(self, keep: np.ndarray) -> None:
+        idx = None
+        for layer in self.cache.layers:
+            if idx is None:
+                idx = torch.from_numpy(np.flatnonzero(keep)).to(layer.keys.device)
+            layer.keys = layer.keys.index_select(-2, idx)
+            layer.values = layer.values.index_select(-2, idx)
+
+    def used_bytes(self) -> int:
+        return sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
+                   for l in self.cache.layers if getattr(l, "keys", None) is not None and l.keys.numel())
+
+    def allocated_bytes(self) -> int | None:
+        return None  # transformers owns the allocation
+
+
+#: The key/value stores a :class:`~flownar.stream.Narrator` can run on (``engine=``).
+ENGINES = ("static", "hf")
+
+
+def make_kv_store(engine: str, config, *, capacity: int = 2048, device=None, dtype=torch.float32):
+    """A fresh key/value store: ``"static"`` (:class:`StaticKVCache`, the fast path) or ``"hf"``
+    (:class:`HFCacheStore`). Both implement ``forward(model, embeds, position_ids, frame_positions) -> hidden``,
+    ``delete(keep)``, ``used_bytes()`` and ``allocated_bytes()``."""
+    if engine == "static":
+        return StaticKVCache.for_model(config, capacity=capacity, device=device, dtype=dtype)
+    if engine == "hf":
+        return HFCacheStore(config)
+    raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+
+
 def tail_causal_mask(n: int, total: int, dtype, device) -> torch.Tensor:
     """Additive ``(n, total)`` mask for ``n`` new queries after ``total - n`` cached keys: every cached key is
     visible, the new ones causally."""
@@ -204,23 +262,27 @@ def _attend(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache:
     return x + _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
 
 
-def _routed(layer, x, cos, sin, cache, i, frame_positions):
+def _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log):
     """VideoLLM-MoD's routed layer in streaming: only text tokens and each frame's top vision tokens are computed
-    (and cached); their updates are scaled by the router weight (see ``FlowNarDecoderLayer``)."""
-    idx, selected, weight = layer._select(x, frame_positions)
-    layer.kept_index = idx
+    (and cached); their updates are scaled by the router weight. Routing and merging are the layer's own
+    (``FlowNarDecoderLayer.route`` / ``merge``, shared with training); only the attention is this engine's."""
+    idx, selected, weight = layer.route(x, frame_positions)
+    if routing_log is not None:
+        routing_log[i] = idx
     sub = _attend(layer, x[:, idx], cos[:, idx], sin[:, idx], cache, i, None)
     return layer.merge(x, idx, sub, selected, weight)
 
 
 def forward_step(model, embeds: torch.Tensor, position_ids: torch.Tensor, cache: StaticKVCache,
-                 frame_positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                 frame_positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 routing_log: dict | None = None) -> torch.Tensor:
     """Run the decoder of a :class:`~flownar.models.FlowNarForCausalLM` on new token embeddings ``(1, n, H)`` at
     ``position_ids`` ``(1, n)``; keys/values go into ``cache``. Returns the final-norm hidden states ``(1, n, H)``.
 
     ``frame_positions`` ``(F, N)``: positions of the vision tokens among the new ones (MoD routing only).
     ``mask``: an additive ``(n, cached + n)`` mask for the unrouted layers instead of "every cached token, the new
-    ones causally" (the oracle feeds a whole stream at once with its DCM mask this way)."""
+    ones causally" (the oracle feeds a whole stream at once with its DCM mask this way).
+    ``routing_log``: if given, ``routing_log[layer] = indices of the new tokens that MoD-routed layer computed``."""
     dec = model.model
     n = embeds.shape[1]
     cos, sin = dec.rotary_emb(embeds, position_ids)
@@ -231,7 +293,7 @@ def forward_step(model, embeds: torch.Tensor, position_ids: torch.Tensor, cache:
     x = embeds
     for i, layer in enumerate(dec.layers):
         if getattr(layer, "router", None) is not None:
-            x = _routed(layer, x, cos, sin, cache, i, frame_positions)
+            x = _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log)
         else:
             m = shared if shared is not None and cache.lengths[i] + n == shared.shape[1] else None
             x = _attend(layer, x, cos, sin, cache, i, m)

@@ -16,3 +16,7 @@ class AnnotationError(FlowNarError):
 
 class FeatureFileError(FlowNarError):
     """A per-video feature file is missing, unreadable, of the wrong shape or holds non-finite values."""
+
+
+class CheckpointError(FlowNarError):
+    """A checkpoint is missing, of another system, of an unsupported format version, or does not fit the data."""

@@ -23,7 +23,7 @@ class Cue:
     text: str
 
 
-def _stamp(t: float, sep: str) -> str:
+def timestamp(t: float, sep: str) -> str:
     ms = int(round(t * 1000))
     h, ms = divmod(ms, 3_600_000)
     m, ms = divmod(ms, 60_000)
@@ -43,11 +43,11 @@ def cues_from_events(times: list[float], texts: list[str], duration: float, max_
 
 
 def to_srt(cues: list[Cue]) -> str:
-    return "".join(f"{i}\n{_stamp(c.start, ',')} --> {_stamp(c.end, ',')}\n{c.text}\n\n" for i, c in enumerate(cues, 1))
+    return "".join(f"{i}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n{c.text}\n\n" for i, c in enumerate(cues, 1))
 
 
 def to_vtt(cues: list[Cue]) -> str:
-    return "WEBVTT\n\n" + "".join(f"{_stamp(c.start, '.')} --> {_stamp(c.end, '.')}\n{c.text}\n\n" for c in cues)
+    return "WEBVTT\n\n" + "".join(f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text}\n\n" for c in cues)
 
 
 @dataclass
@@ -65,22 +65,13 @@ class NarrationResult:
     counters: dict = field(default_factory=dict)
 
 
-def check_compatible(model, encoder, checkpoint, vision) -> None:
-    cfg = model.config
-    if encoder.hidden_size != cfg.vision_hidden_size or cfg.frame_num_tokens != 10:
-        raise FlowNarError(
-            f"{checkpoint} takes frames of ({cfg.frame_num_tokens}, {cfg.vision_hidden_size}) features but the "
-            f"vision tower {vision} gives (10, {encoder.hidden_size}): use the tower the model was trained on")
-
-
 def narrate_video(video: str | Path, checkpoint: str | Path, vision: str | Path, out_dir: str | Path | None = None,
                   fps: float = 2.0, realtime: bool = False, progress: bool = True, on_event=None,
                   device: str = "cpu", **narrator_kwargs) -> tuple[NarrationResult, dict[str, Path]]:
     """Stream ``video`` through the checkpoint's narrator. Returns the result and the written files."""
-    from tqdm.auto import tqdm
-
+    from .checkpoint import check_compatible, load_trained
+    from .progress import progress_bar
     from .stream import Narrator
-    from .train import load_trained
     from .video import FrameEncoder, read_frames, video_duration
 
     video, checkpoint = Path(video), Path(checkpoint)
@@ -88,12 +79,13 @@ def narrate_video(video: str | Path, checkpoint: str | Path, vision: str | Path,
     model, chat = load_trained(checkpoint)
     model = model.to(device)
     encoder = FrameEncoder(vision, device=device)
-    check_compatible(model, encoder, checkpoint, vision)
+    check_compatible(model, encoder.tokens_per_frame, encoder.hidden_size, checkpoint, f"the vision tower {vision}",
+                     hint="use the tower the model was trained on")
     narrator = Narrator(model, chat, **narrator_kwargs)
     narrator.reset()
     res = NarrationResult(str(video), str(checkpoint), model.config.system, fps, 0, realtime=realtime)
     total = int(duration * fps) + 1 if duration else None
-    bar = tqdm(total=total, disable=not progress, desc=f"narrating {video.name}", unit="frame", leave=False)
+    bar = progress_bar(total=total, enabled=progress, desc=f"narrating {video.name}", unit="frame", leave=False)
     t0 = time.perf_counter()
 
     def emit(ev):

@@ -9,9 +9,8 @@ ids, so that the logits equal those of one teacher-forced pass with the DCM mask
 * prompt: ``<bos>{system}\\n\\n[V_0]\\nUser: {instruction}\\nAssistant:`` then greedy decoding of narration 0;
 * after a narration: ``<eos>\\n`` [``[M]\\n`` memory block, systems with CLAM] ``[V_i``;
 * after a silent frame: ``,V_i``;
-* the decision is read at the frame's last ``<v>``: with p = P(stay silent), the model speaks when
-  p < threshold, where threshold = ``threshold_high`` (0.8) once more than ``avg_duration`` (8) frames have
-  passed since the last narration and ``threshold_low`` (0.5) before that (the original's two-threshold rule);
+* the decision is read at the frame's last ``<v>``: the model speaks when P(stay silent) is below the trigger's
+  threshold (:class:`flownar.trigger.TriggerRule`, the original's two-threshold rule);
 * to speak: feed the run-closing token (``]\\n``) and ``Assistant:``, decode greedily until EOS or
   ``max_new_tokens``; the EOS is fed with the next frame.
 
@@ -34,14 +33,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import numpy as np
-from transformers import DynamicCache
+import torch
 
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
-from .engine import SlotTags, StaticKVCache, forward_step
-from .models.hf_compat import CACHE_ARG
+from .engine import ENGINES, SlotTags, make_kv_store
+from .trigger import TriggerRule
 
 PERMANENT = -1
 
@@ -77,7 +75,7 @@ class Narrator:
     Args:
         model: a :class:`~flownar.models.FlowNarForCausalLM` (any system).
         chat: the :class:`~flownar.data.chat.ChatTokenizer` it was trained with.
-        threshold_high, threshold_low, avg_duration: the two-threshold rule (``rule="single"``: always high).
+        threshold_high, threshold_low, avg_duration, rule: the trigger (:class:`~flownar.trigger.TriggerRule`).
         max_new_tokens: cap on one narration's length.
         record_logits: keep the logits of every fed position (for the equality test).
         engine: ``"static"`` (preallocated cache, the fast path) or ``"hf"`` (transformers' DynamicCache).
@@ -88,17 +86,14 @@ class Narrator:
                  avg_duration: int = 8, rule: str = "two_threshold", max_new_tokens: int = 32,
                  system_prompt: str | None = None, instruction: str | None = None, record_logits: bool = False,
                  engine: str = "static", cache_capacity: int = 2048):
-        if engine not in ("static", "hf"):
-            raise ValueError(f"engine must be 'static' or 'hf', got {engine!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.engine, self.cache_capacity = engine, cache_capacity
         self._ids_cache: dict[tuple, torch.Tensor] = {}
-        if rule not in ("two_threshold", "single"):
-            raise ValueError(f"rule must be 'two_threshold' or 'single', got {rule!r}")
         self.model = model.eval()
         self.cfg = model.config
         self.chat = chat
-        self.threshold_high, self.threshold_low = threshold_high, threshold_low
-        self.avg_duration, self.rule = avg_duration, rule
+        self.trigger = TriggerRule(threshold_high, threshold_low, avg_duration, rule)
         self.max_new_tokens = max_new_tokens
         kw = {}
         if system_prompt is not None:
@@ -116,11 +111,8 @@ class Narrator:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget the current video."""
-        if self.engine == "static":
-            self.cache = StaticKVCache.for_model(self.cfg, capacity=self.cache_capacity, device=self.device,
-                                                 dtype=self.dtype)
-        else:
-            self.cache = DynamicCache(config=self.cfg)
+        self.cache = make_kv_store(self.engine, self.cfg, capacity=self.cache_capacity, device=self.device,
+                                   dtype=self.dtype)
         self.tags = SlotTags(self.cache_capacity)  # one entry per cached token (of the unrouted layers)
         self.pos = 0  # next position id (counts deleted tokens too)
         self.frame = -1  # index of the last pushed frame
@@ -142,17 +134,15 @@ class Narrator:
 
     def kv_bytes(self) -> int:
         """Bytes of the cached keys and values (valid entries only; MoD's routed layers hold fewer)."""
-        if self.engine == "static":
-            return self.cache.used_bytes()
-        return sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
-                   for l in self.cache.layers if getattr(l, "keys", None) is not None and l.keys.numel())
+        return self.cache.used_bytes()
 
     def state_size(self) -> dict:
         """Cached tokens per kind and bytes (KV cache; CLAM state)."""
         clam = 0 if self.clam_state is None else self.clam_state.numel() * self.clam_state.element_size()
         out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": clam, "position": self.pos}
-        if self.engine == "static":
-            out["kv_allocated_bytes"] = self.cache.allocated_bytes()
+        allocated = self.cache.allocated_bytes()
+        if allocated is not None:
+            out["kv_allocated_bytes"] = allocated
         return {**out, **{f"tokens_{k}": v for k, v in sorted(self.tags.counts().items())}}
 
     # ------------------------------------------------------------------ feeding
@@ -183,15 +173,10 @@ class Narrator:
         return slice(a, b)
 
     def _embed(self, ids: list[int], frame: torch.Tensor | None, v: slice | None) -> torch.Tensor:
-        """(1, n, H) embeddings of ``ids``; ``<v>`` (the run ``v``) take the frame's tokens, ``<m>`` the CLAM
-        read-out. Placeholder positions are found on the host and written as slices (no device sync)."""
-        emb = self.model.model.embed_tokens(self._ids_tensor(ids))
-        if v is not None:
-            emb[v] = self.model.frame_embeds(frame.to(self.device)).to(emb.dtype)
-        m = self._run(ids, self.cfg.m_placeholder_id)
-        if m is not None:
-            emb[m] = self.model.connector(self.memory.to(emb.dtype)).to(emb.dtype)
-        return emb[None]
+        """(1, n, H) embeddings of ``ids`` (:meth:`FlowNarForCausalLM.stream_embed`); the placeholder runs are found
+        on the host (no device sync)."""
+        return self.model.stream_embed(self._ids_tensor(ids), frame, v, self.memory,
+                                       self._run(ids, self.cfg.m_placeholder_id))[None]
 
     @torch.no_grad()
     def _feed(self, ids: list[int], tags: list[tuple[str, int, int]], frame: torch.Tensor | None = None) -> torch.Tensor:
@@ -207,12 +192,7 @@ class Narrator:
                 self._ids_cache[key] = torch.arange(v.start, v.stop, device=self.device).view(
                     -1, self.cfg.frame_num_tokens)
             fp = self._ids_cache[key]
-        if self.engine == "static":
-            hidden = forward_step(self.model, emb, pos, self.cache, fp)
-        else:
-            with self.model.streaming_routing(fp):
-                out = self.model.model(inputs_embeds=emb, position_ids=pos, use_cache=True, **{CACHE_ARG: self.cache})
-            hidden = out.last_hidden_state
+        hidden = self.cache.forward(self.model, emb, pos, fp)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
             self.fed_logits.append(logits[0])
@@ -226,13 +206,7 @@ class Narrator:
         """Remove the cached tokens where ``keep`` is False, in every layer."""
         if keep.all():
             return
-        if self.engine == "static":
-            self.cache.compact(keep)
-        else:
-            idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
-            for layer in self.cache.layers:
-                layer.keys = layer.keys.index_select(-2, idx)
-                layer.values = layer.values.index_select(-2, idx)
+        self.cache.delete(keep)
         self.counters.deleted_tokens += int((~keep).sum())
         self.tags.compact(keep)
 
@@ -339,10 +313,7 @@ class Narrator:
         p = torch.softmax(logits, dim=-1)
         p_silent = float(p[self.chat.silent_id])
         if speak is None:
-            thr = self.threshold_low
-            if self.rule == "single" or i - self.last_narration_frame > self.avg_duration:
-                thr = self.threshold_high
-            speak = p_silent < thr
+            speak = self.trigger.speaks(p_silent, i - self.last_narration_frame)
             if speak:
                 p2 = p.clone()
                 p2[self.chat.silent_id] = 0

@@ -7,8 +7,11 @@ schedule with 5% warm-up, gradient clipping 1.0, effective batch 64 (1 per GPU x
 Ego4D / EgoExo4D 2; multi-GPU through DeepSpeed ZeRO-2 (``flownar/configs/zero2.json``).
 
 One sample is one sequence (batch 1, as the original), so gradient accumulation makes the effective batch.
-The run directory holds the final model (``save_pretrained``; config.json records the system), the tokenizer,
-``train_log.csv``, ``fig_loss.{png,pdf}`` and ``checkpoint-<step>/`` folders for resuming.
+The run directory holds the final model (``save_pretrained``; config.json records the system; see
+:mod:`flownar.checkpoint`), the tokenizer, ``train_log.csv``, ``fig_loss.{png,pdf}`` and ``checkpoint-<step>/``
+folders for resuming. The loop reads straight through; what differs between a plain run and a DeepSpeed one
+(forward, backward, the optimizer step, checkpoints) is in the two steppers, :class:`PlainStepper` and
+:class:`DeepSpeedStepper`.
 """
 from __future__ import annotations
 
@@ -27,13 +30,21 @@ import numpy as np
 import torch
 
 from . import paths
+from .batches import StreamDataset, model_inputs
+from .checkpoint import CheckpointError, load_trained, save_trained
 from .data.chat import ChatTokenizer
 from .data.prepare import prepare_dataset
-from .data.samples import MAX_NUM_FRAMES, build_stream_samples
-from .data.tokenizer import build_tokenizer, load_tokenizer
+from .data.samples import MAX_NUM_FRAMES
+from .data.tokenizer import build_tokenizer
 from .errors import FlowNarError
-from .models import SYSTEMS, CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for, load_model
-from .models.masks import expiry_positions
+from .models import SYSTEMS, FlowNarForCausalLM, config_for
+from .train_report import plot_loss, plot_training_curves, training_summary
+
+# moved elsewhere, still importable from here: load_trained/save_trained (flownar.checkpoint), StreamDataset/
+# model_inputs (flownar.batches), plot_loss/plot_training_curves/training_summary (flownar.train_report)
+__all__ = ["TrainConfig", "TRAIN_PROFILES", "train_config", "train", "ensure_trained", "deepspeed_command",
+           "build_model", "parameter_counts", "load_trained", "save_trained", "StreamDataset", "model_inputs",
+           "plot_loss", "plot_training_curves", "training_summary", "CheckpointError"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TRAIN_STATE = "trainer_state.json"
@@ -118,43 +129,6 @@ def check_paper_setup(cfg: TrainConfig) -> None:
                            "DIR, or DATA_ROOT=DIR)")
 
 
-# ---------------------------------------------------------------------------------------------------- data
-class StreamDataset(torch.utils.data.Dataset):
-    """Encoded narration-stream samples of one split, with their frames and DCM expiry positions."""
-
-    def __init__(self, data, split: str, chat: ChatTokenizer, config: FlowNarConfig, max_num_frames: int,
-                 seed: int = 0, cache_features: bool = True):
-        self.data, self.chat, self.config = data, chat, config
-        self.samples = build_stream_samples(data, split, use_memory=config.use_memory,
-                                            max_num_frames=max_num_frames, seed=seed)
-        self.cache = {} if cache_features else None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def features(self, uid: str) -> torch.Tensor:
-        if self.cache is None:
-            return self.data.load_features(uid)
-        if uid not in self.cache:
-            self.cache[uid] = self.data.load_features(uid)
-        return self.cache[uid]
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.samples[i]
-        enc = self.chat.encode(s)
-        frames = self.features(s.video_uid)[s.frames.start : s.frames.stop].float()  # (F, N, D)
-        expiry = None
-        if self.config.dcm or self.config.last_k_narration is not None:
-            expiry = expiry_positions(len(enc.input_ids), enc.spans, self.config.dcm, self.config.last_k_narration)
-        return dict(input_ids=enc.input_ids[None], labels=enc.labels[None], frames=frames,
-                    mem_frame_indices=enc.mem_frame_indices, expiry=expiry, sample_id=s.sample_id)
-
-
-def model_inputs(batch: dict, device) -> dict:
-    out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k != "sample_id"}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- model
 def lora_target_modules() -> str:
     """Every attention/MLP projection of the LLM plus lm_head (CLAM's own projections are not matched)."""
@@ -174,11 +148,7 @@ def build_model(cfg: TrainConfig, chat: ChatTokenizer, feature_dim: int):
     from transformers import AutoConfig
 
     base = AutoConfig.from_pretrained(cfg.llm_path, local_files_only=True).to_dict()
-    for k in ("model_type", "architectures", "transformers_version", "auto_map"):
-        base.pop(k, None)
-    config = FlowNarConfig(system=cfg.system, vision_hidden_size=feature_dim, frame_num_tokens=chat.frame_num_tokens,
-                           v_placeholder_id=chat.v_id, m_placeholder_id=chat.m_id, silent_id=chat.silent_id,
-                           speak_id=chat.speak_id, **overrides, **base)
+    config = config_for(cfg.system, chat, feature_dim, llm=base, **overrides)
     config.base_model_path = str(Path(cfg.llm_path).resolve())
     torch.manual_seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
@@ -198,41 +168,6 @@ def parameter_counts(model) -> dict:
     return {"total": total, "trainable": trainable, "clam": clam, "connector": conn}
 
 
-def save_trained(model, out: Path, chat: ChatTokenizer, is_peft: bool) -> None:
-    """Model (or LoRA adapter + fully trained modules) and tokenizer; config.json always records the system."""
-    from transformers.utils import logging as hf_logging
-
-    out.mkdir(parents=True, exist_ok=True)
-    hf_logging.disable_progress_bar()
-    if is_peft:
-        model.save_pretrained(out)
-        model.get_base_model().config.save_pretrained(out)
-    else:
-        model.save_pretrained(out)
-    chat.tok.save_pretrained(out)
-
-
-def load_trained(path: str | Path, expect_system: str | None = None, dtype=None):
-    """Load a run's model (full or LoRA) and its ChatTokenizer. Refuses another system's checkpoint."""
-    path = Path(path)
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(path)
-        if expect_system is not None and getattr(cfg, "system", None) != expect_system:
-            raise CheckpointError(f"{path}: a {getattr(cfg, 'system', '?')!r} checkpoint, but {expect_system!r} was asked for")
-        base = FlowNarForCausalLM.from_pretrained(cfg.base_model_path, config=cfg, local_files_only=True, dtype=dtype)
-        # not merged: with tied embeddings (Llama-3.2-1B) merging lm_head's LoRA would also change the input
-        # embeddings; the returned model runs the LoRA layers in place
-        model = PeftModel.from_pretrained(base, path).get_base_model()
-    else:
-        model = load_model(path, expect_system=expect_system, dtype=dtype)
-    tok = load_tokenizer(path)
-    chat = ChatTokenizer(tok, model.config.frame_num_tokens, model.config.num_m_tokens)
-    return model, chat
-
-
 # ---------------------------------------------------------------------------------------------------- loop
 def _set_seed(seed: int) -> None:
     random.seed(seed)
@@ -249,8 +184,97 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
 
 
+class PlainStepper:
+    """Optimisation in this process: backward of ``loss / grad_accum`` after every sample; at each accumulation
+    boundary gradient clipping, the optimizer and the scheduler step."""
+
+    def __init__(self, model, opt, sched, cfg: TrainConfig, device: torch.device):
+        self.model, self.opt, self.sched, self.cfg = model, opt, sched, cfg
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.device = device
+
+    @property
+    def module(self):
+        return self.model
+
+    def forward(self, batch: dict):
+        with self.autocast:
+            return self.model(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.cfg.grad_accum).backward()
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def save(self, ckpt: Path, rank: int) -> None:
+        if rank != 0:
+            return
+        from safetensors.torch import save_file
+
+        trainable = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        save_file(trainable, ckpt / "trainable.safetensors")
+        torch.save(self.opt.state_dict(), ckpt / "optimizer.pt")
+        torch.save(self.sched.state_dict(), ckpt / "scheduler.pt")
+
+    def load(self, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(ckpt / "trainable.safetensors", device=str(self.device)), strict=False)
+        self.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.device, weights_only=True))
+        self.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+
+
+class DeepSpeedStepper(PlainStepper):
+    """Optimisation by a DeepSpeed engine (ZeRO-2 on GPUs; gloo on CPU in the tests): the engine accumulates,
+    clips and steps by itself (``engine.step()`` after every backward acts only at accumulation boundaries)."""
+
+    def __init__(self, model, opt, sched, cfg: TrainConfig, device: torch.device):
+        import deepspeed
+
+        ds_config = json.loads(Path(cfg.deepspeed).read_text())
+        ds_config["gradient_accumulation_steps"] = cfg.grad_accum
+        ds_config["train_micro_batch_size_per_gpu"] = 1
+        ds_config["gradient_clipping"] = cfg.grad_clip
+        ds_config.setdefault("bf16", {})["enabled"] = bool(cfg.bf16 and device.type == "cuda")
+        if not torch.distributed.is_initialized():
+            deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        self.engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                                          config=ds_config)
+        self.model, self.opt, self.sched, self.cfg, self.device = model, opt, sched, cfg, device
+
+    @property
+    def module(self):
+        return self.engine.module
+
+    def forward(self, batch: dict):
+        return self.engine(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def step(self) -> None:
+        pass  # done by the engine in backward()
+
+    def save(self, ckpt: Path, rank: int) -> None:
+        self.engine.save_checkpoint(str(ckpt / "deepspeed"))
+
+    def load(self, ckpt: Path) -> None:
+        self.engine.load_checkpoint(str(ckpt / "deepspeed"))
+
+
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Train ``cfg.system``; returns the run directory. Resumes from the latest checkpoint when ``resume``."""
+    from transformers import get_cosine_schedule_with_warmup
+
     from .progress import progress_bar
 
     check_paper_setup(cfg)
@@ -279,22 +303,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         total_steps = min(total_steps, cfg.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    from transformers import get_cosine_schedule_with_warmup
-
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
-
-    engine = None
-    if cfg.deepspeed:
-        import deepspeed
-
-        ds_config = json.loads(Path(cfg.deepspeed).read_text())
-        ds_config["gradient_accumulation_steps"] = cfg.grad_accum
-        ds_config["train_micro_batch_size_per_gpu"] = 1
-        ds_config["gradient_clipping"] = cfg.grad_clip
-        ds_config.setdefault("bf16", {})["enabled"] = bool(cfg.bf16 and device.type == "cuda")
-        if not torch.distributed.is_initialized():
-            deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-        engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_config)
+    stepper = (DeepSpeedStepper if cfg.deepspeed else PlainStepper)(model, opt, sched, cfg, device)
 
     step, start_epoch, start_item = 0, 0, 0
     ckpt = _latest_checkpoint(run) if resume else None
@@ -302,14 +312,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         state = json.loads((ckpt / TRAIN_STATE).read_text())
         if state["system"] != cfg.system:
             raise CheckpointError(f"{ckpt}: a {state['system']!r} run, but {cfg.system!r} was asked for")
-        if engine is not None:
-            engine.load_checkpoint(str(ckpt / "deepspeed"))
-        else:
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(ckpt / "trainable.safetensors", device=str(device)), strict=False)
-            opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-            sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        stepper.load(ckpt)
         step, start_epoch, start_item = state["step"], state["epoch"], state["item"]
         if rank == 0:
             print(f"resuming {cfg.system} from {ckpt.name} (step {step}/{total_steps})")
@@ -329,21 +332,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     t0 = time.time()
     acc = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "n": 0, "tokens": 0}
     epoch, done = start_epoch, step >= total_steps
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and engine is None)
     while not done:
         order = _epoch_order(len(dataset), cfg.seed, epoch)[rank::world]
         micro = 0
         for pos in range(start_item if epoch == start_epoch else 0, len(order)):
             batch = model_inputs(dataset[order[pos]], device)
-            with autocast:
-                out = (engine or model)(**batch)
-            loss = out.loss
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                (loss / cfg.grad_accum).backward()
-            acc["loss"] += float(loss.detach())
+            out = stepper.forward(batch)
+            stepper.backward(out.loss)
+            acc["loss"] += float(out.loss.detach())
             acc["lm_loss"] += float(out.lm_loss)
             acc["stream_loss"] += float(out.stream_loss)
             acc["n"] += 1
@@ -351,30 +347,26 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             micro += 1
             if micro % cfg.grad_accum != 0 and pos != len(order) - 1:
                 continue
-            if engine is None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+            stepper.step()
             step += 1
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == total_steps):
                 row = [step, round(epoch + (pos + 1) / len(order), 4)] + \
                       [round(acc[k] / acc["n"], 5) for k in ("loss", "lm_loss", "stream_loss")] + \
-                      [sched.get_last_lr()[0], acc["tokens"], round(time.time() - t0, 2)]
+                      [stepper.lr(), acc["tokens"], round(time.time() - t0, 2)]
                 with open(log_path, "a", newline="") as f:
                     csv.writer(f).writerow(row)
                 bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}")
                 acc = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "n": 0, "tokens": acc["tokens"]}
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                _save_checkpoint(run, step, epoch, pos + 1, cfg, model, opt, sched, engine, rank)
+                _save_checkpoint(run, step, epoch, pos + 1, cfg, stepper, rank)
             if step >= total_steps:
                 done = True
                 break
         epoch += 1
     bar.close()
     if rank == 0:
-        save_trained(engine.module if engine is not None else model, run, chat, is_peft)
+        save_trained(stepper.module, run, chat, is_peft)
         counts = parameter_counts(model)
         (run / "train_summary.json").write_text(json.dumps(
             {"system": cfg.system, "steps": step, "seconds": round(time.time() - t0, 1), "samples": len(dataset),
@@ -383,44 +375,64 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     return run
 
 
-def _save_checkpoint(run, step, epoch, item, cfg, model, opt, sched, engine, rank) -> None:
+def _save_checkpoint(run: Path, step: int, epoch: int, item: int, cfg: TrainConfig, stepper, rank: int) -> None:
     ckpt = run / f"checkpoint-{step}"
     ckpt.mkdir(parents=True, exist_ok=True)
-    if engine is not None:
-        engine.save_checkpoint(str(ckpt / "deepspeed"))
-    elif rank == 0:
-        from safetensors.torch import save_file
-
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, ckpt / "trainable.safetensors")
-        torch.save(opt.state_dict(), ckpt / "optimizer.pt")
-        torch.save(sched.state_dict(), ckpt / "scheduler.pt")
+    stepper.save(ckpt, rank)
     if rank == 0:
         (ckpt / TRAIN_STATE).write_text(json.dumps({"system": cfg.system, "step": step, "epoch": epoch, "item": item}))
 
 
-def plot_loss(log_csv: Path, stem: Path, title: str = "", banner: str | None = None) -> None:
-    """Loss curves (total, narration LM, frame decisions) from a train_log.csv.
+# ---------------------------------------------------------------------------------------------------- launching (notebooks, make)
+# settings that do not change what is trained: how it is launched or shown, and where it is written (the saved
+# config is read from that folder; a launched run records its resolved path, a notebook's config may leave it empty)
+_LAUNCH_ONLY = ("progress", "deepspeed", "out")
 
-    A pyplot-free ``Figure``: switching pyplot's backend here (as this once did) would stop a notebook that trains
-    from showing its later figures inline, so its outputs would depend on whether the runs were already trained."""
-    import pandas as pd
-    from matplotlib.figure import Figure
 
-    from .report import save_figure
+def deepspeed_command(cfg: TrainConfig, num_gpus: int) -> list[str]:
+    """The DeepSpeed launcher command that trains ``cfg`` on ``num_gpus`` local GPUs (ZeRO-2 unless ``cfg.deepspeed``
+    names another config), with this interpreter; every setting that differs from the profile's is passed with
+    ``--set``, so the launched run's ``train_config.json`` equals ``cfg`` up to the launch-only fields."""
+    ds = cfg.deepspeed or str(CONFIG_DIR / "zero2.json")
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus), "--module", "flownar.train",
+           "--system", cfg.system, "--profile", cfg.profile, "--dataset", cfg.dataset, "--data", cfg.data_root,
+           "--out", str(cfg.run_dir()), "--seed", str(cfg.seed), "--llm", cfg.llm_path, "--deepspeed", ds, "--quiet"]
+    base = train_config(cfg.system, cfg.profile, cfg.dataset)
+    passed = {"system", "profile", "dataset", "data_root", "out", "seed", "llm_path", "deepspeed", "progress"}
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if f.name not in passed and v != getattr(base, f.name):
+            cmd += ["--set", f"{f.name}={v}"]
+    return cmd
 
-    df = pd.read_csv(log_csv)
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    for col, label in (("loss", "total"), ("lm_loss", "narration tokens (LM)"), ("stream_loss", "frame decisions")):
-        ax.plot(df["step"], df[col], label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, stem, banner)
+
+def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
+    """Train unless the run directory already holds a finished model trained with the same settings.
+
+    With a local Llama (paper scale) and more than one visible GPU (``num_gpus``, default: all visible), the run
+    is launched with DeepSpeed (:func:`deepspeed_command`) in a subprocess; otherwise it trains in this process.
+    """
+    check_paper_setup(cfg)
+    run = cfg.run_dir()
+    saved = run / "train_config.json"
+    done = (run / "train_summary.json").is_file() and saved.is_file()
+    if done:
+        old = json.loads(saved.read_text())
+        mine = asdict(cfg)
+        if {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {k: v for k, v in mine.items() if k not in _LAUNCH_ONLY}:
+            return run
+    if num_gpus is None:
+        num_gpus = torch.cuda.device_count() if cfg.llm_path else 0
+    if num_gpus > 1 and "RANK" not in os.environ:
+        import subprocess
+
+        cmd = deepspeed_command(cfg, num_gpus)
+        print("launching:", " ".join(cmd))
+        if subprocess.run(cmd).returncode != 0:
+            raise FlowNarError(f"DeepSpeed training of {cfg.system} failed (command above); checkpoints, if any, "
+                               f"are in {run} and a rerun resumes from them")
+        return run
+    return train(cfg, resume=not done)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -476,97 +488,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# ---------------------------------------------------------------------------------------------------- notebooks
-# settings that do not change what is trained: how it is launched or shown, and where it is written (the saved
-# config is read from that folder; a launched run records its resolved path, a notebook's config may leave it empty)
-_LAUNCH_ONLY = ("progress", "deepspeed", "out")
-
-
-def deepspeed_command(cfg: TrainConfig, num_gpus: int) -> list[str]:
-    """The DeepSpeed launcher command that trains ``cfg`` on ``num_gpus`` local GPUs (ZeRO-2 unless ``cfg.deepspeed``
-    names another config), with this interpreter; every setting that differs from the profile's is passed with
-    ``--set``, so the launched run's ``train_config.json`` equals ``cfg`` up to the launch-only fields."""
-    ds = cfg.deepspeed or str(CONFIG_DIR / "zero2.json")
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus), "--module", "flownar.train",
-           "--system", cfg.system, "--profile", cfg.profile, "--dataset", cfg.dataset, "--data", cfg.data_root,
-           "--out", str(cfg.run_dir()), "--seed", str(cfg.seed), "--llm", cfg.llm_path, "--deepspeed", ds, "--quiet"]
-    base = train_config(cfg.system, cfg.profile, cfg.dataset)
-    passed = {"system", "profile", "dataset", "data_root", "out", "seed", "llm_path", "deepspeed", "progress"}
-    for f in fields(TrainConfig):
-        v = getattr(cfg, f.name)
-        if f.name not in passed and v != getattr(base, f.name):
-            cmd += ["--set", f"{f.name}={v}"]
-    return cmd
-
-
-def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
-    """Train unless the run directory already holds a finished model trained with the same settings.
-
-    With a local Llama (paper scale) and more than one visible GPU (``num_gpus``, default: all visible), the run
-    is launched with DeepSpeed (:func:`deepspeed_command`) in a subprocess; otherwise it trains in this process.
-    """
-    check_paper_setup(cfg)
-    run = cfg.run_dir()
-    saved = run / "train_config.json"
-    done = (run / "train_summary.json").is_file() and saved.is_file()
-    if done:
-        old = json.loads(saved.read_text())
-        mine = asdict(cfg)
-        if {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {k: v for k, v in mine.items() if k not in _LAUNCH_ONLY}:
-            return run
-    if num_gpus is None:
-        num_gpus = torch.cuda.device_count() if cfg.llm_path else 0
-    if num_gpus > 1 and "RANK" not in os.environ:
-        import subprocess
-
-        cmd = deepspeed_command(cfg, num_gpus)
-        print("launching:", " ".join(cmd))
-        if subprocess.run(cmd).returncode != 0:
-            raise FlowNarError(f"DeepSpeed training of {cfg.system} failed (command above); checkpoints, if any, "
-                               f"are in {run} and a rerun resumes from them")
-        return run
-    return train(cfg, resume=not done)
-
-
-def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
-    """One row per system: parameters (total, trainable, CLAM's share), steps, samples, final losses."""
-    import pandas as pd
-
-    from .models import SYSTEM_NAMES
-
-    rows = []
-    for system, run in runs.items():
-        s = json.loads((Path(run) / "train_summary.json").read_text())
-        log = pd.read_csv(Path(run) / "train_log.csv")
-        last = log.tail(max(1, len(log) // 10)).mean(numeric_only=True)  # mean over the last 10% of steps
-        p = s["parameters"]
-        rows.append({"system": SYSTEM_NAMES.get(system, system), "parameters": p["total"],
-                     "trainable": p["trainable"], "CLAM share (%)": 100 * p["clam"] / p["total"],
-                     "steps": s["steps"], "train samples": s["samples"],
-                     "final loss": last["loss"], "final LM loss": last["lm_loss"],
-                     "final decision loss": last["stream_loss"]})
-    return pd.DataFrame(rows).set_index("system")
-
-
-def plot_training_curves(runs: dict[str, Path], title: str = ""):
-    """Loss per optimizer step, one line per system (total and narration-LM panels)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    from .models import SYSTEM_NAMES
-
-    df = pd.concat([pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
-    for ax, col, name in zip(axes, ("loss", "lm_loss", "stream_loss"),
-                             ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)")):
-        sns.lineplot(df, x="step", y=col, hue="system", ax=ax, legend=ax is axes[0])
-        ax.set_title(name)
-        ax.set_yscale("log")
-        ax.set_ylabel("cross-entropy")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

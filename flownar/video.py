@@ -98,7 +98,8 @@ def read_frames(path: str | Path, fps: float = 2.0, size: int = 384) -> Iterator
 
 
 class FrameEncoder:
-    """A SigLIP vision tower turning frames into (tokens_per_frame = 10, hidden) features.
+    """A SigLIP vision tower turning frames into (tokens_per_frame = 10, hidden) features: the pooled token, then
+    the patch grid average-pooled to 3 x 3.
 
     Args:
         vision_path: a local folder with a ``SiglipVisionModel`` (or full ``SiglipModel``) checkpoint.
@@ -120,8 +121,13 @@ class FrameEncoder:
                                "token 0 of FlowNar's features is its pooler_output")
         self.image_size, self.hidden_size = cfg.image_size, cfg.hidden_size
         self.grid = cfg.image_size // cfg.patch_size
+        self.pooled_grid = 3  # FlowNar-Data's recipe: 1 pooled token + 3 x 3 grid tokens
         self.device, self.dtype = torch.device(device), dtype
         self.name = path.name
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return 1 + self.pooled_grid**2
 
     @torch.inference_mode()
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -134,7 +140,7 @@ class FrameEncoder:
         out = self.model(pixel_values=x)
         B, P, D = out.last_hidden_state.shape  # P = grid * grid patches
         grid = out.last_hidden_state.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
-        pooled = F.adaptive_avg_pool2d(grid.float(), 3).flatten(2).transpose(1, 2)  # (B, 9, D), row-major
+        pooled = F.adaptive_avg_pool2d(grid.float(), self.pooled_grid).flatten(2).transpose(1, 2)  # (B, 9, D), row-major
         return torch.cat([out.pooler_output.float()[:, None], pooled], dim=1)  # (B, 10, D)
 
 

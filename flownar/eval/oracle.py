@@ -24,7 +24,6 @@ previous EOS through this turn's EOS; its *decision positions* are the labelled 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from ..data.chat import IGNORE_INDEX
 from ..engine import StaticKVCache, forward_step
 from ..models.masks import additive_mask, expiry_positions, visibility
+from ..trigger import TriggerRule
 
 
 @dataclass
@@ -166,10 +166,10 @@ class OracleEvaluator:
         kv = StaticKVCache.for_model(self.cfg, capacity=L, device=self.device, dtype=emb.dtype)
         mask = None if until is None else additive_mask(visibility(until.cpu()), emb.dtype)[0, 0].to(self.device)
         fp = enc.frame_positions.to(self.device) if self.cfg.mod else None
-        routed = [getattr(layer, "router", None) is not None for layer in self.model.model.layers]
-        forward_step(self.model, emb[None], torch.arange(L, device=self.device)[None], kv, fp, mask=mask)
-        cached = [layer.kept_index if r else torch.arange(L, device=self.device)
-                  for layer, r in zip(self.model.model.layers, routed)]
+        routed: dict[int, torch.Tensor] = {}  # layer -> the tokens it computed (and cached)
+        forward_step(self.model, emb[None], torch.arange(L, device=self.device)[None], kv, fp, mask=mask,
+                     routing_log=routed)
+        cached = [routed.get(i, torch.arange(L, device=self.device)) for i in range(len(self.model.model.layers))]
         return kv, cached
 
     def _look_ahead(self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor]) -> int:
@@ -238,11 +238,13 @@ def decision_probe(model, chat, data, split: str = "val", limit: int | None = No
     decision (a frame's last ``<v>``) of ``split``'s streams, against where the ground truth speaks.
 
     Returns the number of decisions, the base rate, the ROC AUC, the mean P(speak) at narration frames and
-    elsewhere, its maximum, and the share of decisions where the trigger would fire (P(stay silent) < threshold).
+    elsewhere, its maximum, and the share of decisions where the trigger would fire
+    (:class:`~flownar.trigger.TriggerRule` with ``threshold`` as its high threshold, whatever the time since the
+    last narration).
     A diagnostic, not a paper metric.
     """
     from ..data.samples import MAX_NUM_FRAMES
-    from ..train import StreamDataset, model_inputs
+    from ..batches import StreamDataset, model_inputs
 
     model.eval()
     device = next(model.parameters()).device
@@ -257,10 +259,11 @@ def decision_probe(model, chat, data, split: str = "val", limit: int | None = No
         ps.append((1.0 - p_silent).cpu().numpy())
         ys.append((labels[dec] != chat.silent_id).cpu().numpy())
     p, y = np.concatenate(ps), np.concatenate(ys)
+    fires = TriggerRule(threshold_high=threshold, rule="single").speaks(1.0 - p, frames_since_last=0)
     return {"streams": len(ps), "decisions": int(y.size), "base rate": float(y.mean()), "AUC": roc_auc(p, y),
             "P(speak) at narration frames": float(p[y].mean()) if y.any() else float("nan"),
             "P(speak) elsewhere": float(p[~y].mean()) if (~y).any() else float("nan"),
-            "max P(speak)": float(p.max()), "trigger fires (%)": 100.0 * float((p > 1.0 - threshold).mean())}
+            "max P(speak)": float(p.max()), "trigger fires (%)": 100.0 * float(fires.mean())}
 
 
 def sample_summary(turns: list[TurnMetrics], fps: float = 2.0) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import run_fingerprint  # noqa: F401 (re-exported: notebooks import it from here)
 from ..data.samples import build_stream_samples
 from ..errors import FlowNarError
 from ..stream import Narrator
@@ -38,18 +39,6 @@ def _atomic_write_json(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def run_fingerprint(run_dir: str | Path) -> str:
-    """Identifies a trained model cheaply: a hash of its config and training log (both change on retraining)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for name in ("config.json", "train_log.csv", "adapter_config.json"):
-        p = Path(run_dir) / name
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def read_prediction(path: Path, fingerprint: str | None = None) -> dict | None:

@@ -4,51 +4,52 @@ Importing this package registers ``model_type="flownar"`` with ``AutoConfig`` an
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ..errors import FlowNarError
-from .config import FLOWNAR_FORMAT_VERSION, SYSTEM_NAMES, SYSTEMS, FlowNarConfig, tiny_llama_kwargs
+from ..errors import CheckpointError
+from .config import (FLOWNAR_FORMAT_VERSION, REAL_LLMS, SYSTEM_NAMES, SYSTEMS, TINY_SIZES, FlowNarConfig,
+                     tiny_llama_kwargs)
 from .modeling import FlowNarForCausalLM
 
 AutoConfig.register("flownar", FlowNarConfig, exist_ok=True)
 AutoModelForCausalLM.register(FlowNarConfig, FlowNarForCausalLM, exist_ok=True)
 
 
-class CheckpointError(FlowNarError):
-    """A checkpoint is missing, of another system, or of an unsupported format version."""
+def config_for(system: str, chat, feature_dim: int, size: str = "tiny", *, llm: dict | None = None,
+               **overrides) -> FlowNarConfig:
+    """The config of ``system`` with the ids of a :class:`~flownar.data.chat.ChatTokenizer`: the one place every
+    model config is built (training, benchmarks, tests).
+
+    LLM shape: ``llm``, the config dict of a local Llama (paper scale: its own special-token ids are kept), or
+    ``size``: a from-scratch tiny Llama (``micro``, ``mini``, ``tiny``, ``small``; the vocabulary is the
+    tokenizer's) or a real model's shape with random weights (``llama-3.2-1b``, ``llama-3.1-8b``; benchmarks).
+    ``overrides``: any other config field."""
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; expected one of {sorted(SYSTEMS)}")
+    if llm is not None:
+        shape = {k: v for k, v in llm.items() if k not in ("model_type", "architectures", "transformers_version",
+                                                            "auto_map")}
+    elif size in REAL_LLMS:
+        shape = dict(REAL_LLMS[size])
+    elif size in TINY_SIZES:
+        shape = tiny_llama_kwargs(len(chat.tok), size)
+    else:
+        raise ValueError(f"unknown LLM size {size!r}; expected one of {TINY_SIZES + tuple(REAL_LLMS)}")
+    special = dict(eos_token_id=chat.eos_id, bos_token_id=chat.tok.bos_token_id, pad_token_id=chat.tok.pad_token_id)
+    ids = dict(system=system, vision_hidden_size=feature_dim, frame_num_tokens=chat.frame_num_tokens,
+               num_m_tokens=chat.num_m_tokens, v_placeholder_id=chat.v_id, m_placeholder_id=chat.m_id,
+               silent_id=chat.silent_id, speak_id=chat.speak_id)
+    return FlowNarConfig(**{**special, **shape, **ids, **overrides})
 
 
-def config_for(system: str, chat, feature_dim: int, size: str = "tiny", **overrides) -> FlowNarConfig:
-    """A from-scratch config (embedded default) for ``system`` with the ids of a :class:`ChatTokenizer`."""
-    kwargs = tiny_llama_kwargs(len(chat.tok), size)
-    kwargs.update(system=system, vision_hidden_size=feature_dim, frame_num_tokens=chat.frame_num_tokens,
-                  num_m_tokens=chat.num_m_tokens, v_placeholder_id=chat.v_id, m_placeholder_id=chat.m_id,
-                  silent_id=chat.silent_id, speak_id=chat.speak_id, eos_token_id=chat.eos_id,
-                  bos_token_id=chat.tok.bos_token_id, pad_token_id=chat.tok.pad_token_id)
-    kwargs.update(overrides)
-    return FlowNarConfig(**kwargs)
+def __getattr__(name: str):
+    # moved to flownar.checkpoint (the one place that opens saved models); still importable from here
+    if name == "load_model":
+        from ..checkpoint import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_model(path: str | Path, expect_system: str | None = None, **kwargs) -> FlowNarForCausalLM:
-    """Load a saved model; refuse one of another system or format version (with a message that says which)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json (not a saved flownar model)")
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as e:  # an unknown model_type, a broken JSON
-        raise CheckpointError(f"{path}: cannot read config.json ({e})") from e
-    if not isinstance(cfg, FlowNarConfig):
-        raise CheckpointError(f"{path}: a {type(cfg).__name__} checkpoint, not a flownar model")
-    if cfg.flownar_format_version != FLOWNAR_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {cfg.flownar_format_version}, this package "
-                              f"reads version {FLOWNAR_FORMAT_VERSION}")
-    if expect_system is not None and cfg.system != expect_system:
-        raise CheckpointError(f"{path}: a {cfg.system!r} checkpoint, but {expect_system!r} was asked for")
-    return FlowNarForCausalLM.from_pretrained(path, **kwargs)
-
-
-__all__ = ["FlowNarConfig", "FlowNarForCausalLM", "SYSTEMS", "SYSTEM_NAMES", "config_for", "load_model",
-           "CheckpointError", "tiny_llama_kwargs"]
+__all__ = ["FlowNarConfig", "FlowNarForCausalLM", "SYSTEMS", "SYSTEM_NAMES", "REAL_LLMS", "TINY_SIZES", "config_for",
+           "load_model", "CheckpointError", "tiny_llama_kwargs"]

@@ -12,6 +12,8 @@ The systems (rows of the paper's tables) differ only in these fields:
 """
 from __future__ import annotations
 
+import math
+
 from transformers import LlamaConfig
 
 FLOWNAR_FORMAT_VERSION = 1  # bump when a checkpoint of an older version can no longer be read as is
@@ -108,6 +110,48 @@ class FlowNarConfig(LlamaConfig):
     @property
     def display_name(self) -> str:
         return SYSTEM_NAMES.get(self.system, self.system)
+
+    # ------------------------------------------------------------------ derived facts (computed here only)
+    @property
+    def attention_head_dim(self) -> int:
+        """Per-head query/key/value width (Llama-3's configs give ``head_dim``; otherwise hidden / heads)."""
+        return getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
+
+    @property
+    def routed_layers(self) -> tuple[int, ...]:
+        """VideoLLM-MoD's routed layers: every ``mod_every``-th, starting at layer ``mod_every - 1`` (none without
+        MoD)."""
+        if not self.mod:
+            return ()
+        return tuple(i for i in range(self.num_hidden_layers) if i % self.mod_every == self.mod_every - 1)
+
+    @property
+    def mod_tokens_per_frame(self) -> int:
+        """Vision tokens of each frame that a routed layer computes: ``ceil(mod_capacity x tokens)``, at least 1
+        (all of them without MoD)."""
+        if not self.mod:
+            return self.frame_num_tokens
+        return max(1, math.ceil(self.mod_capacity * self.frame_num_tokens))
+
+    def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
+        """One token's keys and values in every layer: 2 x layers x kv_heads x head_dim x bytes."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.attention_head_dim * bytes_per_element
+
+
+# LLM shapes of the paper's models (public model cards); vocab 128256, rope as Llama-3.x.
+REAL_LLMS: dict[str, dict] = {
+    "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, head_dim=64,
+                         rope_theta=500000.0, max_position_embeddings=131072,
+                         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                                           high_freq_factor=4.0, original_max_position_embeddings=8192)),
+    "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, head_dim=128,
+                         rope_theta=500000.0, max_position_embeddings=131072,
+                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                           high_freq_factor=4.0, original_max_position_embeddings=8192)),
+}
+TINY_SIZES = ("micro", "mini", "tiny", "small")
 
 
 def tiny_llama_kwargs(vocab_size: int, size: str = "tiny") -> dict:

@@ -67,19 +67,19 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
     def __init__(self, config: FlowNarConfig, layer_idx: int, routed: bool = False):
         super().__init__(config, layer_idx)
         self.router = nn.Linear(config.hidden_size, 1, bias=False) if routed else None
-        self.capacity = config.mod_capacity
+        self.k = config.mod_tokens_per_frame  # vision tokens of each frame this layer computes
         self.frame_positions: torch.Tensor | None = None  # (F, N), set by the model for one forward
 
-    def _select(self, hidden_states: torch.Tensor, fp: torch.Tensor | None):
-        """Indices of the tokens this layer computes (text + each frame's top vision tokens), the selected
-        vision positions and their router weights."""
+    def route(self, hidden_states: torch.Tensor, fp: torch.Tensor | None):
+        """Indices of the tokens this layer computes (text + each frame's top-``k`` vision tokens), the selected
+        vision positions and their router weights. Training and both streaming engines route through here."""
         L = hidden_states.shape[1]
         device = hidden_states.device
         if fp is None or fp.numel() == 0:
             return torch.arange(L, device=device), None, None
         F_, N = fp.shape
         scores = self.router(hidden_states[0, fp.flatten()]).view(F_, N)  # (F, N)
-        k = max(1, math.ceil(self.capacity * N))
+        k = self.k
         top = scores.topk(k, dim=1)
         selected = fp.gather(1, top.indices).flatten()  # (F*k,) token positions that are computed
         weight = torch.sigmoid(top.values).flatten().to(hidden_states.dtype)  # (F*k,)
@@ -101,8 +101,7 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
                                    position_embeddings=position_embeddings, **kwargs)
         if hidden_states.shape[0] != 1:
             raise NotImplementedError("routed (MoD) layers run on one sequence at a time")
-        idx, selected, weight = self._select(hidden_states, fp)
-        self.kept_index = idx  # which tokens of this call the layer computed (and cached)
+        idx, selected, weight = self.route(hidden_states, fp)
         cos, sin = position_embeddings
         if streaming:
             # this layer's cache holds only the tokens it computed, so it needs its own mask: every cached token
@@ -146,8 +145,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         super().__init__(config)
         if config.mod:
             for i in range(config.num_hidden_layers):
-                routed = (i % config.mod_every) == config.mod_every - 1
-                self.model.layers[i] = FlowNarDecoderLayer(config, i, routed=routed)
+                self.model.layers[i] = FlowNarDecoderLayer(config, i, routed=i in config.routed_layers)
         self.connector = Connector(config.vision_hidden_size, config.hidden_size)
         self.clam = None
         if config.use_memory:
@@ -221,6 +219,19 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             if mem.shape[0] * mem.shape[1] != n_m:
                 raise ValueError(f"{n_m} <m> tokens but {mem.shape[0]} memory blocks of {mem.shape[1]}")
             emb = emb.masked_scatter(m_mask[..., None], mem.reshape(-1, emb.shape[-1]).to(emb.dtype))
+        return emb
+
+    def stream_embed(self, ids: torch.Tensor, frame: torch.Tensor | None = None, v: slice | None = None,
+                     memory: torch.Tensor | None = None, m: slice | None = None) -> torch.Tensor:
+        """The streaming form of :meth:`joint_embed` for one chunk of fed tokens: ``ids`` (n,) already clamped to
+        the vocabulary; the ``<v>`` run ``v`` takes one frame's tokens ``(N, D)``, the ``<m>`` run ``m`` the CLAM
+        read-out ``memory`` ``(Q, D)``; positions are slices known on the host, so nothing waits for the device.
+        Returns (n, H)."""
+        emb = self.model.embed_tokens(ids)
+        if v is not None:
+            emb[v] = self.frame_embeds(frame.to(emb.device)).to(emb.dtype)
+        if m is not None:
+            emb[m] = self.connector(memory.to(emb.dtype)).to(emb.dtype)
         return emb
 
     def _routing(self, input_ids: torch.Tensor | None):

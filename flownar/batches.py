@@ -1,0 +1,49 @@
+"""Training batches: narration-stream samples encoded for the model, with their frames and DCM expiry positions.
+
+One sample is one sequence (batch 1, as the original); gradient accumulation makes the effective batch. Used by
+training (:mod:`flownar.train`) and the decision probe (:func:`flownar.eval.oracle.decision_probe`).
+"""
+from __future__ import annotations
+
+import torch
+
+from .data.chat import ChatTokenizer
+from .data.samples import build_stream_samples
+from .models import FlowNarConfig
+from .models.masks import expiry_positions
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """Encoded narration-stream samples of one split, with their frames and DCM expiry positions."""
+
+    def __init__(self, data, split: str, chat: ChatTokenizer, config: FlowNarConfig, max_num_frames: int,
+                 seed: int = 0, cache_features: bool = True):
+        self.data, self.chat, self.config = data, chat, config
+        self.samples = build_stream_samples(data, split, use_memory=config.use_memory,
+                                            max_num_frames=max_num_frames, seed=seed)
+        self.cache = {} if cache_features else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def features(self, uid: str) -> torch.Tensor:
+        if self.cache is None:
+            return self.data.load_features(uid)
+        if uid not in self.cache:
+            self.cache[uid] = self.data.load_features(uid)
+        return self.cache[uid]
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        enc = self.chat.encode(s)
+        frames = self.features(s.video_uid)[s.frames.start : s.frames.stop].float()  # (F, N, D)
+        expiry = None
+        if self.config.dcm or self.config.last_k_narration is not None:
+            expiry = expiry_positions(len(enc.input_ids), enc.spans, self.config.dcm, self.config.last_k_narration)
+        return dict(input_ids=enc.input_ids[None], labels=enc.labels[None], frames=frames,
+                    mem_frame_indices=enc.mem_frame_indices, expiry=expiry, sample_id=s.sample_id)
+
+
+def model_inputs(batch: dict, device) -> dict:
+    out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k != "sample_id"}
+    return out

@@ -1,0 +1,101 @@
+"""Opening and writing a run: the one place that loads a saved model.
+
+A run directory (``runs/<dataset>/<profile>/<system>/`` by default) holds the model (``save_pretrained``: full
+weights, or a LoRA adapter plus the fully trained modules at paper scale), its ``config.json`` (which records the
+system, so a run cannot be evaluated as another system), the tokenizer, and the training records
+(``train_config.json``, ``train_log.csv``, ``train_summary.json``; see :mod:`flownar.train`).
+
+* :func:`load_model` / :func:`load_trained`: open a model / a run (model + chat tokenizer), refusing another
+  system's checkpoint or an unsupported format version with :class:`CheckpointError`;
+* :func:`save_trained`: write a run's model and tokenizer;
+* :func:`check_compatible`: does a model take the frames a dataset (or a vision tower) gives?
+* :func:`run_fingerprint`: identifies a trained model (prediction files record it, so a rerun never reuses
+  another model's predictions).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .errors import CheckpointError
+from .models import FLOWNAR_FORMAT_VERSION, FlowNarConfig, FlowNarForCausalLM
+
+__all__ = ["CheckpointError", "load_model", "load_trained", "save_trained", "check_compatible", "run_fingerprint"]
+
+
+def load_model(path: str | Path, expect_system: str | None = None, **kwargs) -> FlowNarForCausalLM:
+    """Load a saved model; refuse one of another system or format version (with a message that says which)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json (not a saved flownar model)")
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as e:  # an unknown model_type, a broken JSON
+        raise CheckpointError(f"{path}: cannot read config.json ({e})") from e
+    if not isinstance(cfg, FlowNarConfig):
+        raise CheckpointError(f"{path}: a {type(cfg).__name__} checkpoint, not a flownar model")
+    if cfg.flownar_format_version != FLOWNAR_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {cfg.flownar_format_version}, this package "
+                              f"reads version {FLOWNAR_FORMAT_VERSION}")
+    if expect_system is not None and cfg.system != expect_system:
+        raise CheckpointError(f"{path}: a {cfg.system!r} checkpoint, but {expect_system!r} was asked for")
+    return FlowNarForCausalLM.from_pretrained(path, **kwargs)
+
+
+def load_trained(path: str | Path, expect_system: str | None = None, dtype=None):
+    """Load a run's model (full or LoRA) and its ChatTokenizer. Refuses another system's checkpoint."""
+    from .data.chat import ChatTokenizer
+    from .data.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(path)
+        if expect_system is not None and getattr(cfg, "system", None) != expect_system:
+            raise CheckpointError(f"{path}: a {getattr(cfg, 'system', '?')!r} checkpoint, but {expect_system!r} "
+                                  "was asked for")
+        base = FlowNarForCausalLM.from_pretrained(cfg.base_model_path, config=cfg, local_files_only=True, dtype=dtype)
+        # not merged: with tied embeddings (Llama-3.2-1B) merging lm_head's LoRA would also change the input
+        # embeddings; the returned model runs the LoRA layers in place
+        model = PeftModel.from_pretrained(base, path).get_base_model()
+    else:
+        model = load_model(path, expect_system=expect_system, dtype=dtype)
+    tok = load_tokenizer(path)
+    chat = ChatTokenizer(tok, model.config.frame_num_tokens, model.config.num_m_tokens)
+    return model, chat
+
+
+def save_trained(model, out: Path, chat, is_peft: bool) -> None:
+    """Model (or LoRA adapter + fully trained modules) and tokenizer; config.json always records the system."""
+    from transformers.utils import logging as hf_logging
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(out)
+    if is_peft:
+        model.get_base_model().config.save_pretrained(out)
+    chat.tok.save_pretrained(out)
+
+
+def check_compatible(model, tokens_per_frame: int, feature_dim: int, checkpoint, source, hint: str = "") -> None:
+    """Refuse frames of another shape than the model was trained on; the message names both sides."""
+    cfg = model.config
+    if (tokens_per_frame, feature_dim) != (cfg.frame_num_tokens, cfg.vision_hidden_size):
+        raise CheckpointError(f"{checkpoint} takes frames of ({cfg.frame_num_tokens}, {cfg.vision_hidden_size}) "
+                              f"features but {source} gives ({tokens_per_frame}, {feature_dim})"
+                              + (f": {hint}" if hint else ""))
+
+
+def run_fingerprint(run_dir: str | Path) -> str:
+    """Identifies a trained model cheaply: a hash of its config and training log (both change on retraining)."""
+    h = hashlib.sha1()
+    for name in ("config.json", "train_log.csv", "adapter_config.json"):
+        p = Path(run_dir) / name
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,305 @@
+"""Efficiency accounting without running a model: model sizes, the narration schedule, the token simulator, KV
+bytes and MACs (the conventions are in :mod:`flownar.efficiency`)."""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..models import REAL_LLMS, TINY_SIZES, FlowNarConfig, FlowNarForCausalLM, config_for
+
+# ---------------------------------------------------------------------------------------------------- configs
+# The real LLM shapes (REAL_LLMS) are model facts: flownar.models.config.
+BENCH_CONFIGS = (*TINY_SIZES, *REAL_LLMS)
+VISION_DIM = 1024  # SigLIP-L features, as in FlowNar-Data
+TINY_VISION_DIM = 64  # the embedded default's synthetic features
+FRAME_TOKENS = 10  # 1 CLS + 3x3
+MEMORY_TOKENS = 20  # CLAM queries
+EK100_SEGMENT_STATS = (3.83, 7.95)  # mean, std of segment duration in s (the FlowNar stream generator's comment)
+
+
+@functools.lru_cache(maxsize=8)
+def bench_chat(frame_tokens: int = FRAME_TOKENS, memory_tokens: int = MEMORY_TOKENS):
+    """A word-level ChatTokenizer for benchmarks (its special ids are valid in any vocabulary >= its size)."""
+    from ..data.chat import ChatTokenizer
+    from ..data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS
+    from ..data.tokenizer import train_word_tokenizer
+
+    texts = [DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS, "You pick up the knife and open the drawer."]
+    return ChatTokenizer(train_word_tokenizer(texts), frame_num_tokens=frame_tokens, num_m_tokens=memory_tokens)
+
+
+def bench_config(system: str, config: str, chat, vision_dim: int | None = None) -> FlowNarConfig:
+    """A FlowNarConfig of ``system`` at the LLM size ``config`` (a tiny-Llama size or a REAL_LLMS name).
+
+    Feature dim: SigLIP-L's 1024 for the real LLM sizes, the embedded default's 64 for the tiny ones (a 1024-dim
+    CLAM would cost more than a tiny LLM itself)."""
+    if vision_dim is None:
+        vision_dim = VISION_DIM if config in REAL_LLMS else TINY_VISION_DIM
+    if config not in BENCH_CONFIGS:
+        raise ValueError(f"unknown bench config {config!r}; expected one of {BENCH_CONFIGS}")
+    return config_for(system, chat, vision_dim, size=config, clam_dropout=0.0, attn_implementation="sdpa")
+
+
+def bench_model(cfg: FlowNarConfig, device="cpu", dtype=torch.float32, seed: int = 0) -> FlowNarForCausalLM:
+    """Random weights of the right shapes (``device="meta"``: shapes only, for counting)."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = FlowNarForCausalLM(cfg)
+    return model.to(dtype).eval()
+
+
+def kv_bytes_per_token(cfg, bytes_per_element: int = 2) -> int:
+    """One token's keys and values in all layers: 2 x layers x kv_heads x head_dim x bytes."""
+    return cfg.kv_bytes_per_token(bytes_per_element)
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+def narration_schedule(n_frames: int, mean_s: float, std_s: float, fps: float = 2.0, seed: int = 0) -> list[int]:
+    """Frames at which a narration is emitted: 0, then the ends of consecutive segments whose durations are
+    log-normal with the given mean and standard deviation (seconds), at least one frame long."""
+    if mean_s <= 0 or std_s < 0:
+        raise ValueError(f"segment statistics must be positive, got mean {mean_s}, std {std_s}")
+    rng = np.random.default_rng(seed)
+    sigma2 = math.log(1 + (std_s / mean_s) ** 2)
+    mu = math.log(mean_s) - sigma2 / 2
+    frames, t = [0], 0
+    while True:
+        t += max(1, int(round(rng.lognormal(mu, math.sqrt(sigma2)) * fps)))
+        if t >= n_frames:
+            return frames
+        frames.append(t)
+
+
+def segment_stats_from_data(data) -> tuple[float, float]:
+    """Mean and std (s) of the gaps between consecutive narrations of a dataset's training streams."""
+    gaps = []
+    for s in data.streams("train"):
+        t = [n.time for n in s.narrations]
+        gaps += [b - a for a, b in zip(t, t[1:]) if b > a]
+    if not gaps:
+        raise ValueError(f"{data.root}: no narration gaps in the training split")
+    return float(np.mean(gaps)), float(np.std(gaps))
+
+
+# ---------------------------------------------------------------------------------------------------- simulator
+@dataclass
+class Layout:
+    """Token counts of the streaming layout (from a ChatTokenizer and the eval prompt)."""
+
+    frame_tokens: int
+    memory_tokens: int
+    prompt_head: int  # prompt tokens fed at frame 0 before "Assistant:" (frame 0's run included)
+    prompt_frame_run: int  # of which frame 0's run "[ V ]\n"
+    assistant: int  # "Assistant", ":"
+    text: int  # narration text tokens (fixed length in the benchmark)
+
+    @classmethod
+    def from_chat(cls, chat, text_tokens: int) -> "Layout":
+        from ..data.samples import eval_prompt_messages
+        from ..stream import prompt_plan
+
+        head, tags, tail = prompt_plan(chat, eval_prompt_messages())
+        return cls(chat.frame_num_tokens, chat.num_m_tokens, len(head), sum(t[0] == "frames" for t in tags),
+                   len(tail), text_tokens)
+
+
+@dataclass
+class StreamTrace:
+    """What the engine does over a stream: one row per forward call and the cache after every frame."""
+
+    n: list[int] = field(default_factory=list)  # new tokens per forward
+    vision: list[int] = field(default_factory=list)  # of which <v> tokens
+    cached: list[int] = field(default_factory=list)  # cached tokens (unrouted layers) before the forward
+    cached_routed: list[int] = field(default_factory=list)  # ... in MoD's routed layers
+    frame_tokens_after: list[int] = field(default_factory=list)  # cache tokens at the end of each frame
+    frame_tokens_after_routed: list[int] = field(default_factory=list)
+    frame_tokens_peak: list[int] = field(default_factory=list)  # largest cache during each frame
+    frame_forwards: list[int] = field(default_factory=list)  # forwards done by the end of each frame
+    frame_memory_blocks: list[int] = field(default_factory=list)  # memory blocks fed by the end of each frame
+    narrations: int = 0
+    frames: int = 0
+    memory_blocks: int = 0
+
+
+def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
+    """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for ``system`` flags of ``cfg`` (dcm,
+    use_memory, last_k_narration, mod) without a model. Narrations happen at ``schedule`` frames (0 is forced),
+    each ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish`` forces one at the
+    last frame, as ``Narrator.finish`` does."""
+    N, Q = layout.frame_tokens, layout.memory_tokens
+    k_sel = cfg.mod_tokens_per_frame
+    tr = StreamTrace()
+    state = {"perm": 0, "perm_r": 0}  # tokens never deleted (all layers / routed layers)
+    seg: list[int] = [0, 0]  # current segment's tokens (unrouted, routed): deleted by DCM
+    narr: list[list[int]] = []  # FlowNar-C: per kept narration [tokens, routed tokens]
+    peak = [0]
+
+    def total():
+        return state["perm"] + seg[0] + sum(x[0] for x in narr)
+
+    def total_r():
+        return state["perm_r"] + seg[1] + sum(x[1] for x in narr)
+
+    def feed(parts):
+        """One forward of tagged parts [(tokens, of which <v>, kind)]; kind: 'perm', 'seg' or 'narr' (the
+        narration being written)."""
+        n = sum(p[0] for p in parts)
+        v = sum(p[1] for p in parts)
+        tr.n.append(n)
+        tr.vision.append(v)
+        tr.cached.append(total())
+        tr.cached_routed.append(total_r())
+        for pn, pv, kind in parts:
+            nr = pn - pv + (pv // N) * k_sel
+            if kind == "seg":
+                seg[0] += pn
+                seg[1] += nr
+            elif kind == "narr" and cfg.last_k_narration is not None:
+                narr[-1][0] += pn
+                narr[-1][1] += nr
+            else:
+                state["perm"] += pn
+                state["perm_r"] += nr
+        peak[0] = max(peak[0], total())
+
+    def narrate(run_close: bool):
+        if cfg.last_k_narration is not None:
+            narr.append([0, 0])
+        parts = ([(1, 0, "seg")] if run_close else []) + [(layout.assistant, 0, "narr")]
+        feed(parts)
+        for _ in range(layout.text):
+            feed([(1, 0, "narr")])
+        tr.narrations += 1
+        if cfg.dcm:
+            seg[0] = seg[1] = 0
+        elif seg[0]:  # no DCM: the segment becomes permanent
+            state["perm"] += seg[0]
+            state["perm_r"] += seg[1]
+            seg[0] = seg[1] = 0
+        if cfg.last_k_narration is not None and len(narr) > cfg.last_k_narration:
+            narr.pop(0)
+
+    speak_at = set(schedule)
+    pending = False
+    last = -1
+    for i in range(n_frames):
+        peak[0] = total()
+        if i == 0:
+            run = layout.prompt_frame_run
+            feed([(layout.prompt_head - run, 0, "perm"), (run, N, "seg")])
+            narrate(run_close=False)
+            pending, last = True, 0
+        else:
+            if pending:
+                parts = [(1, 0, "narr"), (1, 0, "narr" if cfg.last_k_narration is not None else "perm")]
+                if cfg.use_memory:
+                    parts.append((Q + 2, 0, "seg"))
+                    tr.memory_blocks += 1
+                parts.append((1 + N, N, "seg"))
+                pending = False
+            else:
+                parts = [(1 + N, N, "seg")]
+            feed(parts)
+            if i in speak_at:
+                narrate(run_close=True)
+                pending, last = True, i
+        tr.frames += 1
+        tr.frame_forwards.append(len(tr.n))
+        tr.frame_memory_blocks.append(tr.memory_blocks)
+        tr.frame_tokens_after.append(total())
+        tr.frame_tokens_after_routed.append(total_r())
+        tr.frame_tokens_peak.append(peak[0])
+    if finish and n_frames and last != n_frames - 1:
+        narrate(run_close=True)
+        tr.frame_tokens_peak[-1] = max(tr.frame_tokens_peak[-1], peak[0])
+    return tr
+
+
+def cache_bytes(cfg, tokens: int, tokens_routed: int | None = None, bytes_per_element: int = 2) -> int:
+    """KV bytes for ``tokens`` cached in every unrouted layer and ``tokens_routed`` in MoD's routed layers."""
+    per_layer = kv_bytes_per_token(cfg, bytes_per_element) // cfg.num_hidden_layers
+    routed = len(cfg.routed_layers)
+    tr = tokens if tokens_routed is None else tokens_routed
+    return per_layer * ((cfg.num_hidden_layers - routed) * tokens + routed * tr)
+
+
+# ---------------------------------------------------------------------------------------------------- MACs
+def linear_macs_per_token(cfg) -> int:
+    """MACs of one decoder layer's linear maps for one token: q, k, v, o projections and the SwiGLU MLP."""
+    H, hd = cfg.hidden_size, cfg.attention_head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    return H * (q + 2 * kv) + q * H + 3 * H * cfg.intermediate_size
+
+
+def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
+    """CLAM's MACs per frame update (``frame_num_tokens`` tokens) and per read-out, counted by
+    ``torch.utils.flop_counter`` on a meta-device CLAM of this config (FLOP / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models.clam import CLAM, CLAMConfig
+
+    n = cfg.frame_num_tokens if n_tokens is None else n_tokens
+    with torch.device("meta"):
+        clam = CLAM(CLAMConfig(d_model=cfg.vision_hidden_size, n_heads=cfg.clam_heads, n_queries=cfg.num_m_tokens,
+                               expand_k=cfg.clam_expand_k, dropout=0.0)).eval()
+        x = torch.zeros(1, n, cfg.vision_hidden_size)
+        state = clam.init_state(1, dtype=torch.float32)
+        out = {}
+        for name, fn in (("update", lambda: clam.update(x, state)), ("read", lambda: clam.read(state))):
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            out[name] = fc.get_total_flops() // 2
+    return out
+
+
+def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
+    """Per-forward MACs of the decoder by part (int64 arrays, one entry per forward of the trace)."""
+    L = cfg.num_hidden_layers
+    n_routed = len(cfg.routed_layers)
+    N = cfg.frame_num_tokens
+    k_sel = cfg.mod_tokens_per_frame
+    n = np.asarray(trace.n, np.int64)
+    v = np.asarray(trace.vision, np.int64)
+    c = np.asarray(trace.cached, np.int64)
+    cr = np.asarray(trace.cached_routed, np.int64)
+    nr = n - v + (v // N) * k_sel  # tokens a routed layer computes
+    hd = cfg.attention_head_dim
+    att = 2 * cfg.num_attention_heads * hd
+    return {
+        "linear": linear_macs_per_token(cfg) * ((L - n_routed) * n + n_routed * nr),
+        "attention": att * ((L - n_routed) * n * (c + n) + n_routed * nr * (cr + nr)),
+        "router": cfg.hidden_size * n_routed * v if cfg.mod else np.zeros_like(n),
+        "lm_head": np.full_like(n, cfg.hidden_size * cfg.vocab_size),
+    }
+
+
+def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
+    """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block) MACs."""
+    D, H = cfg.vision_hidden_size, cfg.hidden_size
+    out = {"connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
+           "clam": 0 * frames}
+    if cfg.use_memory:
+        clam = clam or clam_macs(cfg)
+        out["clam"] = frames * clam["update"] + memory_blocks * clam["read"]
+    return out
+
+
+def stream_macs(cfg, trace: StreamTrace, clam: dict | None = None) -> dict[str, int]:
+    """MACs of a traced stream, by part (see the module docstring for the convention)."""
+    out = {k: int(x.sum()) for k, x in _forward_macs(cfg, trace).items()}
+    out.update({k: int(x) for k, x in _input_macs(cfg, trace.frames, trace.memory_blocks, clam).items()})
+    out["total"] = sum(out.values())
+    return out
+
+
+def cumulative_macs(cfg, trace: StreamTrace, clam: dict | None = None) -> np.ndarray:
+    """MACs of the stream up to the end of each frame (same convention as :func:`stream_macs`), (frames,)."""
+    per_fwd = sum(_forward_macs(cfg, trace).values()).astype(np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(per_fwd)])[np.asarray(trace.frame_forwards)]
+    frames = np.arange(1, len(trace.frame_forwards) + 1, dtype=np.float64)
+    blocks = np.asarray(trace.frame_memory_blocks, np.float64)
+    return cum + sum(_input_macs(cfg, frames, blocks, clam).values())

@@ -1,0 +1,71 @@
+"""What training produced, for people: loss curves and a summary table (notebook 01, ``fig_loss`` of each run)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_loss(log_csv: Path, stem: Path, title: str = "", banner: str | None = None) -> None:
+    """Loss curves (total, narration LM, frame decisions) from a train_log.csv.
+
+    A pyplot-free ``Figure``: switching pyplot's backend here (as this once did) would stop a notebook that trains
+    from showing its later figures inline, so its outputs would depend on whether the runs were already trained."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from .report import save_figure
+
+    df = pd.read_csv(log_csv)
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for col, label in (("loss", "total"), ("lm_loss", "narration tokens (LM)"), ("stream_loss", "frame decisions")):
+        ax.plot(df["step"], df[col], label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, stem, banner)
+
+
+def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
+    """One row per system: parameters (total, trainable, CLAM's share), steps, samples, final losses."""
+    import pandas as pd
+
+    from .models import SYSTEM_NAMES
+
+    rows = []
+    for system, run in runs.items():
+        s = json.loads((Path(run) / "train_summary.json").read_text())
+        log = pd.read_csv(Path(run) / "train_log.csv")
+        last = log.tail(max(1, len(log) // 10)).mean(numeric_only=True)  # mean over the last 10% of steps
+        p = s["parameters"]
+        rows.append({"system": SYSTEM_NAMES.get(system, system), "parameters": p["total"],
+                     "trainable": p["trainable"], "CLAM share (%)": 100 * p["clam"] / p["total"],
+                     "steps": s["steps"], "train samples": s["samples"],
+                     "final loss": last["loss"], "final LM loss": last["lm_loss"],
+                     "final decision loss": last["stream_loss"]})
+    return pd.DataFrame(rows).set_index("system")
+
+
+def plot_training_curves(runs: dict[str, Path], title: str = ""):
+    """Loss per optimizer step, one line per system (total and narration-LM panels)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from .models import SYSTEM_NAMES
+
+    df = pd.concat([pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    for ax, col, name in zip(axes, ("loss", "lm_loss", "stream_loss"),
+                             ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)")):
+        sns.lineplot(df, x="step", y=col, hue="system", ax=ax, legend=ax is axes[0])
+        ax.set_title(name)
+        ax.set_yscale("log")
+        ax.set_ylabel("cross-entropy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
