@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .data.layouts import DATASETS
 from .errors import FlowNarError
 
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     s = dsub.add_parser("synth", help="write the embedded synthetic dataset in a FlowNar-Data layout")
-    s.add_argument("--layout", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    s.add_argument("--layout", default="ek100", choices=DATASETS)
     s.add_argument("--profile", default="smoke", help="size profile: smoke or default")
     s.add_argument("--out", required=True, type=Path, help="dataset root to write")
     s.add_argument("--seed", type=int, default=0)
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = dsub.add_parser("check", help="validate a dataset root (annotations and every feature file)")
     c.add_argument("root", type=Path)
-    c.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    c.add_argument("--dataset", default="ek100", choices=DATASETS)
     c.add_argument("--strict", action="store_true", help="fail on skipped videos instead of warning")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "oracle": "teacher-forced LM-PPL, TimeDiff, Fluency, LM-Correctness"}[name])
         e.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
         e.add_argument("--data", required=True, type=Path, help="dataset root (FlowNar-Data layout)")
-        e.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+        e.add_argument("--dataset", default="ek100", choices=DATASETS)
         e.add_argument("--split", default="val")
         e.add_argument("--out", required=True, type=Path, help="output directory")
         e.add_argument("--system", default=None, help="refuse a checkpoint of another system")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--segment-stats", type=float, nargs=2, metavar=("MEAN_S", "STD_S"), default=None,
                    help="segment duration statistics of the schedule (default: EK100's 3.83 +- 7.95 s)")
     b.add_argument("--data", type=Path, default=None, help="take the segment statistics from this dataset root")
-    b.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    b.add_argument("--dataset", default="ek100", choices=DATASETS)
     b.add_argument("--text-tokens", type=int, default=12, help="tokens per replayed narration")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     b.add_argument("--seed", type=int, default=0)
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("videos", type=Path, help="a video file or a folder of videos")
     x.add_argument("--vision", required=True, type=Path, help="local SigLIP vision tower (google/siglip-large-patch16-384)")
     x.add_argument("--out", required=True, type=Path, help="dataset root to write (features + features_metadata.json)")
-    x.add_argument("--layout", default="ek100", choices=["ek100", "ego4d", "egoexo4d"], help="feature folder naming")
+    x.add_argument("--layout", default="ek100", choices=DATASETS, help="feature folder naming")
     x.add_argument("--batch-size", type=int, default=16)
     x.add_argument("--device", default="cpu")
     x.add_argument("--overwrite", action="store_true", help="re-encode videos already in the metadata")
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     nr.set_defaults(func=_cmd_narrate)
 
     pv = sub.add_parser("provenance", help="write provenance.json (commit, data fingerprint, versions, device)")
-    pv.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    pv.add_argument("--dataset", default="ek100", choices=DATASETS)
     pv.add_argument("--profile", default="default")
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--data", type=Path, default=None, help="dataset root (default: the embedded one of the profile)")
@@ -231,55 +232,32 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _load_for_eval(args):
-    from .checkpoint import check_compatible, load_trained
-    from .data.readers import FlowNarData
-
-    model, chat = load_trained(args.checkpoint, expect_system=args.system)
-    data = FlowNarData(args.data, args.dataset)
-    check_compatible(model, data.tokens_per_frame, data.feature_dim, args.checkpoint, args.data)
-    return model, chat, data
-
-
 def _cmd_eval_stream(args) -> int:
     import json
 
-    from .eval.runner import narrate_clips, score_clips, stream_timing
+    from .data.readers import FlowNarData
+    from .eval.runner import run_self_conditioned
 
-    from .stream import narration_cap
-
-    model, chat, data = _load_for_eval(args)
-    system = model.config.system
-    preds = args.out / "predictions"
-    if args.max_new_tokens is None:
-        cfg_file = args.checkpoint / "train_config.json"
-        profile = json.loads(cfg_file.read_text()).get("profile") if cfg_file.is_file() else None
-        args.max_new_tokens = narration_cap(profile)
-    r = narrate_clips(model, chat, data, preds, split=args.split, system=system, progress=not args.quiet,
-                      limit=args.limit, threshold_high=args.threshold_high, threshold_low=args.threshold_low,
-                      max_new_tokens=args.max_new_tokens)
-    scores = score_clips(data, preds, split=args.split, with_captions=not args.no_captions)
-    for v in scores.values():
-        v.pop("per_clip", None)
-        v.pop("pairs", None)
-    res = {"system": system, "run": r, "timing": stream_timing(preds), "scores": scores}
-    (args.out / "metrics.json").write_text(json.dumps(res, indent=2, default=float))
-    print(json.dumps({k: scores[k] for k in scores}, indent=1, default=float))
+    data = FlowNarData(args.data, args.dataset)
+    rec = run_self_conditioned(args.checkpoint, data, args.out / "predictions", args.out / "metrics.json",
+                               system=args.system, split=args.split, limit=args.limit, progress=not args.quiet,
+                               with_captions=not args.no_captions, max_new_tokens=args.max_new_tokens,
+                               threshold_high=args.threshold_high, threshold_low=args.threshold_low)
+    brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in rec["scores"].items()}
+    print(json.dumps(brief, indent=1, default=float))
     return 0
 
 
 def _cmd_eval_oracle(args) -> int:
     import json
 
-    from .eval.runner import oracle_split
+    from .data.readers import FlowNarData
+    from .eval.runner import run_teacher_forced
 
-    model, chat, data = _load_for_eval(args)
-    agg, rows = oracle_split(model, chat, data, split=args.split, seed=args.seed, progress=not args.quiet,
-                             limit=args.limit)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "oracle.json").write_text(json.dumps({"system": model.config.system, "metrics": agg,
-                                                      "samples": rows}, indent=2))
-    print(json.dumps(agg, indent=1))
+    data = FlowNarData(args.data, args.dataset)
+    rec = run_teacher_forced(args.checkpoint, data, args.out / "oracle.json", system=args.system, split=args.split,
+                             seed=args.seed, limit=args.limit, progress=not args.quiet)
+    print(json.dumps(rec["metrics"], indent=1))
     return 0
 
 

@@ -35,13 +35,19 @@ def runs_dir() -> Path:
     return Path(env).resolve() if env else project_root() / "runs"
 
 
+def run_dir(dataset: str, profile: str, system: str) -> Path:
+    """One trained system: ``runs/<dataset>/<profile>/<system>``."""
+    return runs_dir() / dataset / profile / system
+
+
+def bench_dir(dataset: str = "ek100") -> Path:
+    """The committed benchmark runs (``make bench-cpu`` / ``make bench-gpu``): ``paper_figures/<dataset>/bench``."""
+    return project_root() / "paper_figures" / dataset / "bench"
+
+
 def figures_dir(dataset: str, profile: str) -> Path:
     """Tables and figures: ``paper_figures/<dataset>/<profile>`` unless ``FLOWNAR_FIGURES_DIR`` is set
     (then ``$FLOWNAR_FIGURES_DIR/<dataset>/<profile>``)."""
     env = os.environ.get("FLOWNAR_FIGURES_DIR")
     base = Path(env).resolve() if env else project_root() / "paper_figures"
     return base / dataset / profile
-
-
-def notebooks_dir() -> Path:
-    return project_root() / "notebooks"

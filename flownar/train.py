@@ -33,6 +33,7 @@ from . import paths
 from .batches import StreamDataset, model_inputs
 from .checkpoint import CheckpointError, load_trained, save_trained
 from .data.chat import ChatTokenizer
+from .data.layouts import DATASETS
 from .data.prepare import prepare_dataset
 from .data.samples import MAX_NUM_FRAMES
 from .data.tokenizer import build_tokenizer
@@ -85,7 +86,7 @@ class TrainConfig:
     progress: bool = True
 
     def run_dir(self) -> Path:
-        return Path(self.out) if self.out else paths.runs_dir() / self.dataset / self.profile / self.system
+        return Path(self.out) if self.out else paths.run_dir(self.dataset, self.profile, self.system)
 
 
 # The paper's schedule for `paper`; CPU-sized ones for the embedded profiles.
@@ -439,7 +440,7 @@ def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--profile", default="smoke", choices=sorted(TRAIN_PROFILES))
-    p.add_argument("--dataset", default="ek100", choices=["ek100", "ego4d", "egoexo4d"])
+    p.add_argument("--dataset", default="ek100", choices=DATASETS)
     p.add_argument("--data", default="", help="dataset root (empty: the embedded synthetic dataset)")
     p.add_argument("--out", default="", help="run directory (default runs/<dataset>/<profile>/<system>)")
     p.add_argument("--seed", type=int, default=0)

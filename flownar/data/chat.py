@@ -60,11 +60,6 @@ class EncodedSample:
         """Positions of the stay-silent/speak decisions (a learned frame's last <v>)."""
         return torch.nonzero((self.labels != IGNORE_INDEX) & (self.input_ids == self.v_id)).flatten()
 
-    @property
-    def lm_positions(self) -> torch.Tensor:
-        """Positions whose targets are narration tokens (Assistant marker through EOS)."""
-        return torch.nonzero((self.labels != IGNORE_INDEX) & (self.input_ids != self.v_id)).flatten()
-
     v_id: int = -1  # the <v> id of the tokenizer that encoded it
 
 

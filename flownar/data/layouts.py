@@ -66,6 +66,10 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+#: The three datasets of the paper, in the order of its tables: the one list every command and table uses.
+DATASETS: tuple[str, ...] = tuple(LAYOUTS)
+
+
 def get_layout(name: str) -> Layout:
     key = name.lower().replace("-", "").replace("_", "")
     aliases = {"ek100": "ek100", "epickitchens100": "ek100", "ego4d": "ego4d", "egoexo4d": "egoexo4d", "egoexo": "egoexo4d"}

@@ -89,6 +89,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.layouts import DATASETS
+
 __all__ = [
     "ClipPrediction",
     "ClipReference",
@@ -110,7 +112,6 @@ __all__ = [
     "evaluate_both",
 ]
 
-DATASETS = ("ek100", "ego4d", "egoexo4d")
 SCORINGS = ("paper", "corrected")
 IOU_THRESHOLD = 0.5
 _UNION_EPS = 1e-8

@@ -160,3 +160,64 @@ def oracle_split(model, chat, data, split: str = "val", seed: int = 0, max_num_f
         frames = data.load_features(s.video_uid, s.frames).float()
         rows.append({"sample_id": s.sample_id, **sample_summary(ev.sample(enc, frames), fps=data.fps)})
     return aggregate(rows), rows
+
+
+# ---------------------------------------------------------------------------------------------------- runners
+# One runner per protocol: open the run (refusing another system or frames of another shape), run, write one
+# artefact. The CLI (`flownar eval stream|oracle`) and notebooks 02/03 both call these.
+def _open_run(run, data, system: str | None):
+    from ..checkpoint import check_compatible, load_trained
+
+    model, chat = load_trained(run, expect_system=system)
+    check_compatible(model, data.tokens_per_frame, data.feature_dim, run, data.root)
+    return model, chat
+
+
+def _run_profile(run) -> str | None:
+    cfg = Path(run) / "train_config.json"
+    return json.loads(cfg.read_text()).get("profile") if cfg.is_file() else None
+
+
+def _write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=float))
+
+
+def run_teacher_forced(run, data, out_file, *, system: str | None = None, split: str = "val", seed: int = 0,
+                       max_num_frames: int = 1200, limit: int | None = None, progress: bool = True) -> dict:
+    """The oracle protocol for one trained system; writes ``out_file`` as ``{system, checkpoint,
+    model_fingerprint, metrics, samples}`` and returns it."""
+    model, chat = _open_run(run, data, system)
+    agg, rows = oracle_split(model, chat, data, split=split, seed=seed, max_num_frames=max_num_frames,
+                             progress=progress, limit=limit)
+    rec = {"system": model.config.system, "checkpoint": str(run), "model_fingerprint": run_fingerprint(run),
+           "metrics": agg, "samples": rows}
+    _write_json(out_file, rec)
+    return rec
+
+
+def run_self_conditioned(run, data, predictions_dir, metrics_file=None, *, system: str | None = None,
+                         split: str = "val", limit: int | None = None, progress: bool = True,
+                         with_captions: bool = True, max_new_tokens: int | None = None, **narrator_kwargs) -> dict:
+    """The self-conditioned protocol for one trained system: narrate the clips not narrated yet by this model into
+    ``predictions_dir`` (one file per clip), score them both ways, and write ``metrics_file`` (if given) as
+    ``{system, checkpoint, model_fingerprint, run, timing, scores}``. Returns that record with the full scores
+    (per-clip tables and caption pairs included). ``max_new_tokens`` defaults to the run's profile's cap
+    (:func:`flownar.stream.narration_cap`)."""
+    from ..stream import narration_cap
+
+    model, chat = _open_run(run, data, system)
+    if max_new_tokens is None:
+        max_new_tokens = narration_cap(_run_profile(run))
+    sys_name = model.config.system
+    r = narrate_clips(model, chat, data, predictions_dir, split=split, system=sys_name, progress=progress,
+                      limit=limit, fingerprint=run_fingerprint(run), max_new_tokens=max_new_tokens,
+                      **narrator_kwargs)
+    scores = score_clips(data, predictions_dir, split=split, with_captions=with_captions)
+    rec = {"system": sys_name, "checkpoint": str(run), "model_fingerprint": run_fingerprint(run), "run": r,
+           "timing": stream_timing(predictions_dir), "scores": scores}
+    if metrics_file is not None:
+        brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in scores.items()}
+        _write_json(metrics_file, {**rec, "scores": brief})
+    return rec

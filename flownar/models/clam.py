@@ -17,7 +17,10 @@ The layer around the recurrence is one post-norm decoder layer (d_model = the vi
 
 The recurrence has three interchangeable forms, all on already-projected tensors: ``gla_reference``
 (a plain loop, obviously correct), ``gla_chunked`` (parallel within chunks, a short recurrence across them;
-used for training) and ``gla_step`` (one token; used for streaming).
+used for training) and ``gla_step`` (one token). Streaming uses :meth:`CLAM.update` (the closed form of several
+steps at once: one frame's tokens per call, no read-out) and :meth:`CLAM.read` (the memory tokens of a state,
+once per memory block); :meth:`CLAM.step` (token by token with ``gla_step``) is the reference they are tested
+against.
 """
 from __future__ import annotations
 
@@ -258,7 +261,8 @@ class SwiGLUMLP(nn.Module):
 
 class CLAM(nn.Module):
     """Cross-Linear Attention Memory: one post-norm decoder layer whose cross attention is a gated linear
-    recurrence over the visual tokens. ``forward`` (chunked, for training), ``step`` (streaming) and
+    recurrence over the visual tokens. ``forward`` (chunked, for training), ``update`` + ``read`` (streaming: the
+    state advanced a frame at a time, read out once per memory block), ``step`` (token by token) and
     ``forward_reference`` (loop, for tests) compute the same function."""
 
     def __init__(self, config: CLAMConfig):

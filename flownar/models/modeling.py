@@ -156,6 +156,14 @@ class FlowNarForCausalLM(LlamaForCausalLM):
                 m._clam_owned = True
             self.clam.gk_proj[1]._clam_gate = True
         self.post_init()
+        self._use_dcm_attention()
+
+    def _use_dcm_attention(self) -> None:
+        """Where sdpa is asked for, use ``flownar_dcm`` instead: sdpa itself (and sdpa's masks) for every forward,
+        except a teacher-forced pass with a DCM mask, which gets the exact block attention
+        (:mod:`flownar.models.dcm_attention`). Set once here, never switched during a forward."""
+        if self.config._attn_implementation == "sdpa":
+            self.config._attn_implementation = DCM_ATTENTION
 
     def _init_weights(self, module):
         if getattr(module, "_clam_owned", False):
@@ -271,25 +279,20 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         past_key_values = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.joint_embed(input_ids, frames, mem_frame_indices)
-        impl = self.config._attn_implementation
         if expiry is not None:
             if attention_mask is not None:
                 raise ValueError("pass either expiry or attention_mask")
-            if impl == "sdpa" and not self.config.mod and inputs_embeds.shape[0] == 1 and past_key_values is None:
+            if (self.config._attn_implementation == DCM_ATTENTION and not self.config.mod
+                    and inputs_embeds.shape[0] == 1 and past_key_values is None):
                 # exact block attention over each query block's visible keys (no L x L mask)
                 kwargs["dcm_blocks"] = dcm_blocks(expiry.cpu())
             else:
                 attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
         if use_cache is None and past_key_values is None:
             use_cache = False  # a teacher-forced pass needs no cache (the streaming engine passes its own)
-        if "dcm_blocks" in kwargs:
-            self.config._attn_implementation = DCM_ATTENTION
-        try:
-            with self._routing(input_ids):
-                out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                 use_cache=use_cache, **{CACHE_ARG: past_key_values}, **kwargs)
-        finally:
-            self.config._attn_implementation = impl
+        with self._routing(input_ids):
+            out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=use_cache, **{CACHE_ARG: past_key_values}, **kwargs)
         hidden = out.last_hidden_state
         if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
