@@ -29,12 +29,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed JIT-builds its CPU communication op once; keep the build inside the environment
 export TORCH_EXTENSIONS_DIR := $(VENV)/torch_extensions
 
-.PHONY: help setup java test unit nbval lab lock test-latest data-ek100 data-ego4d data-egoexo4d reproduce-ek100 \
+.PHONY: help setup java test unit lint nbval lab lock test-latest data-ek100 data-ego4d data-egoexo4d reproduce-ek100 \
         reproduce-ego4d reproduce-egoexo4d notebooks-smoke bench-cpu bench-gpu clean distclean
 
 help:
 	@sed -n '1,6p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: setup lock test test-latest lab data-ek100 reproduce-ek100 reproduce-ego4d reproduce-egoexo4d notebooks-smoke clean distclean"
+	@echo "targets: setup lock test test-latest lint lab data-ek100 reproduce-ek100 reproduce-ego4d reproduce-egoexo4d notebooks-smoke clean distclean"
 
 # ---------------------------------------------------------------- environment
 # install_env VENV: torch first (TORCH_SPEC), pinned as a constraint, then every locked package but torch, then
@@ -92,6 +92,10 @@ test-latest:
 	@$(LATEST_VENV)/bin/python -m pip list --format=freeze 2>/dev/null | grep -i -E '^(transformers|torch|peft|datasets|numpy|accelerate|deepspeed)=' 
 	cd $(ROOT) && TQDM_DISABLE=1 TORCH_EXTENSIONS_DIR=$(LATEST_VENV)/torch_extensions $(LATEST_VENV)/bin/python -m pytest -q tests \
 	  $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) $(NBVAL_FLAGS)
+
+# Style: ruff (configured in pyproject.toml) over the library and the tests.
+lint: $(STAMP)
+	cd $(ROOT) && $(VENV)/bin/ruff check flownar tests && $(VENV)/bin/ruff format --check flownar tests
 
 unit: $(STAMP)
 	cd $(ROOT) && $(PY) -m pytest -q tests

@@ -3,6 +3,7 @@
 One sample is one sequence (batch 1, as the original); gradient accumulation makes the effective batch. Used by
 training (:mod:`flownar.train`) and the decision probe (:func:`flownar.eval.oracle.decision_probe`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,11 +17,20 @@ from .models.masks import expiry_positions
 class StreamDataset(torch.utils.data.Dataset):
     """Encoded narration-stream samples of one split, with their frames and DCM expiry positions."""
 
-    def __init__(self, data, split: str, chat: ChatTokenizer, config: FlowNarConfig, max_num_frames: int,
-                 seed: int = 0, cache_features: bool = True):
+    def __init__(
+        self,
+        data,
+        split: str,
+        chat: ChatTokenizer,
+        config: FlowNarConfig,
+        max_num_frames: int,
+        seed: int = 0,
+        cache_features: bool = True,
+    ):
         self.data, self.chat, self.config = data, chat, config
-        self.samples = build_stream_samples(data, split, use_memory=config.use_memory,
-                                            max_num_frames=max_num_frames, seed=seed)
+        self.samples = build_stream_samples(
+            data, split, use_memory=config.use_memory, max_num_frames=max_num_frames, seed=seed
+        )
         self.cache = {} if cache_features else None
 
     def __len__(self) -> int:
@@ -40,8 +50,14 @@ class StreamDataset(torch.utils.data.Dataset):
         expiry = None
         if self.config.dcm or self.config.last_k_narration is not None:
             expiry = expiry_positions(len(enc.input_ids), enc.spans, self.config.dcm, self.config.last_k_narration)
-        return dict(input_ids=enc.input_ids[None], labels=enc.labels[None], frames=frames,
-                    mem_frame_indices=enc.mem_frame_indices, expiry=expiry, sample_id=s.sample_id)
+        return dict(
+            input_ids=enc.input_ids[None],
+            labels=enc.labels[None],
+            frames=frames,
+            mem_frame_indices=enc.mem_frame_indices,
+            expiry=expiry,
+            sample_id=s.sample_id,
+        )
 
 
 def model_inputs(batch: dict, device) -> dict:

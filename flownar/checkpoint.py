@@ -12,6 +12,7 @@ system, so a run cannot be evaluated as another system), the tokenizer, and the 
 * :func:`run_fingerprint`: identifies a trained model (prediction files record it, so a rerun never reuses
   another model's predictions).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,10 @@ def load_model(path: str | Path, expect_system: str | None = None, **kwargs) -> 
     if not isinstance(cfg, FlowNarConfig):
         raise CheckpointError(f"{path}: a {type(cfg).__name__} checkpoint, not a flownar model")
     if cfg.flownar_format_version != FLOWNAR_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {cfg.flownar_format_version}, this package "
-                              f"reads version {FLOWNAR_FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {cfg.flownar_format_version}, this package "
+            f"reads version {FLOWNAR_FORMAT_VERSION}"
+        )
     if expect_system is not None and cfg.system != expect_system:
         raise CheckpointError(f"{path}: a {cfg.system!r} checkpoint, but {expect_system!r} was asked for")
     return FlowNarForCausalLM.from_pretrained(path, **kwargs)
@@ -56,8 +59,9 @@ def load_trained(path: str | Path, expect_system: str | None = None, dtype=None)
 
         cfg = AutoConfig.from_pretrained(path)
         if expect_system is not None and getattr(cfg, "system", None) != expect_system:
-            raise CheckpointError(f"{path}: a {getattr(cfg, 'system', '?')!r} checkpoint, but {expect_system!r} "
-                                  "was asked for")
+            raise CheckpointError(
+                f"{path}: a {getattr(cfg, 'system', '?')!r} checkpoint, but {expect_system!r} was asked for"
+            )
         base = FlowNarForCausalLM.from_pretrained(cfg.base_model_path, config=cfg, local_files_only=True, dtype=dtype)
         # not merged: with tied embeddings (Llama-3.2-1B) merging lm_head's LoRA would also change the input
         # embeddings; the returned model runs the LoRA layers in place
@@ -86,9 +90,10 @@ def check_compatible(model, tokens_per_frame: int, feature_dim: int, checkpoint,
     """Refuse frames of another shape than the model was trained on; the message names both sides."""
     cfg = model.config
     if (tokens_per_frame, feature_dim) != (cfg.frame_num_tokens, cfg.vision_hidden_size):
-        raise CheckpointError(f"{checkpoint} takes frames of ({cfg.frame_num_tokens}, {cfg.vision_hidden_size}) "
-                              f"features but {source} gives ({tokens_per_frame}, {feature_dim})"
-                              + (f": {hint}" if hint else ""))
+        raise CheckpointError(
+            f"{checkpoint} takes frames of ({cfg.frame_num_tokens}, {cfg.vision_hidden_size}) "
+            f"features but {source} gives ({tokens_per_frame}, {feature_dim})" + (f": {hint}" if hint else "")
+        )
 
 
 def run_fingerprint(run_dir: str | Path) -> str:

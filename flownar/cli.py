@@ -1,15 +1,16 @@
 """The ``flownar`` command line. Subcommands grow with the package:
 
-    flownar data synth --layout ek100 --profile smoke --out DIR     write the embedded synthetic dataset
-    flownar data check DIR --dataset ek100                          validate a dataset root and print statistics
-    flownar train --system flownar --profile smoke [--data DIR] [--out DIR]   train one system
-    flownar eval stream --checkpoint RUN --data DIR --out DIR       self-conditioned narration + metrics
-    flownar eval oracle --checkpoint RUN --data DIR --out DIR       teacher-forced metrics
-    flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --json OUT.json
-                                                                    speed and memory of the streaming engine
-    flownar extract-features VIDEO_OR_DIR --vision SIGLIP_DIR --out DATA_ROOT   videos -> FlowNar-Data features
-    flownar narrate VIDEO --checkpoint RUN --vision SIGLIP_DIR [--out DIR] [--realtime]   live narration
+flownar data synth --layout ek100 --profile smoke --out DIR     write the embedded synthetic dataset
+flownar data check DIR --dataset ek100                          validate a dataset root and print statistics
+flownar train --system flownar --profile smoke [--data DIR] [--out DIR]   train one system
+flownar eval stream --checkpoint RUN --data DIR --out DIR       self-conditioned narration + metrics
+flownar eval oracle --checkpoint RUN --data DIR --out DIR       teacher-forced metrics
+flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --json OUT.json
+                                                                speed and memory of the streaming engine
+flownar extract-features VIDEO_OR_DIR --vision SIGLIP_DIR --out DATA_ROOT   videos -> FlowNar-Data features
+flownar narrate VIDEO --checkpoint RUN --vision SIGLIP_DIR [--out DIR] [--realtime]   live narration
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ def _cmd_data_synth(args) -> int:
     from .data.synth import write_synthetic_dataset
 
     root = write_synthetic_dataset(
-        args.out, layout=args.layout, profile=args.profile, seed=args.seed,
-        feature_format=args.format, overwrite=args.overwrite, progress=not args.quiet,
+        args.out,
+        layout=args.layout,
+        profile=args.profile,
+        seed=args.seed,
+        feature_format=args.format,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(f"wrote synthetic {args.layout} dataset ({args.profile}, seed {args.seed}) to {root}")
     return 0
@@ -38,8 +44,10 @@ def _cmd_data_check(args) -> int:
     data = FlowNarData(args.root, dataset=args.dataset, strict=args.strict)
     print(data)
     report = data.check_features(progress=not args.quiet)
-    print(f"features OK: {report['videos']} videos, {report['frames']} frames, "
-          f"{report['tokens_per_frame']} tokens/frame, dim {report['feature_dim']}")
+    print(
+        f"features OK: {report['videos']} videos, {report['frames']} frames, "
+        f"{report['tokens_per_frame']} tokens/frame, dim {report['feature_dim']}"
+    )
     print(statistics_table(data).round(2).T.to_string())
     if data.skipped:
         for reason, ids in data.skipped.items():
@@ -48,7 +56,9 @@ def _cmd_data_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flownar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="flownar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="datasets: write the synthetic world, validate a data root")
@@ -79,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained system (self-conditioned stream or oracle)")
     esub = ev.add_subparsers(dest="eval_command", required=True)
     for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle)):
-        e = esub.add_parser(name, help={"stream": "narrate every val clip on the model's own outputs, then score",
-                                         "oracle": "teacher-forced LM-PPL, TimeDiff, Fluency, LM-Correctness"}[name])
+        e = esub.add_parser(
+            name,
+            help={
+                "stream": "narrate every val clip on the model's own outputs, then score",
+                "oracle": "teacher-forced LM-PPL, TimeDiff, Fluency, LM-Correctness",
+            }[name],
+        )
         e.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
         e.add_argument("--data", required=True, type=Path, help="dataset root (FlowNar-Data layout)")
         e.add_argument("--dataset", default="ek100", choices=DATASETS)
@@ -93,27 +108,53 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stream":
             e.add_argument("--threshold-high", type=float, default=0.8)
             e.add_argument("--threshold-low", type=float, default=0.5)
-            e.add_argument("--max-new-tokens", type=int, default=None,
-                           help="cap on one narration (default: the run's profile's, flownar.stream.narration_cap: "
-                                "100 at paper, as the original; 32 on the embedded profiles)")
+            e.add_argument(
+                "--max-new-tokens",
+                type=int,
+                default=None,
+                help="cap on one narration (default: the run's profile's, flownar.stream.narration_cap: "
+                "100 at paper, as the original; 32 on the embedded profiles)",
+            )
             e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")
         e.set_defaults(func=func)
 
     b = sub.add_parser("bench", help="speed and memory of the streaming engine (random weights, replayed schedule)")
-    b.add_argument("--systems", default="videollm-online,videollm-mod,flownar-c,flownar",
-                   help="comma-separated systems")
-    b.add_argument("--frames", default="10000", help="stream length (comma-separated: the largest is run; memory "
-                   "is recorded at 1, 10, 100, ...)")
-    b.add_argument("--long-frames", type=int, default=None,
-                   help="a longer stream for the systems with a bounded visual cache (DCM), e.g. 100000")
+    b.add_argument(
+        "--systems", default="videollm-online,videollm-mod,flownar-c,flownar", help="comma-separated systems"
+    )
+    b.add_argument(
+        "--frames",
+        default="10000",
+        help="stream length (comma-separated: the largest is run; memory is recorded at 1, 10, 100, ...)",
+    )
+    b.add_argument(
+        "--long-frames",
+        type=int,
+        default=None,
+        help="a longer stream for the systems with a bounded visual cache (DCM), e.g. 100000",
+    )
     b.add_argument("--config", default="tiny", help="LLM size: micro, mini, tiny, small, llama-3.2-1b, llama-3.1-8b")
     b.add_argument("--device", default="cpu", help="cpu or cuda")
-    b.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: float32 on CPU, bfloat16 on CUDA")
-    b.add_argument("--engine", default="static", choices=["static", "hf"],
-                   help="static: preallocated cache (default); hf: transformers' DynamicCache (the baseline)")
-    b.add_argument("--segment-stats", type=float, nargs=2, metavar=("MEAN_S", "STD_S"), default=None,
-                   help="segment duration statistics of the schedule (default: EK100's 3.83 +- 7.95 s)")
+    b.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
+    b.add_argument(
+        "--engine",
+        default="static",
+        choices=["static", "hf"],
+        help="static: preallocated cache (default); hf: transformers' DynamicCache (the baseline)",
+    )
+    b.add_argument(
+        "--segment-stats",
+        type=float,
+        nargs=2,
+        metavar=("MEAN_S", "STD_S"),
+        default=None,
+        help="segment duration statistics of the schedule (default: EK100's 3.83 +- 7.95 s)",
+    )
     b.add_argument("--data", type=Path, default=None, help="take the segment statistics from this dataset root")
     b.add_argument("--dataset", default="ek100", choices=DATASETS)
     b.add_argument("--text-tokens", type=int, default=12, help="tokens per replayed narration")
@@ -125,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("extract-features", help="encode video files into a FlowNar-Data root (2 fps, SigLIP, 1+3x3)")
     x.add_argument("videos", type=Path, help="a video file or a folder of videos")
-    x.add_argument("--vision", required=True, type=Path, help="local SigLIP vision tower (google/siglip-large-patch16-384)")
+    x.add_argument(
+        "--vision", required=True, type=Path, help="local SigLIP vision tower (google/siglip-large-patch16-384)"
+    )
     x.add_argument("--out", required=True, type=Path, help="dataset root to write (features + features_metadata.json)")
     x.add_argument("--layout", default="ek100", choices=DATASETS, help="feature folder naming")
     x.add_argument("--batch-size", type=int, default=16)
@@ -138,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     nr.add_argument("video", type=Path)
     nr.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
     nr.add_argument("--vision", required=True, type=Path, help="the SigLIP vision tower the model was trained on")
-    nr.add_argument("--out", type=Path, default=None, help="folder for <video>.json/.srt/.vtt (default: beside the video)")
+    nr.add_argument(
+        "--out", type=Path, default=None, help="folder for <video>.json/.srt/.vtt (default: beside the video)"
+    )
     nr.add_argument("--realtime", action="store_true", help="pace input at the video clock and report the lag")
     nr.add_argument("--threshold-high", type=float, default=0.8)
     nr.add_argument("--threshold-low", type=float, default=0.5)
@@ -167,10 +212,20 @@ def _cmd_provenance(args) -> int:
 def _cmd_extract(args) -> int:
     from .video import extract_features
 
-    r = extract_features(args.videos, args.vision, args.out, layout=args.layout, batch_size=args.batch_size,
-                         device=args.device, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"encoded {len(r['encoded'])} video(s), skipped {len(r['skipped'])} already encoded; "
-          f"features ({r['tower']}, dim {r['hidden_size']}) in {r['feature_dir']}")
+    r = extract_features(
+        args.videos,
+        args.vision,
+        args.out,
+        layout=args.layout,
+        batch_size=args.batch_size,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(
+        f"encoded {len(r['encoded'])} video(s), skipped {len(r['skipped'])} already encoded; "
+        f"features ({r['tower']}, dim {r['hidden_size']}) in {r['feature_dir']}"
+    )
     return 0
 
 
@@ -181,16 +236,25 @@ def _cmd_narrate(args) -> int:
         print(f"[{timestamp(item['time'], '.')[3:]}] {item['text']}", flush=True)
 
     out = args.out if args.out is not None else args.video.parent
-    res, files = narrate_video(args.video, args.checkpoint, args.vision, out, realtime=args.realtime,
-                               progress=not args.quiet, on_event=show, device=args.device,
-                               threshold_high=args.threshold_high, threshold_low=args.threshold_low,
-                               max_new_tokens=args.max_new_tokens)
+    res, files = narrate_video(
+        args.video,
+        args.checkpoint,
+        args.vision,
+        out,
+        realtime=args.realtime,
+        progress=not args.quiet,
+        on_event=show,
+        device=args.device,
+        threshold_high=args.threshold_high,
+        threshold_low=args.threshold_low,
+        max_new_tokens=args.max_new_tokens,
+    )
     rate = res.frames / res.wall_s if res.wall_s else float("nan")
     msg = f"{len(res.narrations)} narrations over {res.frames} frames in {res.wall_s:.1f} s ({rate:.1f} frames/s)"
     if res.realtime:
         msg += f"; behind the video clock by {res.final_lag_s:.2f} s at the end (at most {res.max_lag_s:.2f} s)"
     print(msg)
-    for kind, path in files.items():
+    for path in files.values():
         print(f"wrote {path}")
     return 0
 
@@ -221,13 +285,25 @@ def _cmd_bench(args) -> int:
         from .models import SYSTEMS
 
         lengths = {s: (args.long_frames if SYSTEMS[s]["dcm"] else max(frames)) for s in systems}
-    res = run_bench(systems, lengths, config=args.config, device=args.device, dtype=args.dtype, engine=args.engine,
-                    segment_stats=stats, text_tokens=args.text_tokens, seed=args.seed, progress=not args.quiet)
+    res = run_bench(
+        systems,
+        lengths,
+        config=args.config,
+        device=args.device,
+        dtype=args.dtype,
+        engine=args.engine,
+        segment_stats=stats,
+        text_tokens=args.text_tokens,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res))
     for r in res["runs"]:
-        print(f"{r['system']:>16}: {r['frames']} frames, {r['fps']:.1f} frames/s, "
-              f"cache {r['points'][-1]['cache_tokens']} tokens ({r['points'][-1]['kv_bytes'] / 2**20:.1f} MiB)")
+        print(
+            f"{r['system']:>16}: {r['frames']} frames, {r['fps']:.1f} frames/s, "
+            f"cache {r['points'][-1]['cache_tokens']} tokens ({r['points'][-1]['kv_bytes'] / 2**20:.1f} MiB)"
+        )
     print(f"wrote {args.json}")
     return 0
 
@@ -239,10 +315,20 @@ def _cmd_eval_stream(args) -> int:
     from .eval.runner import run_self_conditioned
 
     data = FlowNarData(args.data, args.dataset)
-    rec = run_self_conditioned(args.checkpoint, data, args.out / "predictions", args.out / "metrics.json",
-                               system=args.system, split=args.split, limit=args.limit, progress=not args.quiet,
-                               with_captions=not args.no_captions, max_new_tokens=args.max_new_tokens,
-                               threshold_high=args.threshold_high, threshold_low=args.threshold_low)
+    rec = run_self_conditioned(
+        args.checkpoint,
+        data,
+        args.out / "predictions",
+        args.out / "metrics.json",
+        system=args.system,
+        split=args.split,
+        limit=args.limit,
+        progress=not args.quiet,
+        with_captions=not args.no_captions,
+        max_new_tokens=args.max_new_tokens,
+        threshold_high=args.threshold_high,
+        threshold_low=args.threshold_low,
+    )
     brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in rec["scores"].items()}
     print(json.dumps(brief, indent=1, default=float))
     return 0
@@ -255,8 +341,16 @@ def _cmd_eval_oracle(args) -> int:
     from .eval.runner import run_teacher_forced
 
     data = FlowNarData(args.data, args.dataset)
-    rec = run_teacher_forced(args.checkpoint, data, args.out / "oracle.json", system=args.system, split=args.split,
-                             seed=args.seed, limit=args.limit, progress=not args.quiet)
+    rec = run_teacher_forced(
+        args.checkpoint,
+        data,
+        args.out / "oracle.json",
+        system=args.system,
+        split=args.split,
+        seed=args.seed,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
     print(json.dumps(rec["metrics"], indent=1))
     return 0
 

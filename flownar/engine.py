@@ -16,6 +16,7 @@ bookkeeping only: no mask factory, no per-call cache objects, one additive mask 
 (none for single-token steps). VideoLLM-MoD's routed layers cache only the tokens they compute, so each layer
 keeps its own length.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,17 @@ from torch import nn
 class StaticKVCache:
     """Per-layer preallocated keys/values ``(1, kv_heads, capacity, head_dim)`` with a fill length per layer."""
 
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, *, capacity: int = 1024,
-                 device=None, dtype=torch.float32, growth: float = 2.0):
+    def __init__(
+        self,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        *,
+        capacity: int = 1024,
+        device=None,
+        dtype=torch.float32,
+        growth: float = 2.0,
+    ):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.kv_heads, self.head_dim, self.growth = kv_heads, head_dim, growth
@@ -40,12 +50,19 @@ class StaticKVCache:
 
     @classmethod
     def for_model(cls, config, *, capacity: int = 1024, device=None, dtype=torch.float32) -> "StaticKVCache":
-        return cls(config.num_hidden_layers, config.num_key_value_heads, config.attention_head_dim,
-                   capacity=capacity, device=device, dtype=dtype)
+        return cls(
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            config.attention_head_dim,
+            capacity=capacity,
+            device=device,
+            dtype=dtype,
+        )
 
     # the KVStore interface (what the Narrator uses)
-    def forward(self, model, embeds: torch.Tensor, position_ids: torch.Tensor,
-                frame_positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, model, embeds: torch.Tensor, position_ids: torch.Tensor, frame_positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run the decoder on new tokens, caching them here (:func:`forward_step`)."""
         return forward_step(model, embeds, position_ids, self, frame_positions)
 
@@ -80,10 +97,10 @@ class StaticKVCache:
         n0, n = self.lengths[layer], k.shape[2]
         self.reserve(layer, n0 + n)
         K, V = self.keys[layer], self.values[layer]
-        K[:, :, n0:n0 + n] = k
-        V[:, :, n0:n0 + n] = v
+        K[:, :, n0 : n0 + n] = k
+        V[:, :, n0 : n0 + n] = v
         self.lengths[layer] = n0 + n
-        return K[:, :, :n0 + n], V[:, :, :n0 + n]
+        return K[:, :, : n0 + n], V[:, :, : n0 + n]
 
     def compact(self, keep: np.ndarray) -> int:
         """Remove the cached tokens where ``keep`` (bool, one per cached token) is False, in every layer, in place.
@@ -104,7 +121,7 @@ class StaticKVCache:
             for bufs in (self.keys, self.values):
                 for buf in bufs:
                     # index_select gathers into a temporary of m tokens, so source and target may overlap
-                    buf[:, :, first:first + m] = buf[:, :, :n].index_select(2, idx)
+                    buf[:, :, first : first + m] = buf[:, :, :n].index_select(2, idx)
         self.lengths = [first + m] * len(self.lengths)
         return int(dropped.size)
 
@@ -174,13 +191,15 @@ class HFCacheStore:
 
         self.cache = DynamicCache(config=config)
 
-    def forward(self, model, embeds: torch.Tensor, position_ids: torch.Tensor,
-                frame_positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, model, embeds: torch.Tensor, position_ids: torch.Tensor, frame_positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         from .models.hf_compat import CACHE_ARG
 
         with model.streaming_routing(frame_positions):
-            out = model.model(inputs_embeds=embeds, position_ids=position_ids, use_cache=True,
-                              **{CACHE_ARG: self.cache})
+            out = model.model(
+                inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{CACHE_ARG: self.cache}
+            )
         return out.last_hidden_state
 
     def delete(self, keep: np.ndarray) -> None:
@@ -192,8 +211,11 @@ class HFCacheStore:
             layer.values = layer.values.index_select(-2, idx)
 
     def used_bytes(self) -> int:
-        return sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
-                   for l in self.cache.layers if getattr(l, "keys", None) is not None and l.keys.numel())
+        return sum(
+            l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
+            for l in self.cache.layers
+            if getattr(l, "keys", None) is not None and l.keys.numel()
+        )
 
     def allocated_bytes(self) -> int | None:
         return None  # transformers owns the allocation
@@ -218,7 +240,7 @@ def tail_causal_mask(n: int, total: int, dtype, device) -> torch.Tensor:
     """Additive ``(n, total)`` mask for ``n`` new queries after ``total - n`` cached keys: every cached key is
     visible, the new ones causally."""
     mask = torch.zeros(n, total, dtype=dtype, device=device)
-    mask[:, total - n:] = torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu(1)
+    mask[:, total - n :] = torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu(1)
     return mask
 
 
@@ -241,8 +263,15 @@ def _rope(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return qk * cos[:, None] + rot * sin[:, None]
 
 
-def _attend(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: StaticKVCache, i: int,
-            mask: torch.Tensor | None) -> torch.Tensor:
+def _attend(
+    layer,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: StaticKVCache,
+    i: int,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
     """One Llama decoder layer on new tokens ``x`` (1, n, H), caching their keys/values in layer ``i``."""
     attn, mlp = layer.self_attn, layer.mlp
     n, hd = x.shape[1], attn.head_dim
@@ -251,12 +280,11 @@ def _attend(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache:
     k = _linear(attn.k_proj, h).view(1, n, -1, hd).transpose(1, 2)  # (1, kv_heads, n, hd)
     v = _linear(attn.v_proj, h).view(1, n, -1, hd).transpose(1, 2)
     qk = _rope(torch.cat((q, k), dim=1), cos, sin)
-    q, k = qk[:, : q.shape[1]], qk[:, q.shape[1]:]
+    q, k = qk[:, : q.shape[1]], qk[:, q.shape[1] :]
     K, V = cache.append(i, k, v)  # (1, kv_heads, cached + n, hd) views
     if mask is None and n > 1:
         mask = tail_causal_mask(n, K.shape[2], q.dtype, q.device)
-    o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling,
-                                       enable_gqa=q.shape[1] != K.shape[1])
+    o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling, enable_gqa=q.shape[1] != K.shape[1])
     x = x + _linear(attn.o_proj, o.transpose(1, 2).reshape(1, n, -1))
     h = _rms_norm(layer.post_attention_layernorm, x)
     return x + _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
@@ -273,9 +301,15 @@ def _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log):
     return layer.merge(x, idx, sub, selected, weight)
 
 
-def forward_step(model, embeds: torch.Tensor, position_ids: torch.Tensor, cache: StaticKVCache,
-                 frame_positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 routing_log: dict | None = None) -> torch.Tensor:
+def forward_step(
+    model,
+    embeds: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: StaticKVCache,
+    frame_positions: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    routing_log: dict | None = None,
+) -> torch.Tensor:
     """Run the decoder of a :class:`~flownar.models.FlowNarForCausalLM` on new token embeddings ``(1, n, H)`` at
     ``position_ids`` ``(1, n)``; keys/values go into ``cache``. Returns the final-norm hidden states ``(1, n, H)``.
 

@@ -1,4 +1,5 @@
 """Exceptions with messages that name the file and what is wrong with it."""
+
 from __future__ import annotations
 
 

@@ -6,14 +6,13 @@ each narration is reported as soon as it is decoded (``on_event``), and at the e
 written. With ``realtime=True`` input is paced at the video clock (frame j is not read before j / fps seconds
 after the start) and the lag behind that clock is measured.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from .errors import FlowNarError
 
 
 @dataclass
@@ -31,8 +30,9 @@ def timestamp(t: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def cues_from_events(times: list[float], texts: list[str], duration: float, max_len: float = 5.0,
-                     min_len: float = 0.5) -> list[Cue]:
+def cues_from_events(
+    times: list[float], texts: list[str], duration: float, max_len: float = 5.0, min_len: float = 0.5
+) -> list[Cue]:
     """One cue per narration, from its time to the next narration (at most ``max_len`` s, at least ``min_len``)."""
     cues = []
     for i, (t, text) in enumerate(zip(times, texts)):
@@ -43,7 +43,9 @@ def cues_from_events(times: list[float], texts: list[str], duration: float, max_
 
 
 def to_srt(cues: list[Cue]) -> str:
-    return "".join(f"{i}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n{c.text}\n\n" for i, c in enumerate(cues, 1))
+    return "".join(
+        f"{i}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n{c.text}\n\n" for i, c in enumerate(cues, 1)
+    )
 
 
 def to_vtt(cues: list[Cue]) -> str:
@@ -65,9 +67,18 @@ class NarrationResult:
     counters: dict = field(default_factory=dict)
 
 
-def narrate_video(video: str | Path, checkpoint: str | Path, vision: str | Path, out_dir: str | Path | None = None,
-                  fps: float = 2.0, realtime: bool = False, progress: bool = True, on_event=None,
-                  device: str = "cpu", **narrator_kwargs) -> tuple[NarrationResult, dict[str, Path]]:
+def narrate_video(
+    video: str | Path,
+    checkpoint: str | Path,
+    vision: str | Path,
+    out_dir: str | Path | None = None,
+    fps: float = 2.0,
+    realtime: bool = False,
+    progress: bool = True,
+    on_event=None,
+    device: str = "cpu",
+    **narrator_kwargs,
+) -> tuple[NarrationResult, dict[str, Path]]:
     """Stream ``video`` through the checkpoint's narrator. Returns the result and the written files."""
     from .checkpoint import check_compatible, load_trained
     from .progress import progress_bar
@@ -79,8 +90,14 @@ def narrate_video(video: str | Path, checkpoint: str | Path, vision: str | Path,
     model, chat = load_trained(checkpoint)
     model = model.to(device)
     encoder = FrameEncoder(vision, device=device)
-    check_compatible(model, encoder.tokens_per_frame, encoder.hidden_size, checkpoint, f"the vision tower {vision}",
-                     hint="use the tower the model was trained on")
+    check_compatible(
+        model,
+        encoder.tokens_per_frame,
+        encoder.hidden_size,
+        checkpoint,
+        f"the vision tower {vision}",
+        hint="use the tower the model was trained on",
+    )
     narrator = Narrator(model, chat, **narrator_kwargs)
     narrator.reset()
     res = NarrationResult(str(video), str(checkpoint), model.config.system, fps, 0, realtime=realtime)
@@ -119,8 +136,9 @@ def narrate_video(video: str | Path, checkpoint: str | Path, vision: str | Path,
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cues = cues_from_events([n["time"] for n in res.narrations], [n["text"] for n in res.narrations],
-                                max(duration, res.frames / fps))
+        cues = cues_from_events(
+            [n["time"] for n in res.narrations], [n["text"] for n in res.narrations], max(duration, res.frames / fps)
+        )
         stem = out / video.stem
         files = {"json": stem.with_suffix(".json"), "srt": stem.with_suffix(".srt"), "vtt": stem.with_suffix(".vtt")}
         files["json"].write_text(json.dumps(asdict(res), indent=2))

@@ -4,6 +4,7 @@
 synthetic one of the profile), shows its banner ("not the paper's data" on the embedded default), and gives the
 output folder, the systems and their run folders, all from :mod:`flownar.paths`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,8 +40,9 @@ class Notebook:
         assert not missing, f"no predictions yet (run notebook 03): {missing}"
 
 
-def setup(dataset: str, data_root: str, profile: str, seed: int, output_dir: str = "", systems: str = "",
-          show: bool = True) -> Notebook:
+def setup(
+    dataset: str, data_root: str, profile: str, seed: int, output_dir: str = "", systems: str = "", show: bool = True
+) -> Notebook:
     """Prepare the notebook's dataset and paths; displays the data banner."""
     from .data.prepare import prepare_dataset
     from .report import data_banner

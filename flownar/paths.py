@@ -4,6 +4,7 @@ The project root is the folder that holds the `flownar` package (an editable ins
 ``FLOWNAR_ROOT``. Generated data, runs and figures can each be redirected with an environment variable, which the
 test suite uses to keep a clean checkout clean.
 """
+
 from __future__ import annotations
 
 import os

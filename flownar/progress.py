@@ -10,6 +10,7 @@ Where the bar goes depends on ``FLOWNAR_PROGRESS``:
   executed notebooks (and the outputs nbval compares) stay free of progress output;
 * ``off``: never.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,15 @@ def progress_bar(iterable=None, *, enabled: bool = True, never: bool = False, **
 
         kwargs.setdefault("mininterval", 5.0)
         off = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")  # read now: tqdm reads it at import
-        return tqdm(iterable, file=sys.__stderr__, leave=True, dynamic_ncols=False, ncols=100, disable=off,
-                    **{k: v for k, v in kwargs.items() if k not in ("leave", "disable")})
+        return tqdm(
+            iterable,
+            file=sys.__stderr__,
+            leave=True,
+            dynamic_ncols=False,
+            ncols=100,
+            disable=off,
+            **{k: v for k, v in kwargs.items() if k not in ("leave", "disable")},
+        )
     from tqdm.auto import tqdm
 
     kwargs["disable"] = mode == "off" or not enabled or kwargs.get("disable", False)

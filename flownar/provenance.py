@@ -5,6 +5,7 @@ so it is rewritten on every run. The data fingerprint hashes the metadata and an
 sizes of the feature files (hashing every feature tensor of FlowNar-Data would take minutes); for the embedded
 data the synthetic card (generator version, profile, seed) is included as well.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,25 @@ from pathlib import Path
 
 from . import paths
 
-PACKAGES = ("flownar", "torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "datasets",
-            "safetensors", "numpy", "pandas", "pycocoevalcap", "papermill", "nbval", "av", "matplotlib", "seaborn")
+PACKAGES = (
+    "flownar",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "datasets",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pycocoevalcap",
+    "papermill",
+    "nbval",
+    "av",
+    "matplotlib",
+    "seaborn",
+)
 
 
 def git_state(root: Path | None = None) -> dict:
@@ -61,8 +79,13 @@ def data_fingerprint(root: str | Path) -> dict:
 def device_info() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    info = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -76,7 +99,9 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     try:
-        out["java"] = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20).stderr.split("\n")[0]
+        out["java"] = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20).stderr.split(
+            "\n"
+        )[0]
     except (OSError, subprocess.SubprocessError):
         out["java"] = None
     return out
@@ -116,8 +141,13 @@ def lock_state(root: Path | None = None, prefix: str | None = None) -> dict:
         if have is None or have.split("+")[0] != version.split("+")[0]:
             mismatches[_normalise(name)] = {"locked": version, "installed": have}
     sha = hashlib.sha256(lock.read_bytes()).hexdigest()
-    return {"file": LOCK_FILE, "sha256": sha, "installed_from": installed_from, "mismatches": mismatches,
-            "used": installed_from == sha and not mismatches}
+    return {
+        "file": LOCK_FILE,
+        "sha256": sha,
+        "installed_from": installed_from,
+        "mismatches": mismatches,
+        "used": installed_from == sha and not mismatches,
+    }
 
 
 def _card_summary(card: Path) -> dict:
@@ -136,17 +166,26 @@ def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | No
     card = root / SYNTHETIC_CARD_FILE
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": layout, "profile": profile, "seed": seed,
-        "data": {"root": str(root), "embedded_synthetic": card.is_file(),
-                 "synthetic_card": _card_summary(card) if card.is_file() else None,
-                 **(data_fingerprint(root) if root.is_dir() else {"missing": True})},
-        "git": git_state(), "packages": package_versions(), "lock": lock_state(), "device": device_info(),
+        "dataset": layout,
+        "profile": profile,
+        "seed": seed,
+        "data": {
+            "root": str(root),
+            "embedded_synthetic": card.is_file(),
+            "synthetic_card": _card_summary(card) if card.is_file() else None,
+            **(data_fingerprint(root) if root.is_dir() else {"missing": True}),
+        },
+        "git": git_state(),
+        "packages": package_versions(),
+        "lock": lock_state(),
+        "device": device_info(),
         "command": " ".join(sys.argv),
     }
 
 
-def write_provenance(out_dir: str | Path, dataset: str, profile: str, seed: int,
-                     data_root: str | Path | None = None) -> Path:
+def write_provenance(
+    out_dir: str | Path, dataset: str, profile: str, seed: int, data_root: str | Path | None = None
+) -> Path:
     out = Path(out_dir) / "provenance.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(provenance(dataset, profile, seed, data_root), indent=2, default=str))

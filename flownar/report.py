@@ -3,6 +3,7 @@
 Every artefact written for a run carries a data banner: the embedded synthetic data is never to be mistaken for
 the paper's. Paper numbers appear only in labelled reference columns read from ``flownar/resources``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,10 @@ def data_banner(data) -> str:
     """One line naming the data a result was computed on."""
     card = data.synthetic_card
     if card is not None:
-        return (f"EMBEDDED SYNTHETIC DATA ({data.dataset} layout, profile {card.get('profile')}, seed {card.get('seed')}): "
-                "not the paper's data; numbers are not comparable to the paper's.")
+        return (
+            f"EMBEDDED SYNTHETIC DATA ({data.dataset} layout, profile {card.get('profile')}, seed {card.get('seed')}): "
+            "not the paper's data; numbers are not comparable to the paper's."
+        )
     return f"FlowNar-Data {data.dataset} ({len(data.videos)} videos in features_metadata.json)"
 
 
@@ -42,7 +45,9 @@ def save_table(df: pd.DataFrame, stem: str | Path, banner: str, float_format: st
     md.write_text(f"> {banner}\n\n" + df.to_markdown(floatfmt=float_format.lstrip("%")) + "\n", encoding="utf-8")
     body = df.to_latex(float_format=lambda x: float_format % x, escape=True)
     caption = banner.replace("_", r"\_").replace("%", r"\%")
-    tex.write_text("\\begin{table}\n\\centering\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n", encoding="utf-8")
+    tex.write_text(
+        "\\begin{table}\n\\centering\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n", encoding="utf-8"
+    )
     return [csv, md, tex]
 
 

@@ -29,9 +29,10 @@ the trigger decision (and, when speaking, one per decoded token for the EOS chec
 Robustness (reference 11.3): an unexpected argmax after the silent token is zeroed is treated as "speak" and
 counted; a narration that hits the token cap is closed with an EOS and counted. Neither crashes the stream.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,10 +83,22 @@ class Narrator:
         cache_capacity: initial tokens per layer of the static cache (it doubles when full).
     """
 
-    def __init__(self, model, chat: ChatTokenizer, *, threshold_high: float = 0.8, threshold_low: float = 0.5,
-                 avg_duration: int = 8, rule: str = "two_threshold", max_new_tokens: int = 32,
-                 system_prompt: str | None = None, instruction: str | None = None, record_logits: bool = False,
-                 engine: str = "static", cache_capacity: int = 2048):
+    def __init__(
+        self,
+        model,
+        chat: ChatTokenizer,
+        *,
+        threshold_high: float = 0.8,
+        threshold_low: float = 0.5,
+        avg_duration: int = 8,
+        rule: str = "two_threshold",
+        max_new_tokens: int = 32,
+        system_prompt: str | None = None,
+        instruction: str | None = None,
+        record_logits: bool = False,
+        engine: str = "static",
+        cache_capacity: int = 2048,
+    ):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.engine, self.cache_capacity = engine, cache_capacity
@@ -111,8 +124,9 @@ class Narrator:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget the current video."""
-        self.cache = make_kv_store(self.engine, self.cfg, capacity=self.cache_capacity, device=self.device,
-                                   dtype=self.dtype)
+        self.cache = make_kv_store(
+            self.engine, self.cfg, capacity=self.cache_capacity, device=self.device, dtype=self.dtype
+        )
         self.tags = SlotTags(self.cache_capacity)  # one entry per cached token (of the unrouted layers)
         self.pos = 0  # next position id (counts deleted tokens too)
         self.frame = -1  # index of the last pushed frame
@@ -175,11 +189,14 @@ class Narrator:
     def _embed(self, ids: list[int], frame: torch.Tensor | None, v: slice | None) -> torch.Tensor:
         """(1, n, H) embeddings of ``ids`` (:meth:`FlowNarForCausalLM.stream_embed`); the placeholder runs are found
         on the host (no device sync)."""
-        return self.model.stream_embed(self._ids_tensor(ids), frame, v, self.memory,
-                                       self._run(ids, self.cfg.m_placeholder_id))[None]
+        return self.model.stream_embed(
+            self._ids_tensor(ids), frame, v, self.memory, self._run(ids, self.cfg.m_placeholder_id)
+        )[None]
 
     @torch.no_grad()
-    def _feed(self, ids: list[int], tags: list[tuple[str, int, int]], frame: torch.Tensor | None = None) -> torch.Tensor:
+    def _feed(
+        self, ids: list[int], tags: list[tuple[str, int, int]], frame: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run the model on new tokens; returns the logits of the last one. ``tags`` has one entry per token."""
         n = len(ids)
         v = self._run(ids, self.cfg.v_placeholder_id)
@@ -190,7 +207,8 @@ class Narrator:
             key = ("frame_positions", v.start, v.stop)
             if key not in self._ids_cache:
                 self._ids_cache[key] = torch.arange(v.start, v.stop, device=self.device).view(
-                    -1, self.cfg.frame_num_tokens)
+                    -1, self.cfg.frame_num_tokens
+                )
             fp = self._ids_cache[key]
         hidden = self.cache.forward(self.model, emb, pos, fp)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
@@ -239,17 +257,29 @@ class Narrator:
             logits = self._feed([tok], [("narration", PERMANENT, nid)])
         return out, True
 
-    def _narrate(self, frame_idx: int, after_prompt_ids: list[int], forced: bool, p_silent: float,
-                 script_text: str | list[int] | None = None) -> NarrationEvent:
+    def _narrate(
+        self,
+        frame_idx: int,
+        after_prompt_ids: list[int],
+        forced: bool,
+        p_silent: float,
+        script_text: str | list[int] | None = None,
+    ) -> NarrationEvent:
         nid = self.narration_count
         tags = []
-        for i, t in enumerate(after_prompt_ids):
-            tags.append(("frames", self.segment, PERMANENT) if i < len(after_prompt_ids) - len(self.chat.assistant_prompt_ids)
-                        else ("narration", PERMANENT, nid))
+        for i in range(len(after_prompt_ids)):
+            tags.append(
+                ("frames", self.segment, PERMANENT)
+                if i < len(after_prompt_ids) - len(self.chat.assistant_prompt_ids)
+                else ("narration", PERMANENT, nid)
+            )
         logits = self._feed(after_prompt_ids, tags)
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
-            ids = (self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
-                   if isinstance(script_text, str) else list(script_text))  # text, or token ids (benchmarks)
+            ids = (
+                self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
+                if isinstance(script_text, str)
+                else list(script_text)
+            )  # text, or token ids (benchmarks)
             for t in ids:
                 self._feed([t], [("narration", PERMANENT, nid)])
             capped = False
@@ -275,15 +305,22 @@ class Narrator:
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def push(self, frame: torch.Tensor, speak: bool | None = None,
-             script_text: str | list[int] | None = None) -> NarrationEvent | None:
+    def push(
+        self, frame: torch.Tensor, speak: bool | None = None, script_text: str | list[int] | None = None
+    ) -> NarrationEvent | None:
         """Feed one frame ``(tokens_per_frame, D)``. Returns a narration or None.
 
         ``speak`` / ``script_text`` override the model's decision / text (replaying a schedule); ``script_text`` may
         be token ids. A replayed narration is fed one token per forward, like greedy decoding."""
-        if frame.ndim != 2 or frame.shape[0] != self.cfg.frame_num_tokens or frame.shape[1] != self.cfg.vision_hidden_size:
-            raise ValueError(f"frame of shape {tuple(frame.shape)}; this model takes "
-                             f"({self.cfg.frame_num_tokens}, {self.cfg.vision_hidden_size})")
+        if (
+            frame.ndim != 2
+            or frame.shape[0] != self.cfg.frame_num_tokens
+            or frame.shape[1] != self.cfg.vision_hidden_size
+        ):
+            raise ValueError(
+                f"frame of shape {tuple(frame.shape)}; this model takes "
+                f"({self.cfg.frame_num_tokens}, {self.cfg.vision_hidden_size})"
+            )
         self.frame += 1
         self.counters.frames += 1
         i = self.frame
@@ -294,8 +331,11 @@ class Narrator:
         if self.pending_eos:
             ids = [self.chat.eos_id, self.chat.newline_id]
             # the EOS and the newline after it belong to the narration (FlowNar-C drops them with it)
-            nl = ("narration", PERMANENT, self.narration_count - 1) if self.cfg.last_k_narration is not None \
+            nl = (
+                ("narration", PERMANENT, self.narration_count - 1)
+                if self.cfg.last_k_narration is not None
                 else ("other", PERMANENT, PERMANENT)
+            )
             tags = [("narration", PERMANENT, self.narration_count - 1), nl]
             if self.has_memory:
                 self.memory = self.model.clam.read(self.readout_state)[0]  # (Q, D) after the narration frame
@@ -321,8 +361,9 @@ class Narrator:
                     self.counters.unexpected_argmax += 1
         if not speak:
             return None
-        return self._narrate(i, [self.chat.speak_id] + self.chat.assistant_prompt_ids, False, p_silent,
-                             script_text=script_text)
+        return self._narrate(
+            i, [self.chat.speak_id] + self.chat.assistant_prompt_ids, False, p_silent, script_text=script_text
+        )
 
     def _prompt(self, frame: torch.Tensor, script_text: str | list[int] | None) -> NarrationEvent:
         """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
@@ -351,7 +392,9 @@ class Narrator:
         return self.events
 
 
-def prompt_plan(chat: ChatTokenizer, messages: list[Message]) -> tuple[list[int], list[tuple[str, int, int]], list[int]]:
+def prompt_plan(
+    chat: ChatTokenizer, messages: list[Message]
+) -> tuple[list[int], list[tuple[str, int, int]], list[int]]:
     """The prompt fed at frame 0: (ids up to ``Assistant:``, their tags, the ``Assistant:`` ids).
 
     Tags: the frame run ``[ V ]\n`` of frame 0 is segment 0, the rest is permanent; ``Assistant:`` is narration 0."""
@@ -360,6 +403,8 @@ def prompt_plan(chat: ChatTokenizer, messages: list[Message]) -> tuple[list[int]
     ids = enc["input_ids"]
     span = next(s for s in r.spans if s[0] == "frames")
     n_head = len(ids) - len(chat.assistant_prompt_ids)
-    tags = [("frames", 0, PERMANENT) if span[2] <= a < span[3] else ("other", PERMANENT, PERMANENT)
-            for a, _ in enc["offset_mapping"][:n_head]]
+    tags = [
+        ("frames", 0, PERMANENT) if span[2] <= a < span[3] else ("other", PERMANENT, PERMANENT)
+        for a, _ in enc["offset_mapping"][:n_head]
+    ]
     return ids[:n_head], tags, ids[n_head:]

@@ -13,6 +13,7 @@ folders for resuming. The loop reads straight through; what differs between a pl
 (forward, backward, the optimizer step, checkpoints) is in the two steppers, :class:`PlainStepper` and
 :class:`DeepSpeedStepper`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,24 @@ from .train_report import plot_loss, plot_training_curves, training_summary
 
 # moved elsewhere, still importable from here: load_trained/save_trained (flownar.checkpoint), StreamDataset/
 # model_inputs (flownar.batches), plot_loss/plot_training_curves/training_summary (flownar.train_report)
-__all__ = ["TrainConfig", "TRAIN_PROFILES", "train_config", "train", "ensure_trained", "deepspeed_command",
-           "build_model", "parameter_counts", "load_trained", "save_trained", "StreamDataset", "model_inputs",
-           "plot_loss", "plot_training_curves", "training_summary", "CheckpointError"]
+__all__ = [
+    "TrainConfig",
+    "TRAIN_PROFILES",
+    "train_config",
+    "train",
+    "ensure_trained",
+    "deepspeed_command",
+    "build_model",
+    "parameter_counts",
+    "load_trained",
+    "save_trained",
+    "StreamDataset",
+    "model_inputs",
+    "plot_loss",
+    "plot_training_curves",
+    "training_summary",
+    "CheckpointError",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TRAIN_STATE = "trainer_state.json"
@@ -93,8 +109,15 @@ class TrainConfig:
 TRAIN_PROFILES: dict[str, dict] = {
     "smoke": dict(model_size="micro", epochs=4.0, lr=3e-3, grad_accum=1, max_num_frames=240, warmup_ratio=0.1),
     "default": dict(model_size="mini", epochs=1.5, lr=1.5e-3, grad_accum=2, max_num_frames=600, warmup_ratio=0.05),
-    "paper": dict(epochs=2.0, lr=2e-4, grad_accum=16, max_num_frames=MAX_NUM_FRAMES, warmup_ratio=0.05, bf16=True,
-                  gradient_checkpointing=True),
+    "paper": dict(
+        epochs=2.0,
+        lr=2e-4,
+        grad_accum=16,
+        max_num_frames=MAX_NUM_FRAMES,
+        warmup_ratio=0.05,
+        bf16=True,
+        gradient_checkpointing=True,
+    ),
 }
 PAPER_EPOCHS = {"ek100": 4.0, "ego4d": 2.0, "egoexo4d": 2.0}
 
@@ -121,13 +144,17 @@ def check_paper_setup(cfg: TrainConfig) -> None:
     if cfg.profile != "paper":
         return
     if not cfg.llm_path:
-        raise FlowNarError("the paper profile fine-tunes a local Llama with LoRA: give its folder (flownar train "
-                           "--llm DIR, or make reproduce-<dataset> PROFILE=paper LLM_PATH=DIR)")
+        raise FlowNarError(
+            "the paper profile fine-tunes a local Llama with LoRA: give its folder (flownar train "
+            "--llm DIR, or make reproduce-<dataset> PROFILE=paper LLM_PATH=DIR)"
+        )
     if not Path(cfg.llm_path, "config.json").is_file():
         raise FlowNarError(f"{cfg.llm_path}: not a Hugging Face model folder (no config.json)")
     if not cfg.data_root:
-        raise FlowNarError("the paper profile trains on FlowNar-Data: give the dataset folder (flownar train --data "
-                           "DIR, or DATA_ROOT=DIR)")
+        raise FlowNarError(
+            "the paper profile trains on FlowNar-Data: give the dataset folder (flownar train --data "
+            "DIR, or DATA_ROOT=DIR)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -155,8 +182,14 @@ def build_model(cfg: TrainConfig, chat: ChatTokenizer, feature_dim: int):
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     model = FlowNarForCausalLM.from_pretrained(cfg.llm_path, config=config, local_files_only=True, dtype=dtype)
     saved = ["connector"] + (["clam"] if config.use_memory else []) + (["router"] if config.mod else [])
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=lora_target_modules(), modules_to_save=saved, bias="none")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_modules(),
+        modules_to_save=saved,
+        bias="none",
+    )
     return get_peft_model(model, lora), True
 
 
@@ -177,7 +210,9 @@ def _set_seed(seed: int) -> None:
 
 
 def _latest_checkpoint(run: Path) -> Path | None:
-    ckpts = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+    ckpts = sorted(
+        run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1
+    )
     return ckpts[-1] if ckpts else None
 
 
@@ -247,8 +282,9 @@ class DeepSpeedStepper(PlainStepper):
         ds_config.setdefault("bf16", {})["enabled"] = bool(cfg.bf16 and device.type == "cuda")
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-        self.engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                                          config=ds_config)
+        self.engine, opt, _, sched = deepspeed.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
+        )
         self.model, self.opt, self.sched, self.cfg, self.device = model, opt, sched, cfg, device
 
     @property
@@ -288,7 +324,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     chat = ChatTokenizer(tok, data.tokens_per_frame, cfg.num_m_tokens)
     model, is_peft = build_model(cfg, chat, data.feature_dim)
     config = model.config
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if is_peft:
@@ -328,8 +366,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             csv.writer(f).writerow(log_fields)
 
     model.train()
-    bar = progress_bar(total=total_steps, initial=step, desc=f"train {cfg.dataset}/{cfg.system}", enabled=cfg.progress,
-                       never=rank != 0)
+    bar = progress_bar(
+        total=total_steps, initial=step, desc=f"train {cfg.dataset}/{cfg.system}", enabled=cfg.progress, never=rank != 0
+    )
     t0 = time.time()
     acc = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "n": 0, "tokens": 0}
     epoch, done = start_epoch, step >= total_steps
@@ -352,9 +391,11 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             step += 1
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == total_steps):
-                row = [step, round(epoch + (pos + 1) / len(order), 4)] + \
-                      [round(acc[k] / acc["n"], 5) for k in ("loss", "lm_loss", "stream_loss")] + \
-                      [stepper.lr(), acc["tokens"], round(time.time() - t0, 2)]
+                row = (
+                    [step, round(epoch + (pos + 1) / len(order), 4)]
+                    + [round(acc[k] / acc["n"], 5) for k in ("loss", "lm_loss", "stream_loss")]
+                    + [stepper.lr(), acc["tokens"], round(time.time() - t0, 2)]
+                )
                 with open(log_path, "a", newline="") as f:
                     csv.writer(f).writerow(row)
                 bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}")
@@ -369,9 +410,18 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     if rank == 0:
         save_trained(stepper.module, run, chat, is_peft)
         counts = parameter_counts(model)
-        (run / "train_summary.json").write_text(json.dumps(
-            {"system": cfg.system, "steps": step, "seconds": round(time.time() - t0, 1), "samples": len(dataset),
-             "parameters": counts}, indent=2))
+        (run / "train_summary.json").write_text(
+            json.dumps(
+                {
+                    "system": cfg.system,
+                    "steps": step,
+                    "seconds": round(time.time() - t0, 1),
+                    "samples": len(dataset),
+                    "parameters": counts,
+                },
+                indent=2,
+            )
+        )
         plot_loss(log_path, run / "fig_loss", title=f"{config.display_name} ({cfg.dataset}, {cfg.profile})")
     return run
 
@@ -384,7 +434,7 @@ def _save_checkpoint(run: Path, step: int, epoch: int, item: int, cfg: TrainConf
         (ckpt / TRAIN_STATE).write_text(json.dumps({"system": cfg.system, "step": step, "epoch": epoch, "item": item}))
 
 
-# ---------------------------------------------------------------------------------------------------- launching (notebooks, make)
+# ------------------------------------------------------------------------------------------ launching (notebooks, make)
 # settings that do not change what is trained: how it is launched or shown, and where it is written (the saved
 # config is read from that folder; a launched run records its resolved path, a notebook's config may leave it empty)
 _LAUNCH_ONLY = ("progress", "deepspeed", "out")
@@ -395,9 +445,32 @@ def deepspeed_command(cfg: TrainConfig, num_gpus: int) -> list[str]:
     names another config), with this interpreter; every setting that differs from the profile's is passed with
     ``--set``, so the launched run's ``train_config.json`` equals ``cfg`` up to the launch-only fields."""
     ds = cfg.deepspeed or str(CONFIG_DIR / "zero2.json")
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus), "--module", "flownar.train",
-           "--system", cfg.system, "--profile", cfg.profile, "--dataset", cfg.dataset, "--data", cfg.data_root,
-           "--out", str(cfg.run_dir()), "--seed", str(cfg.seed), "--llm", cfg.llm_path, "--deepspeed", ds, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(num_gpus),
+        "--module",
+        "flownar.train",
+        "--system",
+        cfg.system,
+        "--profile",
+        cfg.profile,
+        "--dataset",
+        cfg.dataset,
+        "--data",
+        cfg.data_root,
+        "--out",
+        str(cfg.run_dir()),
+        "--seed",
+        str(cfg.seed),
+        "--llm",
+        cfg.llm_path,
+        "--deepspeed",
+        ds,
+        "--quiet",
+    ]
     base = train_config(cfg.system, cfg.profile, cfg.dataset)
     passed = {"system", "profile", "dataset", "data_root", "out", "seed", "llm_path", "deepspeed", "progress"}
     for f in fields(TrainConfig):
@@ -420,7 +493,9 @@ def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
     if done:
         old = json.loads(saved.read_text())
         mine = asdict(cfg)
-        if {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {k: v for k, v in mine.items() if k not in _LAUNCH_ONLY}:
+        if {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {
+            k: v for k, v in mine.items() if k not in _LAUNCH_ONLY
+        }:
             return run
     if num_gpus is None:
         num_gpus = torch.cuda.device_count() if cfg.llm_path else 0
@@ -430,8 +505,10 @@ def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
         cmd = deepspeed_command(cfg, num_gpus)
         print("launching:", " ".join(cmd))
         if subprocess.run(cmd).returncode != 0:
-            raise FlowNarError(f"DeepSpeed training of {cfg.system} failed (command above); checkpoints, if any, "
-                               f"are in {run} and a rerun resumes from them")
+            raise FlowNarError(
+                f"DeepSpeed training of {cfg.system} failed (command above); checkpoints, if any, "
+                f"are in {run} and a rerun resumes from them"
+            )
         return run
     return train(cfg, resume=not done)
 
@@ -447,8 +524,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", default="", help="local Llama directory: LoRA fine-tuning (paper scale)")
     p.add_argument("--deepspeed", default="", help="DeepSpeed config, e.g. flownar/configs/zero2.json")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field, e.g. --set epochs=1 --set lr=5e-4")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field, e.g. --set epochs=1 --set lr=5e-4",
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
 
@@ -463,15 +545,31 @@ def _parse_overrides(items: list[str]) -> dict:
         if k not in types:
             raise ValueError(f"--set: unknown setting {k!r}; known: {sorted(types)}")
         t = types[k]
-        out[k] = (v.lower() in ("1", "true", "yes")) if t in ("bool", bool) else \
-            int(v) if t in ("int", int) else float(v) if t in ("float", float) else v
+        out[k] = (
+            (v.lower() in ("1", "true", "yes"))
+            if t in ("bool", bool)
+            else int(v)
+            if t in ("int", int)
+            else float(v)
+            if t in ("float", float)
+            else v
+        )
     return out
 
 
 def run_from_args(args) -> Path:
-    cfg = train_config(args.system, args.profile, args.dataset, data_root=args.data, out=args.out, seed=args.seed,
-                       llm_path=args.llm, deepspeed=args.deepspeed, progress=not args.quiet,
-                       **_parse_overrides(args.set))
+    cfg = train_config(
+        args.system,
+        args.profile,
+        args.dataset,
+        data_root=args.data,
+        out=args.out,
+        seed=args.seed,
+        llm_path=args.llm,
+        deepspeed=args.deepspeed,
+        progress=not args.quiet,
+        **_parse_overrides(args.set),
+    )
     run = train(cfg, resume=not args.no_resume)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"trained {cfg.system}: {run}")
@@ -479,8 +577,9 @@ def run_from_args(args) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flownar.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m flownar.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_train_arguments(p)
     args = p.parse_args(argv)
     run_from_args(args)

@@ -1,8 +1,13 @@
 """What training produced, for people: loss curves and a summary table (notebook 01, ``fig_loss`` of each run)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def plot_loss(log_csv: Path, stem: Path, title: str = "", banner: str | None = None) -> None:
@@ -41,11 +46,19 @@ def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
         log = pd.read_csv(Path(run) / "train_log.csv")
         last = log.tail(max(1, len(log) // 10)).mean(numeric_only=True)  # mean over the last 10% of steps
         p = s["parameters"]
-        rows.append({"system": SYSTEM_NAMES.get(system, system), "parameters": p["total"],
-                     "trainable": p["trainable"], "CLAM share (%)": 100 * p["clam"] / p["total"],
-                     "steps": s["steps"], "train samples": s["samples"],
-                     "final loss": last["loss"], "final LM loss": last["lm_loss"],
-                     "final decision loss": last["stream_loss"]})
+        rows.append(
+            {
+                "system": SYSTEM_NAMES.get(system, system),
+                "parameters": p["total"],
+                "trainable": p["trainable"],
+                "CLAM share (%)": 100 * p["clam"] / p["total"],
+                "steps": s["steps"],
+                "train samples": s["samples"],
+                "final loss": last["loss"],
+                "final LM loss": last["lm_loss"],
+                "final decision loss": last["stream_loss"],
+            }
+        )
     return pd.DataFrame(rows).set_index("system")
 
 
@@ -57,10 +70,15 @@ def plot_training_curves(runs: dict[str, Path], title: str = ""):
 
     from .models import SYSTEM_NAMES
 
-    df = pd.concat([pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()])
+    df = pd.concat(
+        [pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()]
+    )
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
-    for ax, col, name in zip(axes, ("loss", "lm_loss", "stream_loss"),
-                             ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)")):
+    for ax, col, name in zip(
+        axes,
+        ("loss", "lm_loss", "stream_loss"),
+        ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)"),
+    ):
         sns.lineplot(df, x="step", y=col, hue="system", ax=ax, legend=ax is axes[0])
         ax.set_title(name)
         ax.set_yscale("log")

@@ -9,6 +9,7 @@ more confidence. ``rule="single"`` uses ``threshold_high`` always.
 Used by the streaming engine (:class:`flownar.stream.Narrator`) and by the decision probe
 (:func:`flownar.eval.oracle.decision_probe`), which reports how often the rule would fire.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

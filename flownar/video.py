@@ -12,6 +12,7 @@ The recipe of FlowNar-Data (VideoLLM-online's preprocessing, reference section 1
 
 Decoding uses PyAV (FFmpeg); the tower is loaded through transformers from a local path (no hub access).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -117,8 +118,10 @@ class FrameEncoder:
             raise FlowNarError(f"{path}: cannot load a SigLIP vision tower ({e})") from e
         cfg = self.model.config
         if not getattr(cfg, "vision_use_head", True):
-            raise FlowNarError(f"{path}: the tower has no attention-pooling head (vision_use_head=False); "
-                               "token 0 of FlowNar's features is its pooler_output")
+            raise FlowNarError(
+                f"{path}: the tower has no attention-pooling head (vision_use_head=False); "
+                "token 0 of FlowNar's features is its pooler_output"
+            )
         self.image_size, self.hidden_size = cfg.image_size, cfg.hidden_size
         self.grid = cfg.image_size // cfg.patch_size
         self.pooled_grid = 3  # FlowNar-Data's recipe: 1 pooled token + 3 x 3 grid tokens
@@ -140,18 +143,26 @@ class FrameEncoder:
         out = self.model(pixel_values=x)
         B, P, D = out.last_hidden_state.shape  # P = grid * grid patches
         grid = out.last_hidden_state.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
-        pooled = F.adaptive_avg_pool2d(grid.float(), self.pooled_grid).flatten(2).transpose(1, 2)  # (B, 9, D), row-major
+        pooled = (
+            F.adaptive_avg_pool2d(grid.float(), self.pooled_grid).flatten(2).transpose(1, 2)
+        )  # (B, 9, D), row-major
         return torch.cat([out.pooler_output.float()[:, None], pooled], dim=1)  # (B, 10, D)
 
 
-def encode_video(path: str | Path, encoder: FrameEncoder, fps: float = 2.0, batch_size: int = 16,
-                 progress: bool = False) -> torch.Tensor:
+def encode_video(
+    path: str | Path, encoder: FrameEncoder, fps: float = 2.0, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
     """All frames of a video -> (T, 10, hidden) float32."""
     from tqdm.auto import tqdm
 
     feats, batch = [], []
-    for _, img in tqdm(read_frames(path, fps, encoder.image_size), disable=not progress, desc=Path(path).name,
-                       unit="frame", leave=False):
+    for _, img in tqdm(
+        read_frames(path, fps, encoder.image_size),
+        disable=not progress,
+        desc=Path(path).name,
+        unit="frame",
+        leave=False,
+    ):
         batch.append(img)
         if len(batch) == batch_size:
             feats.append(encoder.encode(np.stack(batch)))
@@ -174,9 +185,17 @@ def list_videos(path: str | Path) -> list[Path]:
     return [path]
 
 
-def extract_features(videos: str | Path, vision_path: str | Path, out_root: str | Path, layout: str = "ek100",
-                     fps: float = 2.0, batch_size: int = 16, device: str = "cpu", overwrite: bool = False,
-                     progress: bool = True) -> dict:
+def extract_features(
+    videos: str | Path,
+    vision_path: str | Path,
+    out_root: str | Path,
+    layout: str = "ek100",
+    fps: float = 2.0,
+    batch_size: int = 16,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Encode a video (or every video of a folder) into a FlowNar-Data root: ``features/<folder>/<uid>.pt``
     (bf16, (T, 10, hidden), as released) and ``features_metadata.json`` (merged with an existing one; videos
     already there are skipped unless ``overwrite``). Annotations are the user's to add under ``annotations/``."""
@@ -208,5 +227,11 @@ def extract_features(videos: str | Path, vision_path: str | Path, out_root: str 
         meta[uid] = {"duration": (feats.shape[0] - 1) / fps, "path": target.name}
         meta_path.write_text(json.dumps(meta, indent=1))  # after every video: an interrupted run keeps its work
         done.append(uid)
-    return {"root": str(out_root), "feature_dir": str(folder), "encoded": done, "skipped": skipped,
-            "tower": encoder.name, "hidden_size": encoder.hidden_size}
+    return {
+        "root": str(out_root),
+        "feature_dir": str(folder),
+        "encoded": done,
+        "skipped": skipped,
+        "tower": encoder.name,
+        "hidden_size": encoder.hidden_size,
+    }

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny datasets written by hand in the real FlowNar-Data formats."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,16 @@ from flownar.data.layouts import METADATA_FILE, get_layout
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def write_dataset(root: Path, layout: str, videos: dict[str, int], annotations: dict[str, object],
-                  dim: int = 8, tokens: int = 10, summaries: dict | None = None, seed: int = 0) -> Path:
+def write_dataset(
+    root: Path,
+    layout: str,
+    videos: dict[str, int],
+    annotations: dict[str, object],
+    dim: int = 8,
+    tokens: int = 10,
+    summaries: dict | None = None,
+    seed: int = 0,
+) -> Path:
     """Write a dataset root: ``videos`` maps uid -> number of frames; ``annotations`` maps split -> the raw JSON
     object of that split's annotation file (in the layout's own schema)."""
     lay = get_layout(layout)

@@ -1,14 +1,14 @@
 """Every bad input gets an error (or a counted warning where skipping is right) naming the file and the problem."""
+
 import json
 
 import pytest
 import torch
+from conftest import nar, write_dataset
 
 from flownar.data.layouts import METADATA_FILE, get_layout
 from flownar.data.readers import DataWarning, FlowNarData
 from flownar.errors import AnnotationError, DataRootError, FeatureFileError
-
-from conftest import nar, write_dataset
 
 
 def test_missing_root(tmp_path):

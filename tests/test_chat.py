@@ -1,13 +1,19 @@
-import pytest
 from pathlib import Path
+
+import pytest
 
 from flownar.data.chat import IGNORE_INDEX, ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import load_tokenizer, train_word_tokenizer
 
-TEXTS = ["You open the fridge.", "You take the jar from the cupboard.", "You put down the knife.",
-         DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+TEXTS = [
+    "You open the fridge.",
+    "You take the jar from the cupboard.",
+    "You put down the knife.",
+    DEFAULT_SYSTEM_PROMPT,
+    *NARRATION_INSTRUCTIONS,
+]
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +22,15 @@ def word_tok():
 
 
 def sample(use_memory=True):
-    stream = NarrationStream("v", "v", [Narration(1.2, "You open the fridge."), Narration(2.6, "You take the jar from the cupboard."),
-                                        Narration(4.0, "You put down the knife.")])
+    stream = NarrationStream(
+        "v",
+        "v",
+        [
+            Narration(1.2, "You open the fridge."),
+            Narration(2.6, "You take the jar from the cupboard."),
+            Narration(4.0, "You put down the knife."),
+        ],
+    )
     return make_stream_sample(stream, VideoInfo("v", 10.0, Path("x")), 2.0, use_memory=use_memory, seed=None)
 
 
@@ -25,9 +38,14 @@ def test_special_tokens_order_and_layout_pieces(word_tok):
     assert word_tok.convert_tokens_to_ids("<v>") == len(word_tok) - 1
     assert word_tok.convert_tokens_to_ids("<m>") == len(word_tok) - 2
     ct = ChatTokenizer(word_tok, frame_num_tokens=3, num_m_tokens=4)
-    names = word_tok.convert_ids_to_tokens([ct.silent_id, ct.speak_id, ct.open_id, ct.newline_id] + ct.assistant_prompt_ids)
+    names = word_tok.convert_ids_to_tokens(
+        [ct.silent_id, ct.speak_id, ct.open_id, ct.newline_id] + ct.assistant_prompt_ids
+    )
     assert names == [",", "]\n", "[", "\n", "Assistant", ":"]
-    assert word_tok.decode(word_tok(" You open the fridge.", add_special_tokens=False)["input_ids"]) == " You open the fridge."
+    assert (
+        word_tok.decode(word_tok(" You open the fridge.", add_special_tokens=False)["input_ids"])
+        == " You open the fridge."
+    )
 
 
 def test_labels_match_the_reference_rules(word_tok):
@@ -90,9 +108,14 @@ def _bpe_dir(tmp_path):
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(TEXTS * 5 + ["]\n[", ".\n\n", ",", "]\nUser:", ".\nAssistant:"],
-                          trainers.BpeTrainer(vocab_size=300, special_tokens=["<|begin_of_text|>", "<|eot_id|>"],
-                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.train_from_iterator(
+        TEXTS * 5 + ["]\n[", ".\n\n", ",", "]\nUser:", ".\nAssistant:"],
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|begin_of_text|>", "<|eot_id|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
     d = tmp_path / "bpe"
     fast.save_pretrained(d)
@@ -112,8 +135,10 @@ def test_local_hf_tokenizer_same_structure(tmp_path, word_tok):
     for sp in e.spans_of("narration"):
         assert int(e.input_ids[sp.stop - 1]) == ct.eos_id
     assert ct.apply_chat_template(sample().messages) == ct.render_text(sample().messages)
-    assert ct.decode(e.input_ids[e.spans_of("narration")[1].start:e.spans_of("narration")[1].stop]) == \
-        "Assistant: You take the jar from the cupboard."
+    assert (
+        ct.decode(e.input_ids[e.spans_of("narration")[1].start : e.spans_of("narration")[1].stop])
+        == "Assistant: You take the jar from the cupboard."
+    )
 
 
 def test_load_tokenizer_missing_dir(tmp_path):

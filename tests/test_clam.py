@@ -1,6 +1,7 @@
 """CLAM (Cross-Linear Attention Memory): the three forms of the gated linear recurrence agree (values and
 gradients), the module's chunked / reference / streaming forms agree, the state has a fixed size, and a tiny
 model can learn to remember an early token."""
+
 from __future__ import annotations
 
 import math
@@ -213,7 +214,7 @@ def test_module_forward_reference_and_streaming_agree(float64):
 
     state = model.init_state(2)
     for f in range(FRAMES):
-        m_f, state = model.step(x[:, f * TOKENS:(f + 1) * TOKENS], state)
+        m_f, state = model.step(x[:, f * TOKENS : (f + 1) * TOKENS], state)
         assert m_f.shape == (2, 6, 32)
         torch.testing.assert_close(m_f, mem[:, f], **F64)
     torch.testing.assert_close(state, S, **F64)
@@ -241,10 +242,10 @@ def test_module_is_the_documented_layer(float64):
 
     pos = model.query_embed.weight.expand(B, -1, -1)  # (B,Q,D)
     # self-attention on zero values: every query gets out_proj(value bias), whatever the attention weights
-    sa = model.self_attn.out_proj(model.self_attn.in_proj_bias[2 * D:])  # (D,)
+    sa = model.self_attn.out_proj(model.self_attn.in_proj_bias[2 * D :])  # (D,)
     tgt = F.layer_norm(sa.expand(B, 6, D), (D,), model.norm1.weight, model.norm1.bias)
     query = tgt + pos
-    q = (query @ model.q_proj.weight.T).view(B, 6, H, dk).transpose(1, 2) * dk ** -0.5
+    q = (query @ model.q_proj.weight.T).view(B, 6, H, dk).transpose(1, 2) * dk**-0.5
     k = (x @ model.k_proj.weight.T).view(B, L, H, dk).transpose(1, 2)
     v = (x @ model.v_proj.weight.T).view(B, L, H, dv).transpose(1, 2)
     gk = x @ model.gk_proj[0].weight.T @ model.gk_proj[1].weight.T + model.gk_proj[1].bias
@@ -365,8 +366,16 @@ def test_parameter_init():
             assert p.abs().max() <= math.sqrt(6 / (fan_in + fan_out)) + 1e-7, name
             assert p.std() > 0, name
     # no learnable query content, no biases on the projections
-    for lin in (model.q_proj, model.k_proj, model.v_proj, model.g_proj, model.o_proj, model.gk_proj[0],
-                model.mlp.gate_proj, model.mlp.down_proj):
+    for lin in (
+        model.q_proj,
+        model.k_proj,
+        model.v_proj,
+        model.g_proj,
+        model.o_proj,
+        model.gk_proj[0],
+        model.mlp.gate_proj,
+        model.mlp.down_proj,
+    ):
         assert lin.bias is None
     assert model.gk_proj[1].bias is not None
     assert model.query_embed.weight.shape == (6, 32)

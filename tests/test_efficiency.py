@@ -1,6 +1,5 @@
 """Efficiency tools: the token simulator matches the engine, the MAC formulas match the flop counter, the KV-size
 accounting matches the bytes actually cached, and the static cache compacts correctly."""
-import math
 
 import numpy as np
 import pytest
@@ -8,8 +7,18 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from flownar.efficiency import (Layout, bench_chat, bench_config, bench_model, cache_bytes, kv_bytes_per_token,
-                                narration_schedule, run_bench, simulate_stream, stream_macs)
+from flownar.efficiency import (
+    Layout,
+    bench_chat,
+    bench_config,
+    bench_model,
+    cache_bytes,
+    kv_bytes_per_token,
+    narration_schedule,
+    run_bench,
+    simulate_stream,
+    stream_macs,
+)
 from flownar.engine import StaticKVCache
 from flownar.models import SYSTEMS
 from flownar.stream import Narrator
@@ -49,8 +58,9 @@ def test_simulator_matches_engine_cache(chat, system):
     assert [s["tokens"] for s in sizes] == tr.frame_tokens_after
     assert nar.counters.narrations == tr.narrations
     # KV accounting: the bytes the engine holds (per layer, MoD's routed layers fewer) = the formula
-    assert sizes[-1]["kv_bytes"] == cache_bytes(model.config, tr.frame_tokens_after[-1],
-                                                tr.frame_tokens_after_routed[-1], bytes_per_element=4)
+    assert sizes[-1]["kv_bytes"] == cache_bytes(
+        model.config, tr.frame_tokens_after[-1], tr.frame_tokens_after_routed[-1], bytes_per_element=4
+    )
 
 
 def test_kv_bytes_per_token_of_llama_3_2_1b(chat):
@@ -132,26 +142,47 @@ def test_cli_bench_writes_json(tmp_path):
     from flownar.cli import main
 
     out = tmp_path / "b.json"
-    assert main(["bench", "--systems", "flownar-c,videollm-online", "--frames", "30", "--long-frames", "50",
-                 "--config", "micro", "--json", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--systems",
+                "flownar-c,videollm-online",
+                "--frames",
+                "30",
+                "--long-frames",
+                "50",
+                "--config",
+                "micro",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert {r["system"]: r["frames"] for r in res["runs"]} == {"flownar-c": 50, "videollm-online": 30}
     assert res["config"] == "micro" and res["engine"] == "static" and "CPU" in res["device"]
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--systems", "flownar,nonsense"], "unknown system 'nonsense'"),
-    (["--frames", "ten"], "--frames"),
-    (["--config", "gpt-5"], "unknown bench config"),
-    (["--device", "cuda"], "no CUDA device"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--systems", "flownar,nonsense"], "unknown system 'nonsense'"),
+        (["--frames", "ten"], "--frames"),
+        (["--config", "gpt-5"], "unknown bench config"),
+        (["--device", "cuda"], "no CUDA device"),
+    ],
+)
 def test_cli_bench_bad_arguments(tmp_path, capsys, argv, msg):
     from flownar.cli import main
 
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert main(["bench", "--frames", "5", "--config", "micro", "--json", str(tmp_path / "x.json"), "--quiet",
-                 *argv]) == 2
+    assert (
+        main(["bench", "--frames", "5", "--config", "micro", "--json", str(tmp_path / "x.json"), "--quiet", *argv]) == 2
+    )
     assert msg in capsys.readouterr().err
 
 
@@ -163,5 +194,7 @@ def test_paper_fit_picks_a_definition_that_predicts_the_other_columns():
     best = best_definition(fit)
     rows = fit[fit.definition == best]
     # by construction VideoLLM-online is matched; the others are predictions
-    assert (abs(rows["pred VideoLLM-online"] - rows["paper VideoLLM-online"]) / rows["paper VideoLLM-online"] < 0.01).all()
+    assert (
+        abs(rows["pred VideoLLM-online"] - rows["paper VideoLLM-online"]) / rows["paper VideoLLM-online"] < 0.01
+    ).all()
     assert rows["mean_abs_err_pct"].mean() < fit.groupby("definition")["mean_abs_err_pct"].mean().median()

@@ -1,4 +1,5 @@
 """Self-conditioned runs: per-clip files written atomically, resume, scoring; the eval CLI."""
+
 import json
 import os
 
@@ -76,15 +77,62 @@ def test_eval_cli(setup, tmp_path, capsys):
     model.save_pretrained(ckpt)
     chat.tok.save_pretrained(ckpt)
     out = tmp_path / "run"
-    assert main(["eval", "stream", "--checkpoint", str(ckpt), "--data", str(data.root), "--out", str(out),
-                 "--limit", "2", "--no-captions", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "stream",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data.root),
+                "--out",
+                str(out),
+                "--limit",
+                "2",
+                "--no-captions",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "metrics.json").read_text())
     assert res["system"] == "flownar-c" and set(res["scores"]) == {"paper", "corrected"}
-    assert main(["eval", "oracle", "--checkpoint", str(ckpt), "--data", str(data.root), "--out", str(out),
-                 "--limit", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "oracle",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data.root),
+                "--out",
+                str(out),
+                "--limit",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "oracle.json").read_text())["metrics"]["samples"] == 1
-    assert main(["eval", "stream", "--checkpoint", str(tmp_path / "nothing"), "--data", str(data.root),
-                 "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "stream",
+                "--checkpoint",
+                str(tmp_path / "nothing"),
+                "--data",
+                str(data.root),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "no config.json" in capsys.readouterr().err
 
 
@@ -109,7 +157,9 @@ def test_decision_probe_reads_the_decisions_the_trigger_sees(setup):
     base, data, chat, model = setup
     r = decision_probe(model, chat, data, "val", limit=2, threshold=0.8)
     ds = StreamDataset(data, "val", chat, model.config, 1200)
-    n = sum(int(((ds[i]["labels"][0] == chat.silent_id) | (ds[i]["labels"][0] == chat.speak_id)).sum()) for i in range(2))
+    n = sum(
+        int(((ds[i]["labels"][0] == chat.silent_id) | (ds[i]["labels"][0] == chat.speak_id)).sum()) for i in range(2)
+    )
     n_speak = sum(int((ds[i]["labels"][0] == chat.speak_id).sum()) for i in range(2))
     assert r["streams"] == 2 and r["decisions"] == n and r["base rate"] == pytest.approx(n_speak / n)
     assert 0.0 <= r["AUC"] <= 1.0 and 0.0 <= r["trigger fires (%)"] <= 100.0
@@ -120,4 +170,8 @@ def test_decision_probe_reads_the_decisions_the_trigger_sees(setup):
         blind.model.norm.weight.zero_()
     r0 = decision_probe(blind, chat, data, "val", limit=2)
     assert r0["AUC"] == 0.5
-    assert r0["P(speak) at narration frames"] == pytest.approx(r0["P(speak) elsewhere"]) == pytest.approx(r0["max P(speak)"])
+    assert (
+        r0["P(speak) at narration frames"]
+        == pytest.approx(r0["P(speak) elsewhere"])
+        == pytest.approx(r0["max P(speak)"])
+    )

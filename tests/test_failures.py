@@ -1,4 +1,5 @@
 """Failure analysis: perfect predictions give F1 = 1 and no hallucination; a wrong object is caught."""
+
 import json
 
 from flownar.data.readers import FlowNarData
@@ -33,8 +34,11 @@ def test_oracle_predictions_and_a_hallucination(tmp_path):
     # a narration naming an object nowhere in view is a hallucination
     clip = clips[0]
     seg_nouns = {s["noun"] for s in card["videos"][clip.video_uid]["segments"]}
-    absent = next(n for n in card["vocabulary"]["nouns"]
-                  if all(n not in s["visible"] + s.get("held", []) for s in card["videos"][clip.video_uid]["segments"]))
+    absent = next(
+        n
+        for n in card["vocabulary"]["nouns"]
+        if all(n not in s["visible"] + s.get("held", []) for s in card["videos"][clip.video_uid]["segments"])
+    )
     assert absent not in seg_nouns
     ref = clip.references[0]
     preds = {str(round(n.time * data.fps) - clip.start_frame): f"You take the {absent}." for n in ref}

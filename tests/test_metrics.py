@@ -1,4 +1,5 @@
 """Self-conditioned metrics (flownar.eval.metrics): every expected number below is computed by hand."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,18 @@ import numpy as np
 import pytest
 
 from flownar.eval import metrics as M
-from flownar.eval.metrics import (ClipPrediction, ClipReference, caption_scores, clip_matches, evaluate_both,
-                                  evaluate_clips, giou_matrix, iou_matrix, point_segments, temporal_prf)
+from flownar.eval.metrics import (
+    ClipPrediction,
+    ClipReference,
+    caption_scores,
+    clip_matches,
+    evaluate_both,
+    evaluate_clips,
+    giou_matrix,
+    iou_matrix,
+    point_segments,
+    temporal_prf,
+)
 
 
 def ref(cid="c", references=(), start_time=0.0, start_frame=0, dataset="ego4d"):
@@ -20,8 +31,10 @@ def ref(cid="c", references=(), start_time=0.0, start_frame=0, dataset="ego4d"):
 @pytest.fixture
 def no_meteor(monkeypatch):
     """Fail loudly if anything tries to start the METEOR JVM."""
+
     def boom():
         raise AssertionError("METEOR must not be started here")
+
     monkeypatch.setattr(M, "_new_meteor", boom)
     monkeypatch.setattr(M, "_meteor_scorer", None)
 
@@ -153,8 +166,9 @@ def test_first_segment_start():
     # predictions use the same t0: EK100 paper -> (0, 12.2); corrected -> (10.2, 11.5)
     r = ref(references=gt, start_time=10.2, start_frame=20, dataset="ek100")
     np.testing.assert_allclose(clip_matches(ClipPrediction("c", {3: "x"}), r, "paper")["pred_segments"], [[0, 12.2]])
-    np.testing.assert_allclose(clip_matches(ClipPrediction("c", {3: "x"}), r, "corrected")["pred_segments"],
-                               [[10.2, 11.5]])
+    np.testing.assert_allclose(
+        clip_matches(ClipPrediction("c", {3: "x"}), r, "corrected")["pred_segments"], [[10.2, 11.5]]
+    )
 
 
 PAIR_REF = ref(references=[[(4, "A"), (8, "B"), (20, "C"), (30, "D")]])  # Ego4D, start 0, start_frame 0
@@ -192,10 +206,14 @@ def test_caption_pairing_corrected_requires_a_match():
 # ---------------------------------------------------------------------------------------------------------------
 # caption scores
 # ---------------------------------------------------------------------------------------------------------------
-SAME = [("you open the fridge door", "you open the fridge door"),
-        ("she cuts a red onion slowly", "she cuts a red onion slowly")]
-WRONG = [("you open the fridge door", "a dog runs across green grass"),
-         ("she cuts a red onion slowly", "the man drives his car home")]
+SAME = [
+    ("you open the fridge door", "you open the fridge door"),
+    ("she cuts a red onion slowly", "she cuts a red onion slowly"),
+]
+WRONG = [
+    ("you open the fridge door", "a dog runs across green grass"),
+    ("she cuts a red onion slowly", "the man drives his car home"),
+]
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs a Java runtime for METEOR")
@@ -240,8 +258,9 @@ def test_caption_scores_java_failure(monkeypatch):
     def dead_meteor():
         m = Meteor.__new__(Meteor)
         m.lock = threading.Lock()
-        m.meteor_p = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        m.meteor_p = subprocess.Popen(
+            [sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         m.meteor_p.wait()
         return m
 
@@ -276,8 +295,9 @@ def test_evaluate_clips_pairs_by_clip_id():
     swapped = [ClipPrediction("a", {9: "y"}), ClipPrediction("b", {3: "x"})]
     assert evaluate_clips(swapped, [ra, rb], with_captions=False)["t_f1"] == 0.0
     with pytest.warns(RuntimeWarning) as rec:
-        out = evaluate_clips([ClipPrediction("zzz", {1: "q"}), ClipPrediction("a", {3: "x"})], [ra, rb],
-                             with_captions=False)
+        out = evaluate_clips(
+            [ClipPrediction("zzz", {1: "q"}), ClipPrediction("a", {3: "x"})], [ra, rb], with_captions=False
+        )
     msgs = " | ".join(str(w.message) for w in rec)
     assert "'b'" in msgs and "no predictions" in msgs and "'zzz'" in msgs
     assert out["per_clip"].set_index("clip_id")["f1"].to_dict() == {"a": 1.0, "b": 0.0}
@@ -299,8 +319,14 @@ def test_egoexo4d_paper_keeps_invisible_descriptions_corrected_drops_them(tmp_pa
     def desc(t, text, vis=True):
         return {"timestamp": t, "text": text, "ego_visible": vis}
 
-    ann = {"val": {"take1": [{"descriptions": [desc(0.5, "hidden.", False), desc(2.0, "You stir.")]},
-                             {"descriptions": [desc(3.0, "You pour.")]}]}}
+    ann = {
+        "val": {
+            "take1": [
+                {"descriptions": [desc(0.5, "hidden.", False), desc(2.0, "You stir.")]},
+                {"descriptions": [desc(3.0, "You pour.")]},
+            ]
+        }
+    }
     data = FlowNarData(write_dataset(tmp_path, "egoexo4d", {"take1": 12}, ann), "egoexo4d")
     (r,) = clip_references(data)
     pred = ClipPrediction(r.clip_id, {2: "You stir.", 4: "You pour."})
@@ -354,7 +380,6 @@ def test_empty_narration_is_scored_as_the_original():
 
 
 def test_narrator_records_the_raw_decoding():
-    from pathlib import Path
 
     import torch
 
@@ -369,6 +394,7 @@ def test_narrator_records_the_raw_decoding():
     model = FlowNarForCausalLM(config_for("videollm-online", chat, 8, size="micro")).eval()
     events = Narrator(model, chat, max_new_tokens=3).narrate(torch.randn(4, 3, 8))
     for e in events:
-        assert e.raw_text == tok.decode(e.token_ids + ([chat.eos_id] if len(e.token_ids) < 3 else []),
-                                        skip_special_tokens=False)
+        assert e.raw_text == tok.decode(
+            e.token_ids + ([chat.eos_id] if len(e.token_ids) < 3 else []), skip_special_tokens=False
+        )
     assert (narration_cap("paper"), narration_cap("default")) == (100, 32)

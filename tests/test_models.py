@@ -1,4 +1,5 @@
 """The model family: presets, DCM mask, placeholders, loss, MoD routing, save/load, learning."""
+
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,14 @@ from flownar.data.tokenizer import train_word_tokenizer
 from flownar.models import SYSTEMS, CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for, load_model
 from flownar.models.masks import expiry_positions, render_visibility, visibility
 
-TEXTS = ["You open the fridge.", "You take the jar.", "You put down the knife.", "You wash the cup.",
-         DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+TEXTS = [
+    "You open the fridge.",
+    "You take the jar.",
+    "You put down the knife.",
+    "You wash the cup.",
+    DEFAULT_SYSTEM_PROMPT,
+    *NARRATION_INSTRUCTIONS,
+]
 D = 16  # feature dim (CLAM: D and D/2 multiples of its 8 heads)
 
 
@@ -40,8 +47,13 @@ def batch_for(model, chat, sample, seed=0):
     expiry = None
     if cfg.dcm or cfg.last_k_narration is not None:
         expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration)
-    return dict(input_ids=enc.input_ids[None], labels=enc.labels[None], frames=frames,
-                mem_frame_indices=enc.mem_frame_indices, expiry=expiry), enc
+    return dict(
+        input_ids=enc.input_ids[None],
+        labels=enc.labels[None],
+        frames=frames,
+        mem_frame_indices=enc.mem_frame_indices,
+        expiry=expiry,
+    ), enc
 
 
 def micro_model(tok, system, seed=0, **kw):
@@ -68,7 +80,9 @@ def test_dcm_mask_token_by_token(tok):
     """Rows = queries, '#' = visible. Frame runs and their memory block vanish at their narration's EOS;
     with last_k=1 a narration vanishes at the next narration's EOS."""
     chat = chat_for(tok, n=1, m=1)
-    s = make_sample(True, times=(1.0, 2.0, 3.0), texts=["You open the fridge.", "You take the jar.", "You wash the cup."])
+    s = make_sample(
+        True, times=(1.0, 2.0, 3.0), texts=["You open the fridge.", "You take the jar.", "You wash the cup."]
+    )
     enc = chat.encode(s)
     names = tok.convert_ids_to_tokens(enc.input_ids.tolist())
     until = expiry_positions(len(names), enc.spans, dcm=True, last_k_narration=1)
@@ -87,7 +101,7 @@ def test_dcm_mask_token_by_token(tok):
     assert allowed[eos[1] - 1, narr[0].start] and not allowed[eos[1], narr[0].start], picture
     # permanent: system, user line, the first narration's "\n" after EOS, and causal everywhere
     sys_span = enc.spans_of("system")[0]
-    assert bool(allowed[-1, sys_span.start:sys_span.stop].all())
+    assert bool(allowed[-1, sys_span.start : sys_span.stop].all())
     assert bool((allowed <= torch.tril(torch.ones_like(allowed))).all())
     assert bool(allowed.diagonal().all())
     # frame rows of segment 2 see exactly one earlier narration text (k=1), as streaming keeps
@@ -143,7 +157,7 @@ def test_placeholders_take_frames_and_memory(tok):
     # memory block b depends only on frames up to its read-out: changing later frames leaves it unchanged
     model.config.memory_readout = "segment_end"
     frames2 = b["frames"].clone()
-    frames2[int(f[0]) + 1:] += 5.0
+    frames2[int(f[0]) + 1 :] += 5.0
     mem2 = model.memory_embeds(frames2, f)
     assert torch.allclose(mem[0], mem2[0], atol=1e-6) and not torch.allclose(mem[1], mem2[1])
 
@@ -254,8 +268,9 @@ def test_dcm_block_attention_equals_the_dense_mask(tok, system, kw):
     losses, grads = [], []
     for use_blocks in (True, False):
         model.zero_grad()
-        extra = {"expiry": expiry} if use_blocks else {
-            "attention_mask": additive_mask(visibility(expiry), torch.float32)}
+        extra = (
+            {"expiry": expiry} if use_blocks else {"attention_mask": additive_mask(visibility(expiry), torch.float32)}
+        )
         out = model(**batch, **extra)
         out.loss.backward()
         losses.append(out.loss.detach())
@@ -266,5 +281,6 @@ def test_dcm_block_attention_equals_the_dense_mask(tok, system, kw):
     L = expiry.shape[0]
     q, k, v = torch.randn(1, 4, L, 8), torch.randn(1, 2, L, 8), torch.randn(1, 2, L, 8)
     dense = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=additive_mask(visibility(expiry), torch.float32), enable_gqa=True)
+        q, k, v, attn_mask=additive_mask(visibility(expiry), torch.float32), enable_gqa=True
+    )
     torch.testing.assert_close(dcm_sdpa(q, k, v, dcm_blocks(expiry)), dense, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,5 @@
 """Oracle (teacher-forcing) metrics: hand-computed turns, and the look-ahead plumbing on real models."""
+
 import math
 from pathlib import Path
 
@@ -44,11 +45,18 @@ def test_early_turn():
 def test_late_turn_uses_the_look_ahead_once():
     calls = []
     logits, labels = lm([0, 1, 2], [0, 1, 2])
-    t = turn_metrics(logits, labels, torch.tensor([S, S, S, S]), S, is_last=False,
-                     look_ahead=lambda: calls.append(1) or -3)
+    t = turn_metrics(
+        logits, labels, torch.tensor([S, S, S, S]), S, is_last=False, look_ahead=lambda: calls.append(1) or -3
+    )
     assert t.frame_diff == -3 and t.fluency == pytest.approx(3 / 7) and calls == [1]
-    last = turn_metrics(logits, labels, torch.tensor([S, S, S, S]), S, is_last=True,
-                        look_ahead=lambda: pytest.fail("the last turn has no look-ahead"))
+    last = turn_metrics(
+        logits,
+        labels,
+        torch.tensor([S, S, S, S]),
+        S,
+        is_last=True,
+        look_ahead=lambda: pytest.fail("the last turn has no look-ahead"),
+    )
     assert last.frame_diff == 0 and last.fluency == pytest.approx(3 / 7)
 
 
@@ -68,8 +76,14 @@ def test_turn_without_decisions_and_summary():
 
 
 # ------------------------------------------------------------------ on models
-TEXTS = ["You open the fridge.", "You take the jar.", "You put down the knife.", "You wash the cup.",
-         DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+TEXTS = [
+    "You open the fridge.",
+    "You take the jar.",
+    "You put down the knife.",
+    "You wash the cup.",
+    DEFAULT_SYSTEM_PROMPT,
+    *NARRATION_INSTRUCTIONS,
+]
 
 
 class AlwaysSilent(torch.nn.Module):
@@ -107,9 +121,9 @@ def test_look_ahead_on_models(system):
 
 
 def test_teacher_forcing_table_labels_the_papers_dataset():
-    from flownar.eval.tables import teacher_forcing_table
-
     import numpy as np
+
+    from flownar.eval.tables import teacher_forcing_table
 
     ours = {"lm_ppl": 3.0, "time_diff": 1.5, "fluency": 0.4, "lm_correctness": 0.5}
     t = teacher_forcing_table({"videollm-online": ours, "dcm-only": ours})
@@ -164,7 +178,7 @@ def test_look_ahead_equals_a_teacher_forced_pass_of_the_silent_stream(system):
         ids += [chat.silent_id] + [model.config.v_placeholder_id] * n
     frames_used = int((enc.input_ids[: last_v + 1] == model.config.v_placeholder_id).sum()) // n
     first_appended = int((enc.frame_positions[:, 0] < int(plan.frame_tokens[0, 0])).sum())
-    f = torch.cat([frames[:frames_used], frames[first_appended:first_appended + m]])
+    f = torch.cat([frames[:frames_used], frames[first_appended : first_appended + m]])
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([ids]), frames=f).logits[0]
     last = [last_v + (j + 1) * (n + 1) for j in range(m)]

@@ -1,7 +1,5 @@
 """The synthetic world through the real readers, the CLI, prepare_dataset and the report helpers."""
-import json
 
-import pandas as pd
 import pytest
 
 from flownar.cli import main

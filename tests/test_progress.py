@@ -1,4 +1,5 @@
 """Progress bars: make reproduce-* shows training steps and clips in the terminal without touching notebooks."""
+
 from flownar.progress import progress_bar
 
 

@@ -1,4 +1,5 @@
 """provenance.json: commit, data fingerprint, versions, device."""
+
 import json
 
 from flownar.cli import main
@@ -8,8 +9,22 @@ from flownar.provenance import data_fingerprint
 
 def test_provenance_records_data_and_software(tmp_path):
     root = write_synthetic_dataset(tmp_path / "d", layout="ek100", profile="smoke", seed=0, progress=False)
-    assert main(["provenance", "--dataset", "ek100", "--profile", "smoke", "--data", str(root),
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "provenance",
+                "--dataset",
+                "ek100",
+                "--profile",
+                "smoke",
+                "--data",
+                str(root),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     p = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert p["dataset"] == "ek100" and p["profile"] == "smoke" and p["seed"] == 0
     assert p["data"]["embedded_synthetic"] and p["data"]["synthetic_card"]["seed"] == 0

@@ -2,12 +2,11 @@ import json
 
 import pytest
 import torch
+from conftest import nar, write_dataset
 from safetensors.torch import save_file
 
 from flownar.data.layouts import METADATA_FILE, fps_from_folder, get_layout
 from flownar.data.readers import FlowNarData
-
-from conftest import nar, write_dataset
 
 
 def test_ek100_streams_and_features(ek100_root):
@@ -71,6 +70,7 @@ def test_ego4d_summary_without_nested_narrations(tmp_path):
 def test_egoexo4d_invisible_descriptions(tmp_path):
     """Training streams drop them; the self-conditioned clip and its GT keep them, as the original's builder and
     evaluator (the corrected scoring drops them: Narration.visible)."""
+
     def desc(t, text, vis=True):
         return {"timestamp": t, "text": text, "ego_visible": vis}
 
@@ -91,7 +91,9 @@ def test_egoexo4d_invisible_descriptions(tmp_path):
     # the window starts at the first description, visible or not, as the original's segment-summary builder
     assert (clip.start_frame, clip.start_time, clip.stop_frame) == (1, 0.5, 7)
     assert [[(n.text, n.visible) for n in r] for r in clip.references] == [
-        [("hidden.", False), ("You stir.", True)], [("You pour.", True)]]
+        [("hidden.", False), ("You stir.", True)],
+        [("You pour.", True)],
+    ]
 
 
 def test_safetensors_features(tmp_path):

@@ -33,14 +33,24 @@ def test_basic_conversation_and_frame_range():
 
 def test_memory_entries_between_segments():
     msgs, _ = stream_conversation(N((1.0, "a"), (2.0, "b"), (3.0, "c")), 20, 2.0, use_memory=True)
-    assert roles(msgs) == [("stream", 1), "assistant", "memory", ("stream", 2), "assistant", "memory",
-                           ("stream", 2), "assistant"]  # no trailing memory
+    assert roles(msgs) == [
+        ("stream", 1),
+        "assistant",
+        "memory",
+        ("stream", 2),
+        "assistant",
+        "memory",
+        ("stream", 2),
+        "assistant",
+    ]  # no trailing memory
 
 
 @pytest.mark.parametrize("use_memory", [False, True])
 def test_same_time_narration_overwrites_previous(use_memory):
     # 2.1 and 2.4 both land on frame 5: the later text wins, with or without memory (the original loses it with memory)
-    msgs, frames = stream_conversation(N((1.0, "a"), (2.1, "b"), (2.4, "c"), (3.0, "d")), 20, 2.0, use_memory=use_memory)
+    msgs, frames = stream_conversation(
+        N((1.0, "a"), (2.1, "b"), (2.4, "c"), (3.0, "d")), 20, 2.0, use_memory=use_memory
+    )
     texts = [m.content for m in msgs if m.role == "assistant"]
     assert texts == ["a", "c", "d"]
     assert frames == range(2, 7)
@@ -71,8 +81,18 @@ def test_frame_cap_cuts_before_the_stream_that_exceeds_it(use_memory):
 def test_sample_layout_and_bookkeeping():
     stream = NarrationStream("P01_01", "P01_01", N((1.2, "a"), (2.6, "b"), (4.0, "c")))
     s = make_stream_sample(stream, VideoInfo("P01_01", 10.0, Path("x")), 2.0, use_memory=True, seed=0)
-    assert roles(s.messages) == ["system", ("stream", 1), "user", "assistant", "memory", ("stream", 3), "assistant",
-                                 "memory", ("stream", 2), "assistant"]
+    assert roles(s.messages) == [
+        "system",
+        ("stream", 1),
+        "user",
+        "assistant",
+        "memory",
+        ("stream", 3),
+        "assistant",
+        "memory",
+        ("stream", 2),
+        "assistant",
+    ]
     assert s.messages[1].learn is False and s.messages[5].learn and s.messages[3].learn
     assert s.messages[2].content in NARRATION_INSTRUCTIONS
     assert s.narration_frames == [0, 3, 5]
@@ -85,6 +105,8 @@ def test_instruction_choice_is_seeded():
     info = VideoInfo("v", 10.0, Path("x"))
     picks = {make_stream_sample(stream, info, 2.0, seed=s).messages[2].content for s in range(30)}
     assert len(picks) > 1
-    assert make_stream_sample(stream, info, 2.0, seed=7).messages[2].content == \
+    assert (
         make_stream_sample(stream, info, 2.0, seed=7).messages[2].content
+        == make_stream_sample(stream, info, 2.0, seed=7).messages[2].content
+    )
     assert make_stream_sample(stream, info, 2.0, seed=None).messages[2].content == NARRATION_INSTRUCTIONS[0]

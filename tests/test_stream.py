@@ -1,4 +1,5 @@
 """The streaming engine: it sees exactly what a teacher-forced pass with the DCM mask sees; its cache is bounded."""
+
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,15 @@ from flownar.models import SYSTEMS, FlowNarForCausalLM, config_for
 from flownar.models.masks import expiry_positions
 from flownar.stream import Narrator
 
-TEXTS = ["You open the fridge.", "You take the jar.", "You put down the knife.", "You wash the cup.",
-         "You close the fridge.", DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+TEXTS = [
+    "You open the fridge.",
+    "You take the jar.",
+    "You put down the knife.",
+    "You wash the cup.",
+    "You close the fridge.",
+    DEFAULT_SYSTEM_PROMPT,
+    *NARRATION_INSTRUCTIONS,
+]
 D = 16
 
 
@@ -31,8 +39,13 @@ def micro(tok, system, n=3, m=4, **kw):
 
 def sample(use_memory):
     times = (1.0, 2.5, 3.0, 5.5, 7.0)
-    texts = ["You open the fridge.", "You take the jar.", "You put down the knife.", "You wash the cup.",
-             "You close the fridge."]
+    texts = [
+        "You open the fridge.",
+        "You take the jar.",
+        "You put down the knife.",
+        "You wash the cup.",
+        "You close the fridge.",
+    ]
     stream = NarrationStream("v", "v", [Narration(t, x) for t, x in zip(times, texts)])
     return make_stream_sample(stream, VideoInfo("v", 20.0, Path("x")), 2.0, use_memory=use_memory, seed=None)
 
@@ -58,11 +71,15 @@ def test_streaming_logits_equal_teacher_forced(tok, system):
     enc = chat.encode(s)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1))
     cfg = model.config
-    expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration) \
-        if (cfg.dcm or cfg.last_k_narration is not None) else None
+    expiry = (
+        expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration)
+        if (cfg.dcm or cfg.last_k_narration is not None)
+        else None
+    )
     with torch.no_grad():
-        ref = model(input_ids=enc.input_ids[None], frames=frames, mem_frame_indices=enc.mem_frame_indices,
-                    expiry=expiry).logits[0]
+        ref = model(
+            input_ids=enc.input_ids[None], frames=frames, mem_frame_indices=enc.mem_frame_indices, expiry=expiry
+        ).logits[0]
     narrator = Narrator(model, chat, record_logits=True)
     replay(narrator, s, frames)
     fed = narrator.fed_ids

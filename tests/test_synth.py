@@ -1,4 +1,5 @@
 """The embedded synthetic dataset: files and schemas per layout, determinism, and the world's design properties."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,9 @@ def _load(path: Path):
 def roots(tmp_path_factory):
     """One smoke dataset per layout (seed 0), written once for the module."""
     base = tmp_path_factory.mktemp("synth")
-    return {lay: write_synthetic_dataset(base / lay, layout=lay, profile="smoke", seed=0, progress=False)
-            for lay in LAYOUTS}
+    return {
+        lay: write_synthetic_dataset(base / lay, layout=lay, profile="smoke", seed=0, progress=False) for lay in LAYOUTS
+    }
 
 
 def _card(root: Path) -> dict:
@@ -54,8 +56,11 @@ def _features(root: Path, layout: str, uid: str) -> torch.Tensor:
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------------ profiles / errors
@@ -305,7 +310,7 @@ def _segment_noun_cos(x: np.ndarray, seg: dict, proto: np.ndarray) -> float:
     """Max over the central tokens of the cosine between the segment's mean token and a prototype."""
     j0, j1 = math.ceil(seg["start"] * 2), math.floor(seg["end"] * 2)
     if j1 < j0:  # a very quick action between two frames: its nearest frame
-        j0 = j1 = round((seg["start"] + seg["end"]))
+        j0 = j1 = round(seg["start"] + seg["end"])
     m = x[j0 : j1 + 1][:, CENTRAL_TOKENS].mean(axis=0)  # (5, D)
     return float(np.max(m @ proto / (np.linalg.norm(m, axis=1) * np.linalg.norm(proto))))
 

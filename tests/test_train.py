@@ -1,4 +1,5 @@
 """Training: the CLI, resumable checkpoints, the LoRA path on a tiny random Llama, DeepSpeed ZeRO-2 on 2 CPU ranks."""
+
 import json
 import os
 import subprocess
@@ -36,10 +37,34 @@ def env(tmp_path_factory):
 
 def test_cli_train_writes_model_log_and_figure(env):
     out = env / "cli_run"
-    assert main(["train", "--system", "flownar-c", "--profile", "smoke", "--out", str(out), "--quiet",
-                 "--set", "max_steps=3", "--set", "model_size=micro"]) == 0
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "train_log.csv", "fig_loss.png",
-                 "train_summary.json", "train_config.json"):
+    assert (
+        main(
+            [
+                "train",
+                "--system",
+                "flownar-c",
+                "--profile",
+                "smoke",
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "max_steps=3",
+                "--set",
+                "model_size=micro",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_log.csv",
+        "fig_loss.png",
+        "train_summary.json",
+        "train_config.json",
+    ):
         assert (out / name).is_file(), name
     log = pd.read_csv(out / "train_log.csv")
     assert log["step"].tolist() == [1, 2, 3] and log["loss"].notna().all()
@@ -64,6 +89,7 @@ def test_resume_continues_where_it_stopped(env):
     train(part, resume=False)
     # emulate the checkpoint an interrupted 4-step run would have left at step 2
     import shutil
+
     shutil.rmtree(env / "part")
     shutil.copytree(full / "checkpoint-2", env / "part" / "checkpoint-2")
     resumed = train(train_config("dcm-only", "smoke", out=str(env / "part"), **kw), resume=True)
@@ -72,6 +98,7 @@ def test_resume_continues_where_it_stopped(env):
     assert list(b.index) == [3, 4]
     assert b.loc[4, "loss"] == pytest.approx(a.loc[4, "loss"], rel=1e-4)
     from safetensors.torch import load_file
+
     wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
@@ -90,14 +117,22 @@ def test_lora_on_a_tiny_random_llama(env):
     tok = build_tokenizer(data)
     llm = env / "tiny-llama"
     # the placeholders <m>, <v> lie beyond the LLM's vocabulary, as with Llama-3 (they are clamped, then replaced)
-    cfg = LlamaConfig(vocab_size=len(tok) - 2, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok) - 2,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(llm)
     tok.save_pretrained(llm)
     out = env / "lora_run"
-    tcfg = train_config("flownar", "smoke", out=str(out), llm_path=str(llm), max_steps=2, progress=False,
-                        lora_r=8, lora_alpha=16)
+    tcfg = train_config(
+        "flownar", "smoke", out=str(out), llm_path=str(llm), max_steps=2, progress=False, lora_r=8, lora_alpha=16
+    )
     train(tcfg, resume=False)
     assert (out / "adapter_config.json").is_file() and (out / "config.json").is_file()
     adapter = json.loads((out / "adapter_config.json").read_text())
@@ -118,12 +153,36 @@ def test_lora_on_a_tiny_random_llama(env):
 def test_deepspeed_zero2_two_cpu_ranks(env):
     """`torchrun --nproc_per_node 2 -m flownar.train --deepspeed flownar/configs/zero2.json` on gloo."""
     out = env / "ds_run"
-    envs = dict(os.environ, OMP_NUM_THREADS="1",
-                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-           "-m", "flownar.train", "--system", "videollm-online", "--profile", "smoke", "--deepspeed",
-           str(ROOT / "flownar" / "configs" / "zero2.json"), "--out", str(out), "--no-resume", "--quiet",
-           "--set", "max_steps=2", "--set", "model_size=micro"]
+    envs = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extensions")),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29561",
+        "-m",
+        "flownar.train",
+        "--system",
+        "videollm-online",
+        "--profile",
+        "smoke",
+        "--deepspeed",
+        str(ROOT / "flownar" / "configs" / "zero2.json"),
+        "--out",
+        str(out),
+        "--no-resume",
+        "--quiet",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "model_size=micro",
+    ]
     r = subprocess.run(cmd, env=envs, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     log = pd.read_csv(out / "train_log.csv")
@@ -169,8 +228,17 @@ def test_deepspeed_launch_command_round_trips_the_config(env):
 
     from flownar.train import _parse_overrides, add_train_arguments, deepspeed_command
 
-    cfg = train_config("flownar-c", "paper", "ego4d", data_root="/data/ego4d", llm_path="/models/llama", seed=3,
-                       lr=1e-4, grad_accum=8, save_every=50)
+    cfg = train_config(
+        "flownar-c",
+        "paper",
+        "ego4d",
+        data_root="/data/ego4d",
+        llm_path="/models/llama",
+        seed=3,
+        lr=1e-4,
+        grad_accum=8,
+        save_every=50,
+    )
     cmd = deepspeed_command(cfg, 4)
     assert cmd[:6] == [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "4", "--module"]
     assert cmd[6] == "flownar.train"
@@ -178,8 +246,16 @@ def test_deepspeed_launch_command_round_trips_the_config(env):
     add_train_arguments(p)
     args = p.parse_args(cmd[7:])
     assert args.deepspeed.endswith("flownar/configs/zero2.json") and Path(args.deepspeed).is_file()
-    back = train_config(args.system, args.profile, args.dataset, data_root=args.data, out=args.out, seed=args.seed,
-                        llm_path=args.llm, **_parse_overrides(args.set))
+    back = train_config(
+        args.system,
+        args.profile,
+        args.dataset,
+        data_root=args.data,
+        out=args.out,
+        seed=args.seed,
+        llm_path=args.llm,
+        **_parse_overrides(args.set),
+    )
     mine, theirs = asdict(cfg), asdict(back)
     mine["out"] = str(cfg.run_dir())
     assert {k: v for k, v in theirs.items() if k != "progress"} == {k: v for k, v in mine.items() if k != "progress"}
@@ -196,7 +272,11 @@ def test_ensure_trained_reuses_a_run_launched_with_deepspeed(env):
     cfg = train_config("videollm-online", "smoke", "egoexo4d", model_size="micro", progress=False)
     run = cfg.run_dir()
     run.mkdir(parents=True)
-    launched = {**asdict(cfg), "deepspeed": "flownar/configs/zero2.json", "out": str(run)}  # as deepspeed_command saves it
+    launched = {
+        **asdict(cfg),
+        "deepspeed": "flownar/configs/zero2.json",
+        "out": str(run),
+    }  # as deepspeed_command saves it
     (run / "train_config.json").write_text(json.dumps(launched))
     (run / "train_summary.json").write_text("{}")
     assert ensure_trained(cfg, num_gpus=0) == run

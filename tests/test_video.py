@@ -1,4 +1,5 @@
 """Video files: decoding at 2 fps, SigLIP encoding to 1+3x3 tokens, extract-features, live narration, bad input."""
+
 import json
 import re
 
@@ -40,17 +41,31 @@ def assets(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("video")
     torch.manual_seed(0)
-    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1,
-                                                 num_attention_heads=2, image_size=32, patch_size=8))
+    tower = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    )
     tower.save_pretrained(d / "siglip")
-    tok = train_word_tokenizer(["You open the fridge.", "You take the jar.", DEFAULT_SYSTEM_PROMPT,
-                                *NARRATION_INSTRUCTIONS])
+    tok = train_word_tokenizer(
+        ["You open the fridge.", "You take the jar.", DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
+    )
     chat = ChatTokenizer(tok, frame_num_tokens=10, num_m_tokens=4)
     for system, dim in (("flownar", HIDDEN), ("videollm-online", HIDDEN + 1)):
         model = FlowNarForCausalLM(config_for(system, chat, dim, size="micro", clam_dropout=0.0))
         save_trained(model, d / f"ckpt-{system}-{dim}", chat, is_peft=False)
-    return {"dir": d, "video": write_video(d / "clip.mp4"), "tower": d / "siglip",
-            "ckpt": d / f"ckpt-flownar-{HIDDEN}", "ckpt_bad": d / f"ckpt-videollm-online-{HIDDEN + 1}"}
+    return {
+        "dir": d,
+        "video": write_video(d / "clip.mp4"),
+        "tower": d / "siglip",
+        "ckpt": d / f"ckpt-flownar-{HIDDEN}",
+        "ckpt_bad": d / f"ckpt-videollm-online-{HIDDEN + 1}",
+    }
 
 
 def test_read_frames_at_2fps_square_padded(assets):
@@ -102,8 +117,15 @@ def test_narrate_writes_json_srt_vtt(assets, tmp_path):
     from flownar.narrate import narrate_video
 
     seen = []
-    res, files = narrate_video(assets["video"], assets["ckpt"], assets["tower"], tmp_path, progress=False,
-                               on_event=seen.append, max_new_tokens=4)
+    res, files = narrate_video(
+        assets["video"],
+        assets["ckpt"],
+        assets["tower"],
+        tmp_path,
+        progress=False,
+        on_event=seen.append,
+        max_new_tokens=4,
+    )
     assert res.frames == 10 and res.system == "flownar"
     assert seen and seen[0]["time"] == 0.0 and seen[-1]["time"] == 4.5  # forced first and last
     assert [n["time"] for n in res.narrations] == sorted({n["time"] for n in res.narrations})
@@ -130,8 +152,9 @@ def test_narrate_realtime_reports_lag(assets, tmp_path):
     from flownar.narrate import narrate_video
 
     video = write_video(tmp_path / "short.mp4", seconds=1.5)
-    res, _ = narrate_video(video, assets["ckpt"], assets["tower"], None, realtime=True, progress=False,
-                           max_new_tokens=2)
+    res, _ = narrate_video(
+        video, assets["ckpt"], assets["tower"], None, realtime=True, progress=False, max_new_tokens=2
+    )
     assert res.realtime and res.frames == 3 and res.wall_s >= 1.0  # paced: frame at 1.0 s read after 1.0 s
     assert res.max_lag_s >= res.final_lag_s >= 0  # processed after its video time, never before
 
@@ -154,9 +177,23 @@ def test_bad_inputs_give_clear_errors(assets, tmp_path, capsys):
         narrate_video(assets["video"], assets["ckpt_bad"], assets["tower"], None, progress=False)
     with pytest.raises(FlowNarError, match="no config.json"):
         FrameEncoder(tmp_path)
-    assert main(["narrate", str(text), "--checkpoint", str(assets["ckpt"]), "--vision", str(assets["tower"]),
-                 "--quiet"]) == 2
+    assert (
+        main(["narrate", str(text), "--checkpoint", str(assets["ckpt"]), "--vision", str(assets["tower"]), "--quiet"])
+        == 2
+    )
     assert "notes.mp4" in capsys.readouterr().err
-    assert main(["extract-features", str(tmp_path / "nope"), "--vision", str(assets["tower"]), "--out",
-                 str(tmp_path / "root"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "extract-features",
+                str(tmp_path / "nope"),
+                "--vision",
+                str(assets["tower"]),
+                "--out",
+                str(tmp_path / "root"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "no such video file or folder" in capsys.readouterr().err

@@ -20,6 +20,7 @@ Labels (pre-shifted, ``labels[i-1] = input_ids[i]``, as reference 3.3):
 Everything is computed at character level and mapped to tokens through the fast tokenizer's offsets, so the
 same code serves the word-level tokenizer and Llama-3's BPE; every special id is read off the tokenizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -231,7 +232,9 @@ class ChatTokenizer:
         if mem_pos.numel() and not bool((ids[mem_pos] == self.m_id).all()):
             raise ValueError(f"the tokenizer does not keep {M_TOKEN} as one token")
         if frame_pos.shape[0] != sample.num_frames:
-            raise ValueError(f"{sample.sample_id}: {frame_pos.shape[0]} frames rendered, sample covers {sample.num_frames}")
+            raise ValueError(
+                f"{sample.sample_id}: {frame_pos.shape[0]} frames rendered, sample covers {sample.num_frames}"
+            )
         spans = [Span(kind, tok_at(a), tok_at(b - 1) + 1, idx) for kind, idx, a, b in r.spans]
         out = EncodedSample(
             input_ids=ids,

@@ -4,6 +4,7 @@ A feature file holds one tensor of shape ``(T, tokens_per_frame, feature_dim)``;
 ``torch.save`` files of shape ``(T, 10, 1024)`` (1 SigLIP CLS + 3x3 pooled patch tokens per frame, 2 fps).
 Every failure names the file and says what is wrong; nothing is unpickled beyond plain tensors.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -46,7 +47,9 @@ def read_feature_tensor(path: str | Path) -> torch.Tensor:
         elif suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise FeatureFileError(f"{path}: unsupported feature file type {suffix!r}; expected one of {FEATURE_SUFFIXES}")
+            raise FeatureFileError(
+                f"{path}: unsupported feature file type {suffix!r}; expected one of {FEATURE_SUFFIXES}"
+            )
     except FeatureFileError:
         raise
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, Exception) as e:
@@ -67,7 +70,9 @@ def validate_features(
 ) -> torch.Tensor:
     """Check shape ``(T, tokens, dim)``, T >= max(1, min_frames), and that every value is finite."""
     if x.ndim != 3:
-        raise FeatureFileError(f"{path}: features have shape {tuple(x.shape)}; expected 3 dims (T, tokens_per_frame, dim)")
+        raise FeatureFileError(
+            f"{path}: features have shape {tuple(x.shape)}; expected 3 dims (T, tokens_per_frame, dim)"
+        )
     T, n, d = x.shape
     if T == 0:
         raise FeatureFileError(f"{path}: features hold no frames (shape {tuple(x.shape)})")
@@ -78,9 +83,7 @@ def validate_features(
     if feature_dim is not None and d != feature_dim:
         raise FeatureFileError(f"{path}: feature dim {d} (shape {tuple(x.shape)}); this dataset has {feature_dim}")
     if min_frames is not None and T < min_frames:
-        raise FeatureFileError(
-            f"{path}: holds {T} frames but the annotations/metadata need at least {min_frames}"
-        )
+        raise FeatureFileError(f"{path}: holds {T} frames but the annotations/metadata need at least {min_frames}")
     if not x.is_floating_point():
         raise FeatureFileError(f"{path}: features have dtype {x.dtype}; expected a floating-point tensor")
     finite = torch.isfinite(x)

@@ -11,6 +11,7 @@ The feature folder name encodes the frame rate and the token layout (``2fps`` an
 pooled tokens). The frame rate is read from that name; tokens per frame and feature dim from the tensors.
 Nothing in this module is specific to the synthetic data: the synthetic writer uses these same names.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,7 +73,13 @@ DATASETS: tuple[str, ...] = tuple(LAYOUTS)
 
 def get_layout(name: str) -> Layout:
     key = name.lower().replace("-", "").replace("_", "")
-    aliases = {"ek100": "ek100", "epickitchens100": "ek100", "ego4d": "ego4d", "egoexo4d": "egoexo4d", "egoexo": "egoexo4d"}
+    aliases = {
+        "ek100": "ek100",
+        "epickitchens100": "ek100",
+        "ego4d": "ego4d",
+        "egoexo4d": "egoexo4d",
+        "egoexo": "egoexo4d",
+    }
     if key not in aliases:
         raise ValueError(f"unknown dataset layout {name!r}; expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[aliases[key]]

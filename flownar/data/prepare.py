@@ -4,14 +4,15 @@
 or any folder in its layout) and otherwise the embedded synthetic dataset for (dataset, profile, seed) under
 ``paths.embedded_data_root``, writing it first when it is missing or was written with other settings.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .. import paths
-from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
 from ..errors import DataRootError
+from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
 from .readers import FlowNarData
 
 
@@ -25,19 +26,32 @@ def _card_matches(root: Path, layout: str, profile: str, seed: int) -> bool:
         card = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    want = {"generator": "flownar.data.synth", "version": SYNTH_VERSION, "layout": layout, "profile": profile, "seed": seed}
+    want = {
+        "generator": "flownar.data.synth",
+        "version": SYNTH_VERSION,
+        "layout": layout,
+        "profile": profile,
+        "seed": seed,
+    }
     return all(card.get(k) == v for k, v in want.items())
 
 
-def prepare_dataset(dataset: str = "ek100", data_root: str | Path | None = None, profile: str = "smoke",
-                    seed: int = 0, progress: bool = True) -> FlowNarData:
+def prepare_dataset(
+    dataset: str = "ek100",
+    data_root: str | Path | None = None,
+    profile: str = "smoke",
+    seed: int = 0,
+    progress: bool = True,
+) -> FlowNarData:
     """Open the run's dataset; write the embedded synthetic one if needed (``data_root`` empty or None)."""
     layout = get_layout(dataset).name
     if data_root:
         return FlowNarData(data_root, layout)
     if profile == "paper":
-        raise DataRootError("the paper profile runs on FlowNar-Data: set DATA_ROOT (make) or data_root (notebooks) "
-                            "to a dataset folder such as FlowNar-Data/ek100")
+        raise DataRootError(
+            "the paper profile runs on FlowNar-Data: set DATA_ROOT (make) or data_root (notebooks) "
+            "to a dataset folder such as FlowNar-Data/ek100"
+        )
     from .synth import write_synthetic_dataset
 
     root = paths.embedded_data_root(layout, profile)

@@ -21,12 +21,13 @@ Deviations from the original loaders (reference notes, section 11.4), each delib
   (:attr:`Narration.annotated`), which the ``paper`` scoring uses, as the original evaluator scores GT texts as
   they are.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -115,7 +116,7 @@ def _parse_narration_list(items, path: Path, where: str, time_key: str = "time")
             raise AnnotationError(f"{path}: {where}[{i}]: {time_key!r} must be a finite number, found {t!r}")
         if not isinstance(text, str):
             raise AnnotationError(f"{path}: {where}[{i}]: 'text' must be a string, found {type(text).__name__}")
-        visible = not (item.get("ego_visible") is False)
+        visible = item.get("ego_visible") is not False
         out.append(Narration(float(t), text.strip(), None if text == text.strip() else text, visible))
     out.sort(key=lambda n: n.time)  # stable: same-time narrations keep file order
     return out
@@ -204,11 +205,15 @@ class FlowNarData:
                     first_error = first_error or e
                     continue
                 if x.ndim != 3:
-                    raise FeatureFileError(f"{info.feature_path}: features have shape {tuple(x.shape)}; expected 3 dims")
+                    raise FeatureFileError(
+                        f"{info.feature_path}: features have shape {tuple(x.shape)}; expected 3 dims"
+                    )
                 self._spec = (int(x.shape[1]), int(x.shape[2]))
                 break
             if self._spec is None:
-                raise FeatureFileError(f"no readable feature file under {self.layout.feature_dir(self.root)}: {first_error}")
+                raise FeatureFileError(
+                    f"no readable feature file under {self.layout.feature_dir(self.root)}: {first_error}"
+                )
         return self._spec
 
     @property
@@ -245,7 +250,9 @@ class FlowNarData:
         for uid in tqdm(uids, desc=f"checking {self.dataset} features", disable=not progress):
             info = self.video(uid)
             x = read_feature_tensor(info.feature_path)
-            validate_features(x, info.feature_path, tokens_per_frame=n, feature_dim=d, min_frames=info.max_frame(self.fps) + 1)
+            validate_features(
+                x, info.feature_path, tokens_per_frame=n, feature_dim=d, min_frames=info.max_frame(self.fps) + 1
+            )
             frames += x.shape[0]
         return {"videos": len(uids), "frames": frames, "tokens_per_frame": n, "feature_dim": d}
 
@@ -303,7 +310,9 @@ class FlowNarData:
     @staticmethod
     def _parse_ego4d(uid, value, path):
         if not isinstance(value, dict):
-            raise AnnotationError(f"{path}: {uid}: expected {{annotation_uid: [narrations]}}, found {type(value).__name__}")
+            raise AnnotationError(
+                f"{path}: {uid}: expected {{annotation_uid: [narrations]}}, found {type(value).__name__}"
+            )
         for ann, items in value.items():
             yield NarrationStream(uid, ann, _parse_narration_list(items, path, f"{uid}/{ann}"))
 
@@ -316,8 +325,9 @@ class FlowNarData:
         for a, entry in enumerate(value):
             if not isinstance(entry, dict) or not isinstance(entry.get("descriptions"), list):
                 raise AnnotationError(f"{path}: {uid}[{a}]: expected an object with a 'descriptions' list")
-            lists.append(_parse_narration_list(entry["descriptions"], path, f"{uid}[{a}].descriptions",
-                                               time_key="timestamp"))
+            lists.append(
+                _parse_narration_list(entry["descriptions"], path, f"{uid}[{a}].descriptions", time_key="timestamp")
+            )
         return lists
 
     @classmethod
@@ -380,14 +390,18 @@ class FlowNarData:
             if uid not in self.videos or (split_uids is not None and uid not in split_uids):
                 continue
             if not isinstance(intervals, dict):
-                raise AnnotationError(f"{path}: {uid}: expected {{'<start>, <end>': ...}}, found {type(intervals).__name__}")
+                raise AnnotationError(
+                    f"{path}: {uid}: expected {{'<start>, <end>': ...}}, found {type(intervals).__name__}"
+                )
             for key, value in intervals.items():
                 try:
                     s_t, e_t = (float(v) for v in key.split(","))
                 except ValueError:
                     raise AnnotationError(f"{path}: {uid}: interval key {key!r} is not '<start>, <end>'") from None
-                if isinstance(value, dict) and value and all(
-                    isinstance(v, dict) and "narration" in v for v in value.values()
+                if (
+                    isinstance(value, dict)
+                    and value
+                    and all(isinstance(v, dict) and "narration" in v for v in value.values())
                 ):
                     refs = [
                         _parse_narration_list(v["narration"], path, f"{uid}/{key}/{ann}") for ann, v in value.items()

@@ -17,6 +17,7 @@ Deviation (reference 11.4): when two narrations land on the same grid time the l
 assistant text. With memory on, the original looks at the *previous element* (the memory block), so the
 overwrite is silently lost; here the last assistant message is overwritten in every configuration.
 """
+
 from __future__ import annotations
 
 import math
@@ -163,25 +164,43 @@ def make_stream_sample(
     return StreamSample(stream.stream_id, stream.video_uid, messages, frames, mem_frames, narration_frames)
 
 
-def build_stream_samples(data, split: str, *, use_memory: bool = False, max_num_frames: int = MAX_NUM_FRAMES,
-                         seed: int | None = 0, **kwargs) -> list[StreamSample]:
+def build_stream_samples(
+    data, split: str, *, use_memory: bool = False, max_num_frames: int = MAX_NUM_FRAMES, seed: int | None = 0, **kwargs
+) -> list[StreamSample]:
     """Every narration-stream sample of a split of a :class:`~flownar.data.readers.FlowNarData`."""
     return [
-        make_stream_sample(s, data.videos[s.video_uid], data.fps, use_memory=use_memory,
-                           max_num_frames=max_num_frames, seed=seed, **kwargs)
+        make_stream_sample(
+            s,
+            data.videos[s.video_uid],
+            data.fps,
+            use_memory=use_memory,
+            max_num_frames=max_num_frames,
+            seed=seed,
+            **kwargs,
+        )
         for s in data.streams(split)
     ]
 
 
-def eval_prompt_messages(system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                         instruction: str = NARRATION_INSTRUCTIONS[0]) -> list[Message]:
+def eval_prompt_messages(
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT, instruction: str = NARRATION_INSTRUCTIONS[0]
+) -> list[Message]:
     """The fixed prompt of the self-conditioned protocol: system, a 1-frame stream, the user line."""
     return [Message("system", system_prompt), Message("stream", num_frames=1), Message("user", instruction)]
 
 
 __all__ = [
-    "DEFAULT_SYSTEM_PROMPT", "NARRATION_INSTRUCTIONS", "MAX_NUM_FRAMES", "Message", "StreamSample", "EvalClip",
-    "frame_of", "stream_conversation", "make_stream_sample", "build_stream_samples", "eval_prompt_messages",
+    "DEFAULT_SYSTEM_PROMPT",
+    "NARRATION_INSTRUCTIONS",
+    "MAX_NUM_FRAMES",
+    "Message",
+    "StreamSample",
+    "EvalClip",
+    "frame_of",
+    "stream_conversation",
+    "make_stream_sample",
+    "build_stream_samples",
+    "eval_prompt_messages",
 ]
 
 
@@ -192,7 +211,9 @@ def preview(messages: list[Message], max_messages: int = 12) -> str:
         if m.role == "system":
             lines.append(f"<bos>{m.content[:60]}...")
         elif m.role == "stream":
-            lines.append(f"[{m.num_frames} frame{'s' if m.num_frames != 1 else ''}{'' if m.learn else ', not learned'}]")
+            lines.append(
+                f"[{m.num_frames} frame{'s' if m.num_frames != 1 else ''}{'' if m.learn else ', not learned'}]"
+            )
         elif m.role == "memory":
             lines.append("[memory block]")
         elif m.role == "user":

@@ -1,4 +1,5 @@
 """Dataset statistics for notebook 00, beside EK100's published ones (``resources/ek100_published_stats.csv``)."""
+
 from __future__ import annotations
 
 import re
@@ -58,8 +59,13 @@ def comparison_table(data: FlowNarData) -> pd.DataFrame:
     rows = []
 
     def add(name, value, ref_key=None):
-        rows.append({"statistic": name, "this dataset": value,
-                     "EK100 published": pub.get(ref_key, np.nan) if ref_key else np.nan})
+        rows.append(
+            {
+                "statistic": name,
+                "this dataset": value,
+                "EK100 published": pub.get(ref_key, np.nan) if ref_key else np.nan,
+            }
+        )
 
     if train is not None:
         add("train videos", int(train["videos"]), "train videos")
@@ -82,24 +88,36 @@ def plot_segment_durations(data: FlowNarData, splits=("train", "val"), max_secon
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    frames = [pd.DataFrame({"duration (s)": segment_durations(data, s), "split": s})
-              for s in splits if s in data.available_splits()]
+    frames = [
+        pd.DataFrame({"duration (s)": segment_durations(data, s), "split": s})
+        for s in splits
+        if s in data.available_splits()
+    ]
     df = pd.concat(frames, ignore_index=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     clipped = df.assign(**{"duration (s)": df["duration (s)"].clip(upper=max_seconds)})
-    sns.histplot(clipped, x="duration (s)", hue="split", bins=60, stat="density", common_norm=False,
-                 element="step", ax=ax)
+    sns.histplot(
+        clipped, x="duration (s)", hue="split", bins=60, stat="density", common_norm=False, element="step", ax=ax
+    )
     pub = published_ek100_statistics().set_index("statistic")["value"]
-    ax.axvline(pub["segment duration mean"], color="k", ls="--", lw=1,
-               label=f"reported mean {pub['segment duration mean']:.2f} s")
+    ax.axvline(
+        pub["segment duration mean"],
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"reported mean {pub['segment duration mean']:.2f} s",
+    )
     for (s, g), color in zip(df.groupby("split", sort=False), sns.color_palette()):
-        ax.axvline(g["duration (s)"].mean(), lw=1.2, ls=":", color=color, label=f"{s} mean {g['duration (s)'].mean():.2f} s")
+        ax.axvline(
+            g["duration (s)"].mean(), lw=1.2, ls=":", color=color, label=f"{s} mean {g['duration (s)'].mean():.2f} s"
+        )
     ax.set_title(f"Segment durations ({data.dataset}; values above {max_seconds:g} s shown at {max_seconds:g} s)")
     handles, labels = ax.get_legend_handles_labels()
     leg = ax.get_legend()
     if leg is not None:
-        ax.legend(handles=leg.legend_handles + handles,
-                  labels=[t.get_text() for t in leg.get_texts()] + labels, fontsize=8)
+        ax.legend(
+            handles=leg.legend_handles + handles, labels=[t.get_text() for t in leg.get_texts()] + labels, fontsize=8
+        )
     fig.tight_layout()
     return fig
 
@@ -108,18 +126,21 @@ def synthetic_world_summary(card: dict) -> pd.DataFrame:
     """Per kind of segment in the synthetic world: how many, and how far back (in segments) the object named by
     the narration was last visible. ``> 10 back`` is beyond FlowNar-C's 10-narration text window."""
     rows = []
-    for uid, video in card["videos"].items():
+    for video in card["videos"].values():
         for i, seg in enumerate(video["segments"]):
             dep = seg.get("depends_on")
-            rows.append({"split": video["split"], "kind": seg["kind"],
-                         "gap": (i - dep) if dep is not None else np.nan})
+            rows.append({"split": video["split"], "kind": seg["kind"], "gap": (i - dep) if dep is not None else np.nan})
     df = pd.DataFrame(rows)
     g = df.groupby("kind")
-    out = pd.DataFrame({
-        "segments": g.size(),
-        "share (%)": 100 * g.size() / len(df),
-        "mean gap (segments back)": g["gap"].mean(),
-        "max gap": g["gap"].max(),
-        "> 10 back (%)": g["gap"].apply(lambda x: 100 * (x > 10).sum() / x.notna().sum() if x.notna().any() else np.nan),
-    })
+    out = pd.DataFrame(
+        {
+            "segments": g.size(),
+            "share (%)": 100 * g.size() / len(df),
+            "mean gap (segments back)": g["gap"].mean(),
+            "max gap": g["gap"].max(),
+            "> 10 back (%)": g["gap"].apply(
+                lambda x: 100 * (x > 10).sum() / x.notna().sum() if x.notna().any() else np.nan
+            ),
+        }
+    )
     return out.round(1)

@@ -31,6 +31,7 @@ Everything random comes from ``numpy.random.default_rng(SeedSequence(seed, spawn
 seed alone, video ``i``'s world, features and annotation noise from (seed, i), so the world of video ``i`` is the
 same in every layout and the same (seed, profile, layout) gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import io
@@ -109,8 +110,22 @@ def synth_config(profile: str) -> SynthConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Vocabulary and affordances
 
-VERBS = ["take", "put down", "open", "close", "wash", "dry", "cut", "peel", "stir", "pour", "turn on", "turn off",
-         "fill", "wipe"]
+VERBS = [
+    "take",
+    "put down",
+    "open",
+    "close",
+    "wash",
+    "dry",
+    "cut",
+    "peel",
+    "stir",
+    "pour",
+    "turn on",
+    "turn off",
+    "fill",
+    "wipe",
+]
 CONTAINERS = ["fridge", "drawer", "cupboard"]
 SWITCHES = ["tap", "hob", "kettle"]
 UTENSILS = ["knife", "spoon", "fork", "plate", "bowl", "cup", "glass", "pan", "pot", "lid", "board"]
@@ -123,8 +138,23 @@ HOMES = {  # where items are stored at the start of a video
     "drawer": ["knife", "spoon", "fork", "towel"],
     "cupboard": ["plate", "bowl", "cup", "glass", "jar", "oil", "pan", "pot", "lid"],
 }
-WASHABLE = ["knife", "spoon", "fork", "plate", "bowl", "cup", "glass", "pan", "pot", "lid", "board", "tomato",
-            "carrot", "potato", "pepper"]
+WASHABLE = [
+    "knife",
+    "spoon",
+    "fork",
+    "plate",
+    "bowl",
+    "cup",
+    "glass",
+    "pan",
+    "pot",
+    "lid",
+    "board",
+    "tomato",
+    "carrot",
+    "potato",
+    "pepper",
+]
 DRYABLE = ["knife", "spoon", "fork", "plate", "bowl", "cup", "glass", "pan", "pot", "lid", "board"]
 CUTTABLE = FOODS
 PEELABLE = ["onion", "carrot", "potato", "garlic"]
@@ -134,11 +164,33 @@ FILLABLE = ["kettle", "pot", "glass", "cup"]
 WIPEABLE = ["counter", "board"]
 
 # duration factor per verb (quick grasps vs. long manipulations)
-VERB_DURATION = {"take": 0.55, "put down": 0.45, "open": 0.5, "close": 0.4, "wash": 1.6, "dry": 1.2, "cut": 1.8,
-                 "peel": 2.0, "stir": 1.6, "pour": 1.0, "turn on": 0.35, "turn off": 0.35, "fill": 1.3, "wipe": 1.4}
+VERB_DURATION = {
+    "take": 0.55,
+    "put down": 0.45,
+    "open": 0.5,
+    "close": 0.4,
+    "wash": 1.6,
+    "dry": 1.2,
+    "cut": 1.8,
+    "peel": 2.0,
+    "stir": 1.6,
+    "pour": 1.0,
+    "turn on": 0.35,
+    "turn off": 0.35,
+    "fill": 1.3,
+    "wipe": 1.4,
+}
 # second-pass paraphrases (Ego4D second annotation pass, EgoExo4D second annotator)
-PARAPHRASES = {"take": "pick up", "put down": "set down", "turn on": "switch on", "turn off": "switch off",
-               "wash": "rinse", "cut": "slice", "close": "shut", "wipe": "clean"}
+PARAPHRASES = {
+    "take": "pick up",
+    "put down": "set down",
+    "turn on": "switch on",
+    "turn off": "switch off",
+    "wash": "rinse",
+    "cut": "slice",
+    "close": "shut",
+    "wipe": "clean",
+}
 
 # token layout: 0 = CLS; grid tokens 1..9 row-major (1 2 3 / 4 5 6 / 7 8 9)
 CLS_TOKEN = 0
@@ -308,8 +360,9 @@ class _Kitchen:
             self.t = end
 
     # -------------------------------------------------------------------- the one place actions are emitted
-    def act(self, verb: str, noun: str, kind: str = "local", container: str | None = None,
-            generic: str | None = None) -> int:
+    def act(
+        self, verb: str, noun: str, kind: str = "local", container: str | None = None, generic: str | None = None
+    ) -> int:
         """Emit an action and update the state. ``generic`` replaces the noun's prototype in the centre token
         ("held" for put-down, "grasp" for a hidden retrieval): the noun's identity is then not in the frames."""
         end = round(self.t + self.duration_of(verb), 2)
@@ -331,8 +384,11 @@ class _Kitchen:
         visible = sorted({key[5:] for _, key, _ in comps if key.startswith("noun:")})
         for x in visible:
             self.last_seen[x] = idx
-        self.segments.append(Segment(self.t, end, verb, noun, _text(verb, noun, container), kind, depends_on,
-                                     visible, container, held_before))
+        self.segments.append(
+            Segment(
+                self.t, end, verb, noun, _text(verb, noun, container), kind, depends_on, visible, container, held_before
+            )
+        )
         self.spans.append(Span(self.t, end, comps))
         self.t = end
         self._update(verb, noun, container)
@@ -514,8 +570,15 @@ class _Kitchen:
         return True
 
     # relative frequency of the scripts (carry / fetch / reveal create the long-range dependencies)
-    SCRIPTS = [("carry", 1.6), ("fetch", 1.5), ("reveal", 1.4), ("wash", 2.2), ("cut", 3.0), ("cook", 2.0),
-               ("single", 2.5)]
+    SCRIPTS = [
+        ("carry", 1.6),
+        ("fetch", 1.5),
+        ("reveal", 1.4),
+        ("wash", 2.2),
+        ("cut", 3.0),
+        ("cook", 2.0),
+        ("single", 2.5),
+    ]
 
     def run(self) -> None:
         names = [n for n, _ in self.SCRIPTS]
@@ -592,8 +655,10 @@ def render_features(video: SynthVideo, protos: dict, cfg: SynthConfig, seed: int
     x[:, 1:] = grid
     x[:, 0] = grid.mean(axis=1)  # CLS: a global summary of the grid (+ its own noise below)
     sigma = math.sqrt(D) / cfg.frame_snr
-    x += sigma * (math.sqrt(cfg.ar_share) * _ar1(rng, (T, 10, D), cfg.ar_rho)
-                  + math.sqrt(1.0 - cfg.ar_share) * rng.standard_normal((T, 10, D), dtype=np.float32))
+    x += sigma * (
+        math.sqrt(cfg.ar_share) * _ar1(rng, (T, 10, D), cfg.ar_rho)
+        + math.sqrt(1.0 - cfg.ar_share) * rng.standard_normal((T, 10, D), dtype=np.float32)
+    )
     x /= math.sqrt(A_SCENE**2 + SCENE_DRIFT**2 + A_POSITION**2 + 0.4 + sigma**2)
     return x
 
@@ -622,15 +687,25 @@ def _second_pass(video: SynthVideo, cfg: SynthConfig, rng: np.random.Generator) 
     return out
 
 
-AFFORDANCES = ([("take", x) for x in PORTABLE] + [("put down", x) for x in PORTABLE]
-               + [(v, c) for v in ("open", "close") for c in CONTAINERS] + [("wash", x) for x in WASHABLE]
-               + [("dry", x) for x in DRYABLE] + [("cut", x) for x in CUTTABLE] + [("peel", x) for x in PEELABLE]
-               + [("stir", x) for x in STIRRABLE] + [("pour", x) for x in POURABLE] + [("fill", x) for x in FILLABLE]
-               + [("wipe", x) for x in WIPEABLE] + [(v, s) for v in ("turn on", "turn off") for s in SWITCHES])
+AFFORDANCES = (
+    [("take", x) for x in PORTABLE]
+    + [("put down", x) for x in PORTABLE]
+    + [(v, c) for v in ("open", "close") for c in CONTAINERS]
+    + [("wash", x) for x in WASHABLE]
+    + [("dry", x) for x in DRYABLE]
+    + [("cut", x) for x in CUTTABLE]
+    + [("peel", x) for x in PEELABLE]
+    + [("stir", x) for x in STIRRABLE]
+    + [("pour", x) for x in POURABLE]
+    + [("fill", x) for x in FILLABLE]
+    + [("wipe", x) for x in WIPEABLE]
+    + [(v, s) for v in ("turn on", "turn off") for s in SWITCHES]
+)
 
 
-def _egoexo_descriptions(narrations: list[dict], video: SynthVideo, cfg: SynthConfig,
-                         rng: np.random.Generator) -> list[dict]:
+def _egoexo_descriptions(
+    narrations: list[dict], video: SynthVideo, cfg: SynthConfig, rng: np.random.Generator
+) -> list[dict]:
     """EgoExo4D descriptions: the narrations (ego-visible) plus ~invisible_rate of descriptions of actions the
     egocentric camera does not see (``ego_visible: false``; nothing in the features matches them)."""
     out = [{"timestamp": n["time"], "text": n["text"], "ego_visible": True} for n in narrations]
@@ -658,8 +733,9 @@ def _segment_summaries(duration: float, passes: dict[str, list[dict]], window: f
     windows = _summary_windows(duration, window)
     for w, (s, e) in enumerate(windows):
         last = w == len(windows) - 1
-        inside = {ann: [n for n in nars if s <= n["time"] < e or (last and n["time"] == e)]
-                  for ann, nars in passes.items()}
+        inside = {
+            ann: [n for n in nars if s <= n["time"] < e or (last and n["time"] == e)] for ann, nars in passes.items()
+        }
         inside = {ann: {"narration": nars} for ann, nars in inside.items() if nars}
         if inside:
             out[f"{s:.1f}, {e:.1f}"] = inside
@@ -722,8 +798,15 @@ def _clear_previous(out: Path) -> None:
             (out / "annotations" / name).unlink(missing_ok=True)
 
 
-def write_synthetic_dataset(out, layout: str = "ek100", profile: str = "smoke", seed: int = 0,
-                            feature_format: str = "pt", overwrite: bool = False, progress: bool = True) -> Path:
+def write_synthetic_dataset(
+    out,
+    layout: str = "ek100",
+    profile: str = "smoke",
+    seed: int = 0,
+    feature_format: str = "pt",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Write the synthetic world (``profile``, ``seed``) as a complete dataset root in ``layout``'s file layout.
 
     Returns the root. Raises FileExistsError when ``out`` is non-empty and ``overwrite`` is False. Files are
@@ -759,8 +842,12 @@ def write_synthetic_dataset(out, layout: str = "ek100", profile: str = "smoke", 
         _atomic_write(feature_dir / name, _feature_bytes(x, feature_format))
         metadata[uid] = {"duration": (x.shape[0] - 1) / cfg.fps, "path": name}
         splits[split].append(uid)
-        videos[uid] = {"split": split, "index": i, "duration": video.duration,
-                       "segments": [s.card() for s in video.segments]}
+        videos[uid] = {
+            "split": split,
+            "index": i,
+            "duration": video.duration,
+            "segments": [s.card() for s in video.segments],
+        }
 
         ann_rng = _rng(seed, 1, i, 2)
         first = _first_pass(video)
@@ -773,8 +860,9 @@ def write_synthetic_dataset(out, layout: str = "ek100", profile: str = "smoke", 
                 summaries[uid] = _segment_summaries(video.duration, passes, cfg.summary_window_s)
         else:  # egoexo4d: two annotator entries per take
             second = _second_pass(video, cfg, ann_rng)
-            narrations[split][uid] = [{"descriptions": _egoexo_descriptions(n, video, cfg, ann_rng)}
-                                      for n in (first, second)]
+            narrations[split][uid] = [
+                {"descriptions": _egoexo_descriptions(n, video, cfg, ann_rng)} for n in (first, second)
+            ]
 
     for split, obj in narrations.items():
         _write_json(lay.annotation_path(out, split), obj)

@@ -8,10 +8,11 @@ The word-level tokenizer keeps the layout's punctuation as the Llama-3 BPE does:
 ``.\\n\\n`` and ``\\n`` are single tokens, ``[`` and ``,`` stand alone, and spaces are kept (Metaspace) so that
 decoding gives the text back.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast

@@ -1,5 +1,6 @@
 """Efficiency accounting without running a model: model sizes, the narration schedule, the token simulator, KV
 bytes and MACs (the conventions are in :mod:`flownar.efficiency`)."""
+
 from __future__ import annotations
 
 import functools
@@ -103,8 +104,14 @@ class Layout:
         from ..stream import prompt_plan
 
         head, tags, tail = prompt_plan(chat, eval_prompt_messages())
-        return cls(chat.frame_num_tokens, chat.num_m_tokens, len(head), sum(t[0] == "frames" for t in tags),
-                   len(tail), text_tokens)
+        return cls(
+            chat.frame_num_tokens,
+            chat.num_m_tokens,
+            len(head),
+            sum(t[0] == "frames" for t in tags),
+            len(tail),
+            text_tokens,
+        )
 
 
 @dataclass
@@ -244,8 +251,15 @@ def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
 
     n = cfg.frame_num_tokens if n_tokens is None else n_tokens
     with torch.device("meta"):
-        clam = CLAM(CLAMConfig(d_model=cfg.vision_hidden_size, n_heads=cfg.clam_heads, n_queries=cfg.num_m_tokens,
-                               expand_k=cfg.clam_expand_k, dropout=0.0)).eval()
+        clam = CLAM(
+            CLAMConfig(
+                d_model=cfg.vision_hidden_size,
+                n_heads=cfg.clam_heads,
+                n_queries=cfg.num_m_tokens,
+                expand_k=cfg.clam_expand_k,
+                dropout=0.0,
+            )
+        ).eval()
         x = torch.zeros(1, n, cfg.vision_hidden_size)
         state = clam.init_state(1, dtype=torch.float32)
         out = {}
@@ -280,8 +294,10 @@ def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
 def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
     """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block) MACs."""
     D, H = cfg.vision_hidden_size, cfg.hidden_size
-    out = {"connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
-           "clam": 0 * frames}
+    out = {
+        "connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
+        "clam": 0 * frames,
+    }
     if cfg.use_memory:
         clam = clam or clam_macs(cfg)
         out["clam"] = frames * clam["update"] + memory_blocks * clam["read"]

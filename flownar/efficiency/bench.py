@@ -1,5 +1,6 @@
 """The streaming benchmark: the real engine on random weights, replaying one narration schedule for every system;
 per-frame wall time and, at 1, 10, 100, ... frames, cached tokens, KV bytes and memory (``flownar bench``)."""
+
 from __future__ import annotations
 
 import gc
@@ -11,8 +12,18 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .accounting import (EK100_SEGMENT_STATS, Layout, bench_chat, bench_config, bench_model, kv_bytes_per_token,
-                         narration_schedule, simulate_stream, stream_macs)
+from .accounting import (
+    EK100_SEGMENT_STATS,
+    Layout,
+    bench_chat,
+    bench_config,
+    bench_model,
+    kv_bytes_per_token,
+    narration_schedule,
+    simulate_stream,
+    stream_macs,
+)
+
 
 # ---------------------------------------------------------------------------------------------------- benchmark
 def _rss_bytes() -> int:
@@ -34,8 +45,18 @@ def checkpoints_up_to(n: int) -> list[int]:
     return out + [n]
 
 
-def run_stream_bench(model, chat, schedule: list[int], n_frames: int, *, text_tokens: int = 12,
-                     engine: str = "static", progress: bool = False, frame_pool: int = 64, seed: int = 0) -> dict:
+def run_stream_bench(
+    model,
+    chat,
+    schedule: list[int],
+    n_frames: int,
+    *,
+    text_tokens: int = 12,
+    engine: str = "static",
+    progress: bool = False,
+    frame_pool: int = 64,
+    seed: int = 0,
+) -> dict:
     """Push ``n_frames`` random frames through a Narrator replaying ``schedule`` with ``text_tokens``-token
     narrations. Returns per-frame wall times and, at 1, 10, 100, ... frames, the cache and memory."""
     from ..progress import progress_bar
@@ -69,18 +90,32 @@ def run_stream_bench(model, chat, schedule: list[int], n_frames: int, *, text_to
         times[i] = time.perf_counter() - t0
         if i + 1 in marks:
             st, rss = narrator.state_size(), _rss_bytes()
-            p = {"frames": i + 1, "cache_tokens": st["tokens"], "kv_bytes": st["kv_bytes"],
-                 "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
-                 "clam_state_bytes": st["clam_state_bytes"], "rss_bytes": rss,
-                 "rss_growth_bytes": rss - base_rss, "elapsed_s": time.perf_counter() - t_all}
+            p = {
+                "frames": i + 1,
+                "cache_tokens": st["tokens"],
+                "kv_bytes": st["kv_bytes"],
+                "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
+                "clam_state_bytes": st["clam_state_bytes"],
+                "rss_bytes": rss,
+                "rss_growth_bytes": rss - base_rss,
+                "elapsed_s": time.perf_counter() - t_all,
+            }
             if cuda:
                 p["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
                 p["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
             points.append(p)
     total = time.perf_counter() - t_all
-    return {"system": cfg.system, "engine": engine, "frames": n_frames, "total_s": total, "fps": n_frames / total,
-            "narrations": narrator.counters.narrations, "points": points,
-            "frame_ms": np.round(times * 1e3, 4).tolist(), "reallocations": getattr(narrator.cache, "reallocations", None)}
+    return {
+        "system": cfg.system,
+        "engine": engine,
+        "frames": n_frames,
+        "total_s": total,
+        "fps": n_frames / total,
+        "narrations": narrator.counters.narrations,
+        "points": points,
+        "frame_ms": np.round(times * 1e3, 4).tolist(),
+        "reallocations": getattr(narrator.cache, "reallocations", None),
+    }
 
 
 def per_frame_ms(result: dict, at: int, window: int | None = None) -> float:
@@ -88,7 +123,7 @@ def per_frame_ms(result: dict, at: int, window: int | None = None) -> float:
     at most 500)."""
     ms = np.asarray(result["frame_ms"])
     w = window or max(1, min(at // 2, 500))
-    return float(ms[max(0, at - w):at].mean())
+    return float(ms[max(0, at - w) : at].mean())
 
 
 def device_name(device: str) -> str:
@@ -97,26 +132,49 @@ def device_name(device: str) -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def run_bench(systems: list[str], frames: list[int], config: str = "tiny", device: str = "cpu",
-              dtype: str | None = None, engine: str = "static", segment_stats: tuple[float, float] = EK100_SEGMENT_STATS,
-              text_tokens: int = 12, seed: int = 0, progress: bool = True, count_macs: bool = True) -> dict:
+def run_bench(
+    systems: list[str],
+    frames: list[int],
+    config: str = "tiny",
+    device: str = "cpu",
+    dtype: str | None = None,
+    engine: str = "static",
+    segment_stats: tuple[float, float] = EK100_SEGMENT_STATS,
+    text_tokens: int = 12,
+    seed: int = 0,
+    progress: bool = True,
+    count_macs: bool = True,
+) -> dict:
     """``flownar bench``: for each system, one stream of ``max(frames)`` frames (or per-system lengths when
     ``frames`` is a dict), the same schedule for all. Returns a JSON-able dict of raw results."""
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")]
+        dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    ]
     chat = bench_chat()
     lengths = frames if isinstance(frames, dict) else {s: max(frames) for s in systems}
     schedule = narration_schedule(max(lengths.values()), *segment_stats, seed=seed)
     layout = Layout.from_chat(chat, text_tokens)
-    out = {"config": config, "device": device_name(device), "device_kind": str(device), "dtype": str(dt).split(".")[-1],
-           "engine": engine, "segment_stats_s": list(segment_stats), "text_tokens": text_tokens, "seed": seed,
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "layout": asdict(layout), "runs": []}
+    out = {
+        "config": config,
+        "device": device_name(device),
+        "device_kind": str(device),
+        "dtype": str(dt).split(".")[-1],
+        "engine": engine,
+        "segment_stats_s": list(segment_stats),
+        "text_tokens": text_tokens,
+        "seed": seed,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "layout": asdict(layout),
+        "runs": [],
+    }
     for system in systems:
         cfg = bench_config(system, config, chat)
         model = bench_model(cfg, device, dt, seed)
         n = lengths[system]
-        res = run_stream_bench(model, chat, schedule, n, text_tokens=text_tokens, engine=engine, progress=progress,
-                               seed=seed)
+        res = run_stream_bench(
+            model, chat, schedule, n, text_tokens=text_tokens, engine=engine, progress=progress, seed=seed
+        )
         res["params"] = sum(p.numel() for p in model.parameters())
         res["kv_bytes_per_token"] = kv_bytes_per_token(cfg, torch.finfo(dt).bits // 8)
         if count_macs:

@@ -1,19 +1,41 @@
 """The efficiency tables and figure: which reading of the paper's "Cache" column fits its numbers, our analytic
 MACs/cache at the paper's sizes beside the paper's columns, measured runs, and Fig. 4's layout."""
+
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .accounting import (EK100_SEGMENT_STATS, Layout, StreamTrace, bench_chat, bench_config, bench_model,
-                         cache_bytes, cumulative_macs, kv_bytes_per_token, narration_schedule, simulate_stream,
-                         stream_macs)
+from .accounting import (
+    EK100_SEGMENT_STATS,
+    Layout,
+    StreamTrace,
+    bench_chat,
+    bench_config,
+    bench_model,
+    cache_bytes,
+    cumulative_macs,
+    kv_bytes_per_token,
+    narration_schedule,
+    simulate_stream,
+    stream_macs,
+)
 from .bench import per_frame_ms
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 # ---------------------------------------------------------------------------------------------------- paper fit
-def paper_cache_fit(paper: "pd.DataFrame", schedule_stats: dict[str, tuple[float, float]], chat=None,
-                    text_tokens: int = 12, llm: str = "llama-3.2-1b") -> "pd.DataFrame":
+def paper_cache_fit(
+    paper: "pd.DataFrame",
+    schedule_stats: dict[str, tuple[float, float]],
+    chat=None,
+    text_tokens: int = 12,
+    llm: str = "llama-3.2-1b",
+) -> "pd.DataFrame":
     """Which definition of the paper's Cache column fits its numbers?
 
     For each dataset and each candidate definition (the cache at the end of the video, its peak or its mean over
@@ -34,8 +56,12 @@ def paper_cache_fit(paper: "pd.DataFrame", schedule_stats: dict[str, tuple[float
         vals = {r.method: r.cache_M for r in grp.itertuples()}
         curves, macs = {}, {}
         max_frames = 8_000  # 66 min at 2 fps
-        for sysname, method in (("videollm-online", "VideoLLM-online"), ("videollm-mod", "VideoLLM-MoD"),
-                                ("flownar-c", "FlowNar-C"), ("flownar", "FlowNar")):
+        for sysname, method in (
+            ("videollm-online", "VideoLLM-online"),
+            ("videollm-mod", "VideoLLM-MoD"),
+            ("flownar-c", "FlowNar-C"),
+            ("flownar", "FlowNar"),
+        ):
             cfg = bench_config(sysname, llm, chat)
             sched = narration_schedule(max_frames, mean_s, std_s, seed=0)
             tr = simulate_stream(cfg, layout, sched, max_frames, finish=False)
@@ -48,7 +74,7 @@ def paper_cache_fit(paper: "pd.DataFrame", schedule_stats: dict[str, tuple[float
             curves[method] = (elems, np.maximum.accumulate(elems), np.cumsum(elems) / np.arange(1, len(elems) + 1))
             macs[method] = cumulative_macs(cfg, tr)
         for stat, b, unit in defs:
-            scale = b / (1e6 if unit == "MB" else 2 ** 20)
+            scale = b / (1e6 if unit == "MB" else 2**20)
             on = curves["VideoLLM-online"][which[stat]] * scale  # increasing with the stream length
             T = int(np.searchsorted(on, vals["VideoLLM-online"]))  # frames at which online matches
             if T >= max_frames:
@@ -60,13 +86,19 @@ def paper_cache_fit(paper: "pd.DataFrame", schedule_stats: dict[str, tuple[float
             # is over the frames of a T-frame video)
             macs_pred = {m: float(macs[m][T] / 1e12) for m in macs}
             err["MACs VideoLLM-online"] = macs_pred["VideoLLM-online"] / paper_macs["VideoLLM-online"] - 1
-            rows.append(dict(dataset=ds, definition=f"{stat}, {'bf16' if b == 2 else 'fp32'}, {unit}",
-                             frames=T + 1, minutes=(T + 1) / 2 / 60,
-                             **{f"pred {m}": round(p, 1) for m, p in pred.items()},
-                             **{f"paper {m}": vals.get(m) for m in pred},
-                             **{f"pred MACs {m} (T)": round(x, 2) for m, x in macs_pred.items()},
-                             **{f"err {m}": round(100 * e, 1) for m, e in err.items()},
-                             mean_abs_err_pct=round(100 * float(np.mean([abs(e) for e in err.values()])), 1)))
+            rows.append(
+                dict(
+                    dataset=ds,
+                    definition=f"{stat}, {'bf16' if b == 2 else 'fp32'}, {unit}",
+                    frames=T + 1,
+                    minutes=(T + 1) / 2 / 60,
+                    **{f"pred {m}": round(p, 1) for m, p in pred.items()},
+                    **{f"paper {m}": vals.get(m) for m in pred},
+                    **{f"pred MACs {m} (T)": round(x, 2) for m, x in macs_pred.items()},
+                    **{f"err {m}": round(100 * e, 1) for m, e in err.items()},
+                    mean_abs_err_pct=round(100 * float(np.mean([abs(e) for e in err.values()])), 1),
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -95,17 +127,26 @@ def paper_fig4() -> "pd.DataFrame":
 
     from ..paths import RESOURCES_DIR
 
-    return pd.read_csv(RESOURCES_DIR / "paper_efficiency.csv", comment="#",
-                       names=["figure", "method", "llm", "frames", "value", "unit"])
+    return pd.read_csv(
+        RESOURCES_DIR / "paper_efficiency.csv",
+        comment="#",
+        names=["figure", "method", "llm", "frames", "value", "unit"],
+    )
 
 
 def _definition_scale(definition: str) -> tuple[str, float]:
     stat, dt, unit = [x.strip() for x in definition.split(",")]
-    return stat, (2 if dt == "bf16" else 4) / (1e6 if unit == "MB" else 2 ** 20)
+    return stat, (2 if dt == "bf16" else 4) / (1e6 if unit == "MB" else 2**20)
 
 
-def real_scale_table(dataset: str, fit: "pd.DataFrame", definition: str, llm: str = "llama-3.2-1b",
-                     segment_stats: tuple[float, float] = EK100_SEGMENT_STATS, text_tokens: int = 12) -> "pd.DataFrame":
+def real_scale_table(
+    dataset: str,
+    fit: "pd.DataFrame",
+    definition: str,
+    llm: str = "llama-3.2-1b",
+    segment_stats: tuple[float, float] = EK100_SEGMENT_STATS,
+    text_tokens: int = 12,
+) -> "pd.DataFrame":
     """Per-video MACs and KV cache of every system at the real LLM size, for a video of the length implied by the
     fit (``definition``), beside the paper's columns. Analytic (simulator + formulas), so it is exact and
     deterministic; the formulas are tested against the flop counter and the engine's cache."""
@@ -131,15 +172,24 @@ def real_scale_table(dataset: str, fit: "pd.DataFrame", definition: str, llm: st
         tr = simulate_stream(cfg, layout, sched, T, finish=False)
         n_r = len(cfg.routed_layers)
         per_layer = kv_bytes_per_token(cfg, 1) / cfg.num_hidden_layers
-        elems = per_layer * ((cfg.num_hidden_layers - n_r) * np.asarray(tr.frame_tokens_after, float)
-                             + n_r * np.asarray(tr.frame_tokens_after_routed, float))
+        elems = per_layer * (
+            (cfg.num_hidden_layers - n_r) * np.asarray(tr.frame_tokens_after, float)
+            + n_r * np.asarray(tr.frame_tokens_after_routed, float)
+        )
         cache = {"final": elems[-1], "peak": elems.max(), "mean": elems.mean()}[stat] * scale
         macs = stream_macs(cfg, tr)
         disp = SYSTEM_NAMES[system]
-        rows.append({"system": disp, "MACs (T)": macs["total"] / 1e12,
-                     "paper: MACs (T)": paper["macs_T"].get(disp, np.nan),
-                     "Cache (M)": cache, "paper: Cache (M)": paper["cache_M"].get(disp, np.nan),
-                     "cache tokens": tr.frame_tokens_after[-1], "narrations": tr.narrations})
+        rows.append(
+            {
+                "system": disp,
+                "MACs (T)": macs["total"] / 1e12,
+                "paper: MACs (T)": paper["macs_T"].get(disp, np.nan),
+                "Cache (M)": cache,
+                "paper: Cache (M)": paper["cache_M"].get(disp, np.nan),
+                "cache tokens": tr.frame_tokens_after[-1],
+                "narrations": tr.narrations,
+            }
+        )
     df = pd.DataFrame(rows).set_index("system")
     on = df.loc[SYSTEM_NAMES["videollm-online"]]
     df.insert(4, "Cache reduction (x)", on["Cache (M)"] / df["Cache (M)"])
@@ -160,29 +210,49 @@ def measured_table(results: list[dict]) -> "pd.DataFrame":
         for r in res["runs"]:
             last = r["points"][-1]
             n = r["frames"]
-            row = {"source": res.get("label", ""), "device": res["device"], "config": res["config"],
-                   "engine": res["engine"], "system": SYSTEM_NAMES.get(r["system"], r["system"]), "frames": n,
-                   "FPS": r["fps"], "ms/frame @100": per_frame_ms(r, min(100, n)), "ms/frame @end": per_frame_ms(r, n),
-                   "KV (MiB) @end": last["kv_bytes"] / 2 ** 20, "cache tokens @end": last["cache_tokens"]}
+            row = {
+                "source": res.get("label", ""),
+                "device": res["device"],
+                "config": res["config"],
+                "engine": res["engine"],
+                "system": SYSTEM_NAMES.get(r["system"], r["system"]),
+                "frames": n,
+                "FPS": r["fps"],
+                "ms/frame @100": per_frame_ms(r, min(100, n)),
+                "ms/frame @end": per_frame_ms(r, n),
+                "KV (MiB) @end": last["kv_bytes"] / 2**20,
+                "cache tokens @end": last["cache_tokens"],
+            }
             row["time growth (@end / @100)"] = row["ms/frame @end"] / row["ms/frame @100"]
             if on is not None and on["frames"] == n:
                 row["FPS / VideoLLM-online"] = r["fps"] / on["fps"]
             if "cuda_max_allocated_bytes" in last:
-                row["GPU max allocated (GiB)"] = last["cuda_max_allocated_bytes"] / 2 ** 30
+                row["GPU max allocated (GiB)"] = last["cuda_max_allocated_bytes"] / 2**30
             else:
-                row["RSS change (MiB)"] = last["rss_growth_bytes"] / 2 ** 20
+                row["RSS change (MiB)"] = last["rss_growth_bytes"] / 2**20
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def memory_curve(system: str, llm: str, frames: list[int], segment_stats=EK100_SEGMENT_STATS,
-                 text_tokens: int = 12, bytes_per_element: int = 2) -> dict[str, np.ndarray]:
+def memory_curve(
+    system: str,
+    llm: str,
+    frames: list[int],
+    segment_stats=EK100_SEGMENT_STATS,
+    text_tokens: int = 12,
+    bytes_per_element: int = 2,
+) -> dict[str, np.ndarray]:
     """Analytic GPU memory of the real-size model vs stream length: weights + KV cache (+ CLAM state), in bytes."""
     chat = bench_chat()
     cfg = bench_config(system, llm, chat)
     tr = _system_trace(system, max(frames), tuple(segment_stats), text_tokens)
-    kv = np.array([cache_bytes(cfg, tr.frame_tokens_after[f - 1], tr.frame_tokens_after_routed[f - 1],
-                               bytes_per_element) for f in frames], float)
+    kv = np.array(
+        [
+            cache_bytes(cfg, tr.frame_tokens_after[f - 1], tr.frame_tokens_after_routed[f - 1], bytes_per_element)
+            for f in frames
+        ],
+        float,
+    )
     params = sum(p.numel() for p in bench_model(cfg, device="meta").parameters())
     return {"frames": np.asarray(frames), "kv": kv, "weights": params * bytes_per_element}
 
@@ -191,8 +261,13 @@ def memory_curve(system: str, llm: str, frames: list[int], segment_stats=EK100_S
 def _system_trace(system: str, n: int, segment_stats: tuple[float, float], text_tokens: int) -> StreamTrace:
     """Token counts do not depend on the LLM size: one trace per system, shared by every size."""
     chat = bench_chat()
-    return simulate_stream(bench_config(system, "micro", chat), Layout.from_chat(chat, text_tokens),
-                           narration_schedule(n, *segment_stats), n, finish=False)
+    return simulate_stream(
+        bench_config(system, "micro", chat),
+        Layout.from_chat(chat, text_tokens),
+        narration_schedule(n, *segment_stats),
+        n,
+        finish=False,
+    )
 
 
 def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), segment_stats=EK100_SEGMENT_STATS):
@@ -203,8 +278,13 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
 
     from ..models import SYSTEM_NAMES
 
-    colors = {"videollm-online": "#1f77b4", "videollm-mod": "#ff7f0e", "flownar-c": "#2ca02c", "flownar": "#d62728",
-              "dcm-only": "#9467bd"}
+    colors = {
+        "videollm-online": "#1f77b4",
+        "videollm-mod": "#ff7f0e",
+        "flownar-c": "#2ca02c",
+        "flownar": "#d62728",
+        "dcm-only": "#9467bd",
+    }
     fig4 = paper_fig4()
     fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
     frames = [1, 10, 100, 1000, 10_000]
@@ -212,8 +292,13 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
         for system in ("videollm-online", "videollm-mod", "flownar-c", "flownar"):
             fr = frames + ([100_000] if system in ("flownar-c", "flownar") else [])
             c = memory_curve(system, llm, fr, segment_stats)
-            ax.plot(c["frames"], (c["weights"] + c["kv"]) / 1e9, "-", color=colors[system],
-                    label=f"{SYSTEM_NAMES[system]} (analytic)")
+            ax.plot(
+                c["frames"],
+                (c["weights"] + c["kv"]) / 1e9,
+                "-",
+                color=colors[system],
+                label=f"{SYSTEM_NAMES[system]} (analytic)",
+            )
             pts = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == SYSTEM_NAMES[system])]
             ax.plot(pts.frames, pts.value, "o", mfc="none", color=colors[system], ms=8)
             for res in results:
@@ -221,29 +306,55 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
                     continue
                 run = {r["system"]: r for r in res["runs"]}.get(system)
                 if run and "cuda_max_allocated_bytes" in run["points"][0]:
-                    ax.plot([p["frames"] for p in run["points"]],
-                            [p["cuda_max_allocated_bytes"] / 1e9 for p in run["points"]], "x--", color=colors[system])
+                    ax.plot(
+                        [p["frames"] for p in run["points"]],
+                        [p["cuda_max_allocated_bytes"] / 1e9 for p in run["points"]],
+                        "x--",
+                        color=colors[system],
+                    )
         both = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == "all")]
         ax.plot(both.frames, both.value, "ko", mfc="none", ms=8, label="paper (circles)")
-        ax.set(xscale="log", xlabel="frames in the stream", ylabel="GPU memory (GB)",
-               title=f"{llm}: weights + KV cache (bf16)")
+        ax.set(
+            xscale="log",
+            xlabel="frames in the stream",
+            ylabel="GPU memory (GB)",
+            title=f"{llm}: weights + KV cache (bf16)",
+        )
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     ax = axes[-1]
     systems = ["videollm-online", "videollm-mod", "flownar-c", "flownar"]
-    groups = [("paper 1B (H100)", {SYSTEM_NAMES[s]: fig4[(fig4.figure == "fps") & (fig4.llm == "1B") &
-                                                         (fig4.method == SYSTEM_NAMES[s])].value.mean() for s in systems})]
+    groups = [
+        (
+            "paper 1B (H100)",
+            {
+                SYSTEM_NAMES[s]: fig4[
+                    (fig4.figure == "fps") & (fig4.llm == "1B") & (fig4.method == SYSTEM_NAMES[s])
+                ].value.mean()
+                for s in systems
+            },
+        )
+    ]
     for res in results:
         fps = {SYSTEM_NAMES[r["system"]]: r["fps"] for r in res["runs"]}
         if SYSTEM_NAMES["videollm-online"] in fps and len({r["frames"] for r in res["runs"]}) == 1:
-            groups.append((f"ours: {res['config']}, {res.get('label') or res['device'][:18]}, {res['runs'][0]['frames']} fr.", fps))
+            groups.append(
+                (
+                    f"ours: {res['config']}, {res.get('label') or res['device'][:18]}, {res['runs'][0]['frames']} fr.",
+                    fps,
+                )
+            )
     width = 0.8 / len(groups)
     for g, (label, fps) in enumerate(groups):
         base = fps[SYSTEM_NAMES["videollm-online"]]
         vals = [fps.get(SYSTEM_NAMES[s], np.nan) / base for s in systems]
         ax.bar(np.arange(len(systems)) + g * width, vals, width, label=label, alpha=0.85)
-    ax.set_xticks(np.arange(len(systems)) + width * (len(groups) - 1) / 2, [SYSTEM_NAMES[s] for s in systems],
-                  rotation=15, fontsize=8)
+    ax.set_xticks(
+        np.arange(len(systems)) + width * (len(groups) - 1) / 2,
+        [SYSTEM_NAMES[s] for s in systems],
+        rotation=15,
+        fontsize=8,
+    )
     ax.set(ylabel="frames/s relative to VideoLLM-online", title="speed (same narration schedule)")
     ax.axhline(1, color="k", lw=0.5)
     ax.legend(fontsize=7)

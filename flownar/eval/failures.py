@@ -9,6 +9,7 @@ object; if not: a fine-grained object hallucination) and whether the
 segment needed long-range memory. On FlowNar-Data these world-state columns are empty: only the temporal
 categories (misses by segment duration, false alarms) are counted there.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,30 +72,70 @@ def analyse(data, pred_dir, system: str, split: str = "val", scoring: str = "cor
         clip = clips[ref.clip_id]
         segs = world["videos"].get(clip.video_uid, {}).get("segments", []) if world else []
         iou = m["iou"]
-        rows_c.append({"system": system, "clip_id": ref.clip_id, "video_uid": clip.video_uid, "f1": m["f1"],
-                       "precision": m["precision"], "recall": m["recall"], "n_gt": len(m["gt_segments"]),
-                       "n_pred": len(m["pred_segments"]), "duration_s": clip.num_frames / fps})
+        rows_c.append(
+            {
+                "system": system,
+                "clip_id": ref.clip_id,
+                "video_uid": clip.video_uid,
+                "f1": m["f1"],
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "n_gt": len(m["gt_segments"]),
+                "n_pred": len(m["pred_segments"]),
+                "duration_s": clip.num_frames / fps,
+            }
+        )
         for g, (a, b) in enumerate(m["gt_segments"]):
             best = int(iou[g].argmax()) if iou.shape[1] else -1
             seg = _segment_at(segs, (a + b) / 2) if segs else None
-            rows_g.append({"system": system, "clip_id": ref.clip_id, "gt_idx": g, "start": a, "end": b,
-                           "duration_s": b - a, "text": m["gt_texts"][g],
-                           "matched": bool(iou.shape[1]) and iou[g, best] >= IOU_THRESHOLD,
-                           "best_pred": best, "kind": seg["kind"] if seg else None})
+            rows_g.append(
+                {
+                    "system": system,
+                    "clip_id": ref.clip_id,
+                    "gt_idx": g,
+                    "start": a,
+                    "end": b,
+                    "duration_s": b - a,
+                    "text": m["gt_texts"][g],
+                    "matched": bool(iou.shape[1]) and iou[g, best] >= IOU_THRESHOLD,
+                    "best_pred": best,
+                    "kind": seg["kind"] if seg else None,
+                }
+            )
         for p, (t, (a, b)) in enumerate(zip(m["pred_times"], m["pred_segments"])):
             text = m["pred_texts"][p]
             noun = noun_in(text, nouns) if nouns else None
             seg = closing_segment(segs, t, fps) if segs else None
             # grounded: in view, held, the container in play, or the segment's own object (a hidden item named
             # from memory is not a hallucination)
-            visible = (seg["visible"] + seg.get("held", []) + [seg["noun"]] + ([seg["container"]] if seg.get("container")
-                       else [])) if seg else None
-            rows_p.append({"system": system, "clip_id": ref.clip_id, "pred_idx": p, "time": t, "start": a, "end": b,
-                           "text": text, "matched": bool(iou.shape[0]) and iou[:, p].max() >= IOU_THRESHOLD,
-                           "noun": noun, "gt_noun": seg["noun"] if seg else None, "kind": seg["kind"] if seg else None,
-                           "depends_on": seg.get("depends_on") if seg else None,
-                           "object_visible": (noun in visible) if (noun and visible is not None) else None,
-                           "correct_noun": (noun == seg["noun"]) if (noun and seg) else None})
+            visible = (
+                (
+                    seg["visible"]
+                    + seg.get("held", [])
+                    + [seg["noun"]]
+                    + ([seg["container"]] if seg.get("container") else [])
+                )
+                if seg
+                else None
+            )
+            rows_p.append(
+                {
+                    "system": system,
+                    "clip_id": ref.clip_id,
+                    "pred_idx": p,
+                    "time": t,
+                    "start": a,
+                    "end": b,
+                    "text": text,
+                    "matched": bool(iou.shape[0]) and iou[:, p].max() >= IOU_THRESHOLD,
+                    "noun": noun,
+                    "gt_noun": seg["noun"] if seg else None,
+                    "kind": seg["kind"] if seg else None,
+                    "depends_on": seg.get("depends_on") if seg else None,
+                    "object_visible": (noun in visible) if (noun and visible is not None) else None,
+                    "correct_noun": (noun == seg["noun"]) if (noun and seg) else None,
+                }
+            )
     return {"clips": pd.DataFrame(rows_c), "gt": pd.DataFrame(rows_g), "preds": pd.DataFrame(rows_p)}
 
 
@@ -114,18 +155,23 @@ def category_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
         longer = gt[gt.duration_s >= BRIEF_S] if len(gt) else gt
         named = pr[pr.noun.notna()] if len(pr) else pr
         dep = named[named.depends_on.notna()] if len(named) else named
-        rows.append({
-            "system": SYSTEM_NAMES.get(system, system),
-            "narrations": len(pr), "GT segments": len(gt),
-            "false alarms (%)": 100 * _rate(~pr.matched) if len(pr) else np.nan,
-            f"brief GT (<{BRIEF_S:g} s)": len(brief),
-            "brief missed (%)": 100 * _rate(~brief.matched) if len(brief) else np.nan,
-            "longer missed (%)": 100 * _rate(~longer.matched) if len(longer) else np.nan,
-            "object hallucinated (%)": 100 * _rate(~named.object_visible.dropna().astype(bool)) if len(named) else np.nan,
-            "wrong object (%)": 100 * _rate(~named.correct_noun.dropna().astype(bool)) if len(named) else np.nan,
-            "long-range segments named": len(dep),
-            "long-range object correct (%)": 100 * _rate(dep.correct_noun) if len(dep) else np.nan,
-        })
+        rows.append(
+            {
+                "system": SYSTEM_NAMES.get(system, system),
+                "narrations": len(pr),
+                "GT segments": len(gt),
+                "false alarms (%)": 100 * _rate(~pr.matched) if len(pr) else np.nan,
+                f"brief GT (<{BRIEF_S:g} s)": len(brief),
+                "brief missed (%)": 100 * _rate(~brief.matched) if len(brief) else np.nan,
+                "longer missed (%)": 100 * _rate(~longer.matched) if len(longer) else np.nan,
+                "object hallucinated (%)": 100 * _rate(~named.object_visible.dropna().astype(bool))
+                if len(named)
+                else np.nan,
+                "wrong object (%)": 100 * _rate(~named.correct_noun.dropna().astype(bool)) if len(named) else np.nan,
+                "long-range segments named": len(dep),
+                "long-range object correct (%)": 100 * _rate(dep.correct_noun) if len(dep) else np.nan,
+            }
+        )
     return pd.DataFrame(rows).set_index("system")
 
 
@@ -182,8 +228,16 @@ def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None)
         gt = gt[gt.clip_id == clip_id] if len(gt) else gt
         pr = pr[pr.clip_id == clip_id] if len(pr) else pr
         for r in gt.itertuples():
-            ax.barh(1, r.end - r.start, left=r.start, height=0.5, color="tab:green" if r.matched else "tab:red",
-                    edgecolor="k", linewidth=0.5, alpha=0.7)
+            ax.barh(
+                1,
+                r.end - r.start,
+                left=r.start,
+                height=0.5,
+                color="tab:green" if r.matched else "tab:red",
+                edgecolor="k",
+                linewidth=0.5,
+                alpha=0.7,
+            )
             if r.matched:
                 p = pr[pr.pred_idx == r.best_pred]
                 if len(p):
@@ -193,12 +247,24 @@ def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None)
         ax.set_yticks([0, 1], ["predicted", "ground truth"])
         ax.set_ylim(-0.6, 1.6)
         f1 = results[system]["clips"].set_index("clip_id").f1.get(clip_id, np.nan)
-        ax.set_title(f"{SYSTEM_NAMES.get(system, system)} on {clip_id}: F1 {100 * f1:.1f}  "
-                     "(red bars: missed segments; red crosses: false alarms; lines: matched pairs)", fontsize=8)
+        ax.set_title(
+            f"{SYSTEM_NAMES.get(system, system)} on {clip_id}: F1 {100 * f1:.1f}  "
+            "(red bars: missed segments; red crosses: false alarms; lines: matched pairs)",
+            fontsize=8,
+        )
     axes[-1, 0].set_xlabel("video time (s)")
     fig.tight_layout()
     return fig
 
 
-__all__ = ["BRIEF_S", "analyse", "category_table", "memory_examples", "worst_clips", "plot_f1_distribution",
-           "plot_timeline", "noun_in", "ClipReference"]
+__all__ = [
+    "BRIEF_S",
+    "analyse",
+    "category_table",
+    "memory_examples",
+    "worst_clips",
+    "plot_f1_distribution",
+    "plot_timeline",
+    "noun_in",
+    "ClipReference",
+]

@@ -75,6 +75,7 @@ Deliberate differences from the original pipeline that reach the scored inputs (
 
 Returned metrics are fractions (not percentages).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -83,8 +84,9 @@ import re
 import shutil
 import threading
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -284,8 +286,13 @@ def temporal_prf(gt_segments: Any, pred_segments: Any, threshold: float = IOU_TH
 # ----------------------------------------------------------------------------------------------------------------
 # One clip
 # ----------------------------------------------------------------------------------------------------------------
-def clip_matches(pred: ClipPrediction | None, ref: ClipReference, scoring: str = "paper", fps: float = 2.0,
-                 eos: str | None = "<|eot_id|>") -> dict:
+def clip_matches(
+    pred: ClipPrediction | None,
+    ref: ClipReference,
+    scoring: str = "paper",
+    fps: float = 2.0,
+    eos: str | None = "<|eot_id|>",
+) -> dict:
     """Segments, temporal P/R/F1 and caption pairs of one clip.
 
     Returns a dict with ``clip_id``; ``gt_segments`` ``(G, 2)`` and ``gt_texts`` (the annotator chains pooled in
@@ -309,8 +316,9 @@ def clip_matches(pred: ClipPrediction | None, ref: ClipReference, scoring: str =
         gt_segments.extend(point_segments([t for t, _ in entries], t0))
         gt_texts.extend(x for _, x in entries)
 
-    items = sorted(((int(k), v) for k, v in (pred.for_scoring(scoring) if pred is not None else {}).items()),
-                   key=lambda kv: kv[0])
+    items = sorted(
+        ((int(k), v) for k, v in (pred.for_scoring(scoring) if pred is not None else {}).items()), key=lambda kv: kv[0]
+    )
     pred_times = [prediction_time(k, ref, scoring, fps) for k, _ in items]
     pred_texts = [clean_text(v, eos) for _, v in items]
     pred_segments = point_segments(pred_times, t0)
@@ -356,6 +364,7 @@ _meteor_scorer = None  # one METEOR JVM per process, started on first use (a JVM
 
 def _new_meteor():
     from pycocoevalcap.meteor.meteor import Meteor
+
     return Meteor()
 
 
@@ -409,8 +418,11 @@ def _meteor_score(gts: dict, res: dict) -> float:
             return score
         except Exception as exc:  # noqa: BLE001 - a dead JVM surfaces as OSError/ValueError/BrokenPipeError/...
             close_meteor()
-            warnings.warn(f"METEOR skipped: the Java subprocess failed ({type(exc).__name__}: {exc})",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"METEOR skipped: the Java subprocess failed ({type(exc).__name__}: {exc})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return float("nan")
 
 
@@ -449,8 +461,14 @@ def _preview(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(map(repr, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
 
 
-def evaluate_clips(preds: Iterable[ClipPrediction], refs: Iterable[ClipReference], scoring: str = "paper",
-                   fps: float = 2.0, eos: str | None = "<|eot_id|>", with_captions: bool = True) -> dict:
+def evaluate_clips(
+    preds: Iterable[ClipPrediction],
+    refs: Iterable[ClipReference],
+    scoring: str = "paper",
+    fps: float = 2.0,
+    eos: str | None = "<|eot_id|>",
+    with_captions: bool = True,
+) -> dict:
     """Score all clips with one scoring.
 
     Predictions and references are paired by ``clip_id`` (not by position).  A reference without a prediction is
@@ -477,12 +495,19 @@ def evaluate_clips(preds: Iterable[ClipPrediction], refs: Iterable[ClipReference
 
     missing = [c for c in ref_ids if c not in by_id]
     if missing:
-        warnings.warn(f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
-                      f"narration (P = R = F1 = 0): {_preview(missing)}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
+            f"narration (P = R = F1 = 0): {_preview(missing)}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     unknown = sorted(set(by_id) - set(ref_ids))
     if unknown:
-        warnings.warn(f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     rows, all_pairs, no_gt = [], [], []
     for ref in refs:
@@ -491,16 +516,29 @@ def evaluate_clips(preds: Iterable[ClipPrediction], refs: Iterable[ClipReference
         if len(m["gt_segments"]) == 0:
             no_gt.append(cid)
             continue
-        rows.append({"clip_id": cid, "dataset": m["dataset"], "precision": m["precision"], "recall": m["recall"],
-                     "f1": m["f1"], "n_pred": len(m["pred_segments"]), "n_gt": len(m["gt_segments"]),
-                     "n_pairs": len(m["pairs"])})
+        rows.append(
+            {
+                "clip_id": cid,
+                "dataset": m["dataset"],
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "f1": m["f1"],
+                "n_pred": len(m["pred_segments"]),
+                "n_gt": len(m["gt_segments"]),
+                "n_pairs": len(m["pairs"]),
+            }
+        )
         all_pairs.extend((cid, g, p) for g, p, _, _ in m["pairs"])
     if no_gt:
-        warnings.warn(f"{len(no_gt)} clips have no ground-truth narration and are left out: {_preview(no_gt)}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(no_gt)} clips have no ground-truth narration and are left out: {_preview(no_gt)}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
-    per_clip = pd.DataFrame(rows, columns=["clip_id", "dataset", "precision", "recall", "f1", "n_pred", "n_gt",
-                                           "n_pairs"])
+    per_clip = pd.DataFrame(
+        rows, columns=["clip_id", "dataset", "precision", "recall", "f1", "n_pred", "n_gt", "n_pairs"]
+    )
 
     def mean(col: str) -> float:
         return float(per_clip[col].mean()) if len(per_clip) else float("nan")

@@ -22,6 +22,7 @@ previous EOS through this turn's EOS; its *decision positions* are the labelled 
   turn has none), then over samples (unweighted). Undefined values default to PPL 1, TimeDiff 0, Fluency 1,
   Correctness 1, as the original.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
 from ..data.chat import IGNORE_INDEX
 from ..engine import StaticKVCache, forward_step
 from ..models.masks import additive_mask, expiry_positions, visibility
@@ -46,8 +48,14 @@ class TurnMetrics:
     n_lm: int
 
 
-def turn_metrics(lm_logits: torch.Tensor, lm_labels: torch.Tensor, decision_argmax: torch.Tensor, silent_id: int,
-                 is_last: bool, look_ahead=lambda: 0) -> TurnMetrics:
+def turn_metrics(
+    lm_logits: torch.Tensor,
+    lm_labels: torch.Tensor,
+    decision_argmax: torch.Tensor,
+    silent_id: int,
+    is_last: bool,
+    look_ahead=lambda: 0,
+) -> TurnMetrics:
     """The four metrics of one turn from its LM logits/labels and the argmax at its decision positions.
 
     ``look_ahead()`` is called only when the model never speaks in a turn that is not the last; it returns the
@@ -87,13 +95,15 @@ class LookAhead:
     """What the look-ahead of one late turn feeds: after the cached tokens ``alive`` (full-sequence indices still
     visible right after the turn's last frame token, the GT narration never seen), ``m`` future frames, each as
     the stay-silent token then the frame's ``<v>`` tokens."""
+
     alive: list[int]
     frame_tokens: torch.Tensor  # (m, N) full-sequence positions of the appended frames' <v> tokens (their features)
     position_ids: torch.Tensor  # (m * (N + 1),) position ids of the appended tokens
 
 
-def look_ahead_plan(enc, until: torch.Tensor, turns: list[tuple[int, int]], t: int, last_v: int,
-                    n_v: int) -> LookAhead | None:
+def look_ahead_plan(
+    enc, until: torch.Tensor, turns: list[tuple[int, int]], t: int, last_v: int, n_v: int
+) -> LookAhead | None:
     """The look-ahead of turn ``t`` whose last decision is at ``last_v`` (None when there is nothing to append)."""
     na, nb = turns[t + 1]
     fp = enc.frame_positions  # (F, N)
@@ -131,8 +141,7 @@ class OracleEvaluator:
         mem_idx = enc.mem_frame_indices.to(self.device)
         emb = self.model.joint_embed(ids[None], frames, mem_idx)
         use_expiry = cfg.dcm or cfg.last_k_narration is not None
-        out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=until if use_expiry else None,
-                         use_cache=False)
+        out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=until if use_expiry else None, use_cache=False)
         logits = out.logits[0].float()
         labels = enc.labels.to(self.device)
         pred = logits.argmax(-1)
@@ -154,9 +163,10 @@ class OracleEvaluator:
             pos = torch.arange(a, b, device=self.device)
             dec = pos[(learned[a:b] & is_v[a:b])]
             lm = pos[(learned[a:b] & ~is_v[a:b])]
-            la = (lambda t=t, dec=dec: look_ahead(t, int(dec[-1]), dec.numel()))
-            results.append(turn_metrics(logits[lm], labels[lm], pred[dec], self.chat.silent_id,
-                                        t == len(turns) - 1, la))
+            la = lambda t=t, dec=dec: look_ahead(t, int(dec[-1]), dec.numel())
+            results.append(
+                turn_metrics(logits[lm], labels[lm], pred[dec], self.chat.silent_id, t == len(turns) - 1, la)
+            )
         return results
 
     def _stream_kv(self, enc, emb: torch.Tensor, until: torch.Tensor | None):
@@ -167,8 +177,9 @@ class OracleEvaluator:
         mask = None if until is None else additive_mask(visibility(until.cpu()), emb.dtype)[0, 0].to(self.device)
         fp = enc.frame_positions.to(self.device) if self.cfg.mod else None
         routed: dict[int, torch.Tensor] = {}  # layer -> the tokens it computed (and cached)
-        forward_step(self.model, emb[None], torch.arange(L, device=self.device)[None], kv, fp, mask=mask,
-                     routing_log=routed)
+        forward_step(
+            self.model, emb[None], torch.arange(L, device=self.device)[None], kv, fp, mask=mask, routing_log=routed
+        )
         cached = [routed.get(i, torch.arange(L, device=self.device)) for i in range(len(self.model.model.layers))]
         return kv, cached
 
@@ -179,19 +190,22 @@ class OracleEvaluator:
         m = plan.frame_tokens.shape[0]
         return -(int(speak[0]) + 1) if speak.numel() else -m
 
-    def _look_ahead_logits(self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache,
-                           cached: list[torch.Tensor]) -> torch.Tensor:
+    def _look_ahead_logits(
+        self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor]
+    ) -> torch.Tensor:
         """(m, V) logits at the last ``<v>`` of each appended frame."""
         n = self.cfg.frame_num_tokens
         m = plan.frame_tokens.shape[0]
         alive = torch.tensor(plan.alive, device=self.device)
-        sub = StaticKVCache.for_model(self.cfg, capacity=len(plan.alive) + m * (n + 1), device=self.device,
-                                      dtype=emb.dtype)
+        sub = StaticKVCache.for_model(
+            self.cfg, capacity=len(plan.alive) + m * (n + 1), device=self.device, dtype=emb.dtype
+        )
         for li, idx in enumerate(cached):
             sel = torch.isin(idx, alive).nonzero().flatten()  # this layer's cached tokens that are still alive
             length = kv.lengths[li]
-            sub.append(li, kv.keys[li][:, :, :length].index_select(2, sel),
-                       kv.values[li][:, :, :length].index_select(2, sel))
+            sub.append(
+                li, kv.keys[li][:, :, :length].index_select(2, sel), kv.values[li][:, :, :length].index_select(2, sel)
+            )
         silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
         new_emb = torch.cat([piece for j in range(m) for piece in (silent, emb[plan.frame_tokens[j].to(self.device)])])
         fpos = None
@@ -232,8 +246,15 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def decision_probe(model, chat, data, split: str = "val", limit: int | None = None, threshold: float = 0.8,
-                   max_num_frames: int | None = None) -> dict:
+def decision_probe(
+    model,
+    chat,
+    data,
+    split: str = "val",
+    limit: int | None = None,
+    threshold: float = 0.8,
+    max_num_frames: int | None = None,
+) -> dict:
     """Has the model learned *when* to speak? Teacher-forced P(speak) = 1 - P(stay silent) at every learned
     decision (a frame's last ``<v>``) of ``split``'s streams, against where the ground truth speaks.
 
@@ -243,8 +264,8 @@ def decision_probe(model, chat, data, split: str = "val", limit: int | None = No
     last narration).
     A diagnostic, not a paper metric.
     """
-    from ..data.samples import MAX_NUM_FRAMES
     from ..batches import StreamDataset, model_inputs
+    from ..data.samples import MAX_NUM_FRAMES
 
     model.eval()
     device = next(model.parameters()).device
@@ -260,10 +281,16 @@ def decision_probe(model, chat, data, split: str = "val", limit: int | None = No
         ys.append((labels[dec] != chat.silent_id).cpu().numpy())
     p, y = np.concatenate(ps), np.concatenate(ys)
     fires = TriggerRule(threshold_high=threshold, rule="single").speaks(1.0 - p, frames_since_last=0)
-    return {"streams": len(ps), "decisions": int(y.size), "base rate": float(y.mean()), "AUC": roc_auc(p, y),
-            "P(speak) at narration frames": float(p[y].mean()) if y.any() else float("nan"),
-            "P(speak) elsewhere": float(p[~y].mean()) if (~y).any() else float("nan"),
-            "max P(speak)": float(p.max()), "trigger fires (%)": 100.0 * float(fires.mean())}
+    return {
+        "streams": len(ps),
+        "decisions": int(y.size),
+        "base rate": float(y.mean()),
+        "AUC": roc_auc(p, y),
+        "P(speak) at narration frames": float(p[y].mean()) if y.any() else float("nan"),
+        "P(speak) elsewhere": float(p[~y].mean()) if (~y).any() else float("nan"),
+        "max P(speak)": float(p.max()),
+        "trigger fires (%)": 100.0 * float(fires.mean()),
+    }
 
 
 def sample_summary(turns: list[TurnMetrics], fps: float = 2.0) -> dict:

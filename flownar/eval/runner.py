@@ -7,6 +7,7 @@ redoing finished clips. Then both scorings of :mod:`flownar.eval.metrics` are co
 
 Oracle: one teacher-forced pass per narration-stream sample of the split (:mod:`flownar.eval.oracle`).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,18 @@ def read_prediction(path: Path, fingerprint: str | None = None) -> dict | None:
     return rec
 
 
-def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", system: str = "", progress: bool = True,
-                  limit: int | None = None, fingerprint: str | None = None, **narrator_kwargs) -> dict:
+def narrate_clips(
+    model,
+    chat,
+    data,
+    out_dir: str | Path,
+    split: str = "val",
+    system: str = "",
+    progress: bool = True,
+    limit: int | None = None,
+    fingerprint: str | None = None,
+    **narrator_kwargs,
+) -> dict:
     """Narrate every clip of ``split`` not narrated yet (by this model, when ``fingerprint`` is given);
     returns {"done": n, "skipped": n, "seconds": s}."""
     from ..progress import progress_bar
@@ -67,7 +78,9 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
     narrator = Narrator(model, chat, **narrator_kwargs)
     done = skipped = 0
     seconds = 0.0
-    for clip in progress_bar(clips, desc=f"narrating {data.dataset}/{system or 'clips'}", enabled=progress, unit="clip"):
+    for clip in progress_bar(
+        clips, desc=f"narrating {data.dataset}/{system or 'clips'}", enabled=progress, unit="clip"
+    ):
         path = clip_file(out_dir, clip.clip_id)
         if read_prediction(path, fingerprint) is not None:
             skipped += 1
@@ -78,14 +91,21 @@ def narrate_clips(model, chat, data, out_dir: str | Path, split: str = "val", sy
         dt = time.perf_counter() - t0
         seconds += dt
         rec = {
-            "version": PREDICTION_VERSION, "clip_id": clip.clip_id, "video_uid": clip.video_uid, "system": system,
+            "version": PREDICTION_VERSION,
+            "clip_id": clip.clip_id,
+            "video_uid": clip.video_uid,
+            "system": system,
             "model_fingerprint": fingerprint,
-            "start_frame": clip.start_frame, "stop_frame": clip.stop_frame,
+            "start_frame": clip.start_frame,
+            "stop_frame": clip.stop_frame,
             "narrations": {str(e.frame): e.text for e in events},
             "narrations_raw": {str(e.frame): e.raw_text for e in events},
             "forced": [e.frame for e in events if e.forced],
-            "timing": {"seconds": round(dt, 4), "frames": int(frames.shape[0]),
-                       "fps": round(frames.shape[0] / dt, 2) if dt > 0 else None},
+            "timing": {
+                "seconds": round(dt, 4),
+                "frames": int(frames.shape[0]),
+                "fps": round(frames.shape[0] / dt, 2) if dt > 0 else None,
+            },
             "counters": asdict(narrator.counters),
             "final_state": narrator.state_size(),
         }
@@ -101,8 +121,16 @@ def clip_references(data, split: str = "val") -> list[ClipReference]:
     for c in data.eval_clips(split):
         paper = [[(n.time, n.annotated) for n in ref] for ref in c.references]
         corrected = [lst for lst in ([(n.time, n.text) for n in ref if n.visible] for ref in c.references) if lst]
-        refs.append(ClipReference(c.clip_id, paper, c.start_time, c.start_frame, data.dataset,
-                                  corrected_references=None if corrected == paper else corrected))
+        refs.append(
+            ClipReference(
+                c.clip_id,
+                paper,
+                c.start_time,
+                c.start_frame,
+                data.dataset,
+                corrected_references=None if corrected == paper else corrected,
+            )
+        )
     return refs
 
 
@@ -112,12 +140,19 @@ def load_predictions(out_dir: str | Path, clip_ids: list[str]) -> list[ClipPredi
         rec = read_prediction(clip_file(out_dir, cid))
         if rec is not None:
             raw = rec.get("narrations_raw")
-            preds.append(ClipPrediction(cid, {int(k): v for k, v in rec["narrations"].items()},
-                                        {int(k): v for k, v in raw.items()} if raw is not None else None))
+            preds.append(
+                ClipPrediction(
+                    cid,
+                    {int(k): v for k, v in rec["narrations"].items()},
+                    {int(k): v for k, v in raw.items()} if raw is not None else None,
+                )
+            )
     return preds
 
 
-def score_clips(data, out_dir: str | Path, split: str = "val", eos: str | None = None, with_captions: bool = True) -> dict:
+def score_clips(
+    data, out_dir: str | Path, split: str = "val", eos: str | None = None, with_captions: bool = True
+) -> dict:
     """Both scorings (``paper`` and ``corrected``) of the predictions in ``out_dir``."""
     refs = clip_references(data, split)
     preds = load_predictions(out_dir, [r.clip_id for r in refs])
@@ -141,21 +176,36 @@ def stream_timing(out_dir: str | Path) -> dict:
         seconds += rec["timing"]["seconds"]
         for k, v in rec["counters"].items():
             counters[k] = counters.get(k, 0) + v
-    return {"frames": int(frames), "seconds": round(seconds, 2), "fps": round(frames / seconds, 2) if seconds else None,
-            **counters}
+    return {
+        "frames": int(frames),
+        "seconds": round(seconds, 2),
+        "fps": round(frames / seconds, 2) if seconds else None,
+        **counters,
+    }
 
 
 @torch.no_grad()
-def oracle_split(model, chat, data, split: str = "val", seed: int = 0, max_num_frames: int = 1200,
-                 progress: bool = True, limit: int | None = None) -> tuple[dict, list[dict]]:
+def oracle_split(
+    model,
+    chat,
+    data,
+    split: str = "val",
+    seed: int = 0,
+    max_num_frames: int = 1200,
+    progress: bool = True,
+    limit: int | None = None,
+) -> tuple[dict, list[dict]]:
     """Teacher-forced metrics over a split (samples built as for training, instruction seeded per sample)."""
     from ..progress import progress_bar
 
-    samples = build_stream_samples(data, split, use_memory=model.config.use_memory, max_num_frames=max_num_frames,
-                                   seed=seed)[:limit]
+    samples = build_stream_samples(
+        data, split, use_memory=model.config.use_memory, max_num_frames=max_num_frames, seed=seed
+    )[:limit]
     ev = OracleEvaluator(model, chat, fps=data.fps)
     rows = []
-    for s in progress_bar(samples, desc=f"oracle {data.dataset}/{model.config.system}", enabled=progress, unit="stream"):
+    for s in progress_bar(
+        samples, desc=f"oracle {data.dataset}/{model.config.system}", enabled=progress, unit="stream"
+    ):
         enc = chat.encode(s)
         frames = data.load_features(s.video_uid, s.frames).float()
         rows.append({"sample_id": s.sample_id, **sample_summary(ev.sample(enc, frames), fps=data.fps)})
@@ -184,22 +234,49 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, default=float))
 
 
-def run_teacher_forced(run, data, out_file, *, system: str | None = None, split: str = "val", seed: int = 0,
-                       max_num_frames: int = 1200, limit: int | None = None, progress: bool = True) -> dict:
+def run_teacher_forced(
+    run,
+    data,
+    out_file,
+    *,
+    system: str | None = None,
+    split: str = "val",
+    seed: int = 0,
+    max_num_frames: int = 1200,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
     """The oracle protocol for one trained system; writes ``out_file`` as ``{system, checkpoint,
     model_fingerprint, metrics, samples}`` and returns it."""
     model, chat = _open_run(run, data, system)
-    agg, rows = oracle_split(model, chat, data, split=split, seed=seed, max_num_frames=max_num_frames,
-                             progress=progress, limit=limit)
-    rec = {"system": model.config.system, "checkpoint": str(run), "model_fingerprint": run_fingerprint(run),
-           "metrics": agg, "samples": rows}
+    agg, rows = oracle_split(
+        model, chat, data, split=split, seed=seed, max_num_frames=max_num_frames, progress=progress, limit=limit
+    )
+    rec = {
+        "system": model.config.system,
+        "checkpoint": str(run),
+        "model_fingerprint": run_fingerprint(run),
+        "metrics": agg,
+        "samples": rows,
+    }
     _write_json(out_file, rec)
     return rec
 
 
-def run_self_conditioned(run, data, predictions_dir, metrics_file=None, *, system: str | None = None,
-                         split: str = "val", limit: int | None = None, progress: bool = True,
-                         with_captions: bool = True, max_new_tokens: int | None = None, **narrator_kwargs) -> dict:
+def run_self_conditioned(
+    run,
+    data,
+    predictions_dir,
+    metrics_file=None,
+    *,
+    system: str | None = None,
+    split: str = "val",
+    limit: int | None = None,
+    progress: bool = True,
+    with_captions: bool = True,
+    max_new_tokens: int | None = None,
+    **narrator_kwargs,
+) -> dict:
     """The self-conditioned protocol for one trained system: narrate the clips not narrated yet by this model into
     ``predictions_dir`` (one file per clip), score them both ways, and write ``metrics_file`` (if given) as
     ``{system, checkpoint, model_fingerprint, run, timing, scores}``. Returns that record with the full scores
@@ -211,12 +288,28 @@ def run_self_conditioned(run, data, predictions_dir, metrics_file=None, *, syste
     if max_new_tokens is None:
         max_new_tokens = narration_cap(_run_profile(run))
     sys_name = model.config.system
-    r = narrate_clips(model, chat, data, predictions_dir, split=split, system=sys_name, progress=progress,
-                      limit=limit, fingerprint=run_fingerprint(run), max_new_tokens=max_new_tokens,
-                      **narrator_kwargs)
+    r = narrate_clips(
+        model,
+        chat,
+        data,
+        predictions_dir,
+        split=split,
+        system=sys_name,
+        progress=progress,
+        limit=limit,
+        fingerprint=run_fingerprint(run),
+        max_new_tokens=max_new_tokens,
+        **narrator_kwargs,
+    )
     scores = score_clips(data, predictions_dir, split=split, with_captions=with_captions)
-    rec = {"system": sys_name, "checkpoint": str(run), "model_fingerprint": run_fingerprint(run), "run": r,
-           "timing": stream_timing(predictions_dir), "scores": scores}
+    rec = {
+        "system": sys_name,
+        "checkpoint": str(run),
+        "model_fingerprint": run_fingerprint(run),
+        "run": r,
+        "timing": stream_timing(predictions_dir),
+        "scores": scores,
+    }
     if metrics_file is not None:
         brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in scores.items()}
         _write_json(metrics_file, {**rec, "scores": brief})

@@ -4,6 +4,7 @@ Paper values are read from ``flownar/resources/paper_*.csv`` (transcribed from t
 never computed here. Our values are percentages where the paper's are (P/R/F1, CIDEr, METEOR, ROUGE-L, Fluency,
 LM-Correctness).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,17 +14,35 @@ from ..models import SYSTEM_NAMES
 from ..paths import RESOURCES_DIR
 
 PAPER_DATASET = {"ek100": "EK100", "ego4d": "Ego4D", "egoexo4d": "EgoExo4D"}
-SC_COLUMNS = [("t_precision", "Precision"), ("t_recall", "Recall"), ("t_f1", "F1"), ("CIDEr", "CIDEr"),
-              ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L")]
-TF_COLUMNS = [("lm_ppl", "LM-PPL", 1.0), ("time_diff", "TimeDiff (s)", 1.0), ("fluency", "Fluency (%)", 100.0),
-              ("lm_correctness", "LM-Correctness (%)", 100.0)]
+SC_COLUMNS = [
+    ("t_precision", "Precision"),
+    ("t_recall", "Recall"),
+    ("t_f1", "F1"),
+    ("CIDEr", "CIDEr"),
+    ("METEOR", "METEOR"),
+    ("ROUGE_L", "ROUGE-L"),
+]
+TF_COLUMNS = [
+    ("lm_ppl", "LM-PPL", 1.0),
+    ("time_diff", "TimeDiff (s)", 1.0),
+    ("fluency", "Fluency (%)", 100.0),
+    ("lm_correctness", "LM-Correctness (%)", 100.0),
+]
 
 
 def paper_self_conditioned(dataset: str) -> pd.DataFrame:
     df = pd.read_csv(RESOURCES_DIR / "paper_self_conditioned.csv")
     df = df[df["dataset"] == PAPER_DATASET[dataset]].set_index("method")
-    return df.rename(columns={"t_precision": "Precision", "t_recall": "Recall", "t_f1": "F1", "cider": "CIDEr",
-                              "meteor": "METEOR", "rouge_l": "ROUGE-L"})
+    return df.rename(
+        columns={
+            "t_precision": "Precision",
+            "t_recall": "Recall",
+            "t_f1": "F1",
+            "cider": "CIDEr",
+            "meteor": "METEOR",
+            "rouge_l": "ROUGE-L",
+        }
+    )
 
 
 # The paper's teacher-forcing table does not name its dataset. Its frame-strategy-1 row (2.43 / 2.32 / 42.6 %) is
@@ -35,8 +54,14 @@ PAPER_TF_DATASET = "Ego4D"
 def paper_teacher_forcing() -> pd.DataFrame:
     df = pd.read_csv(RESOURCES_DIR / "paper_teacher_forcing.csv")
     df = df[df["frame_strategy"] == "1+3x3"].set_index("method")
-    return df.rename(columns={"lm_ppl": "LM-PPL", "time_diff_s": "TimeDiff (s)", "fluency_pct": "Fluency (%)",
-                              "lm_correctness_pct": "LM-Correctness (%)"})
+    return df.rename(
+        columns={
+            "lm_ppl": "LM-PPL",
+            "time_diff_s": "TimeDiff (s)",
+            "fluency_pct": "Fluency (%)",
+            "lm_correctness_pct": "LM-Correctness (%)",
+        }
+    )
 
 
 def self_conditioned_table(scores: dict[str, dict], dataset: str, scoring: str = "paper") -> pd.DataFrame:
@@ -79,8 +104,15 @@ def plot_comparison(table: pd.DataFrame, dataset: str, title_note: str = ""):
         ours = table[col].to_numpy()
         paper = table[f"paper: {col}"].to_numpy()
         b1 = ax.bar(x - 0.2, ours, 0.4, label="ours", color="tab:blue")
-        ax.bar(x + 0.2, paper, 0.4, label=f"paper ({PAPER_DATASET[dataset]}, real data)", color="white",
-               edgecolor="tab:gray", hatch="//")
+        ax.bar(
+            x + 0.2,
+            paper,
+            0.4,
+            label=f"paper ({PAPER_DATASET[dataset]}, real data)",
+            color="white",
+            edgecolor="tab:gray",
+            hatch="//",
+        )
         ax.bar_label(b1, fmt="%.1f", fontsize=7)
         ax.set_xticks(x, table.index, rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{col} (self-conditioned){title_note}")

@@ -22,6 +22,7 @@ steps at once: one frame's tokens per call, no read-out) and :meth:`CLAM.read` (
 once per memory block); :meth:`CLAM.step` (token by token with ``gla_step``) is the reference they are tested
 against.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -271,13 +272,12 @@ class CLAM(nn.Module):
         D, H = config.d_model, config.n_heads
         key_dim = int(D * config.expand_k)
         if D % H or key_dim % H or key_dim == 0:
-            raise ValueError(f"d_model={D} and d_model*expand_k={key_dim} must be positive multiples of "
-                             f"n_heads={H}")
+            raise ValueError(f"d_model={D} and d_model*expand_k={key_dim} must be positive multiples of n_heads={H}")
         self.d_model, self.n_heads, self.n_queries = D, H, config.n_queries
         self.key_dim = key_dim
         self.head_k_dim = key_dim // H  # dk
         self.head_v_dim = D // H  # dv
-        self.scale = self.head_k_dim ** -0.5
+        self.scale = self.head_k_dim**-0.5
 
         # queries: content tgt = 0 (not learnt), positions learnt
         self.query_embed = nn.Embedding(config.n_queries, D)
@@ -318,9 +318,14 @@ class CLAM(nn.Module):
     def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """Zero state (B, H, dk, dv): its size never depends on how many tokens have been seen."""
         ref = self.q_proj.weight
-        return torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
-                           device=ref.device if device is None else device,
-                           dtype=ref.dtype if dtype is None else dtype)
+        return torch.zeros(
+            batch_size,
+            self.n_heads,
+            self.head_k_dim,
+            self.head_v_dim,
+            device=ref.device if device is None else device,
+            dtype=ref.dtype if dtype is None else dtype,
+        )
 
     def _queries(self, batch_size: int, dtype):
         """Self-attention sub-layer on (zeros + positions), then the query-side projections. Returns
@@ -369,8 +374,9 @@ class CLAM(nn.Module):
         self._check_x(x)
         tgt, q, gate = self._queries(x.shape[0], x.dtype)
         k, v, log_g = self._token_proj(x)
-        o, S = gla_chunked(q, k, v, log_g, state=state, chunk_size=self.config.chunk_size,
-                           readout_index=readout_index)  # (B,H,K,Q,dv), (B,H,dk,dv)
+        o, S = gla_chunked(
+            q, k, v, log_g, state=state, chunk_size=self.config.chunk_size, readout_index=readout_index
+        )  # (B,H,K,Q,dv), (B,H,dk,dv)
         return self._readout(o, tgt, gate), S
 
     def forward_reference(self, x, readout_index=None, state=None):

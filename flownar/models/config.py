@@ -10,6 +10,7 @@ The systems (rows of the paper's tables) differ only in these fields:
 | flownar         | yes                                          | 20 tokens     | all               | no  |
 | dcm-only        | yes                                          | no            | all               | no  |
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,13 @@ SYSTEMS: dict[str, dict] = {
     "dcm-only": dict(dcm=True, use_memory=False, last_k_narration=None, mod=False),
 }
 # Display names used in tables.
-SYSTEM_NAMES = {"videollm-online": "VideoLLM-online", "videollm-mod": "VideoLLM-MoD", "flownar-c": "FlowNar-C",
-                "flownar": "FlowNar", "dcm-only": "DCM only (no CLAM)"}
+SYSTEM_NAMES = {
+    "videollm-online": "VideoLLM-online",
+    "videollm-mod": "VideoLLM-MoD",
+    "flownar-c": "FlowNar-C",
+    "flownar": "FlowNar",
+    "dcm-only": "DCM only (no CLAM)",
+}
 
 
 class FlowNarConfig(LlamaConfig):
@@ -140,16 +146,44 @@ class FlowNarConfig(LlamaConfig):
 
 # LLM shapes of the paper's models (public model cards); vocab 128256, rope as Llama-3.x.
 REAL_LLMS: dict[str, dict] = {
-    "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, head_dim=64,
-                         rope_theta=500000.0, max_position_embeddings=131072,
-                         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
-                                           high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, head_dim=128,
-                         rope_theta=500000.0, max_position_embeddings=131072,
-                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                           high_freq_factor=4.0, original_max_position_embeddings=8192)),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        head_dim=64,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        head_dim=128,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    ),
 }
 TINY_SIZES = ("micro", "mini", "tiny", "small")
 
@@ -164,6 +198,14 @@ def tiny_llama_kwargs(vocab_size: int, size: str = "tiny") -> dict:
         "small": (512, 8, 8, 8, 1376),
     }
     h, n, a, kv, inter = sizes[size]
-    return dict(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, num_attention_heads=a,
-                num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=131072,
-                rope_theta=10000.0, tie_word_embeddings=True)
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=h,
+        num_hidden_layers=n,
+        num_attention_heads=a,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        max_position_embeddings=131072,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    )

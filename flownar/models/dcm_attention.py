@@ -7,6 +7,7 @@ tail-causal mask. The result equals masked attention with ``visibility(until)`` 
 sum(block x visible) instead of L^2, and without materialising an L x L mask (which on CPU made the DCM systems
 train 5-12x slower than VideoLLM-online).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,20 +34,38 @@ def dcm_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks, scale: f
         keys = keys.to(k.device)
         n, m = b - a, keys.numel()
         mask = torch.zeros(n, m, dtype=q.dtype, device=q.device)  # (n, m): all earlier keys, the block causally
-        mask[:, m - n:] = torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-        outs.append(F.scaled_dot_product_attention(q[:, :, a:b], k.index_select(2, keys), v.index_select(2, keys),
-                                                   attn_mask=mask, scale=scale, enable_gqa=gqa))  # (B, H, n, d)
+        mask[:, m - n :] = torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, a:b],
+                k.index_select(2, keys),
+                v.index_select(2, keys),
+                attn_mask=mask,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+        )  # (B, H, n, d)
     return torch.cat(outs, dim=2)
 
 
-def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-               dcm_blocks=None, **kwargs):
+def _attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    dcm_blocks=None,
+    **kwargs,
+):
     """transformers attention function ``flownar_dcm``: block attention when ``dcm_blocks`` is given, sdpa else."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if dcm_blocks is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if dropout:
         raise NotImplementedError("attention dropout is not supported by the DCM block attention")
     out = dcm_sdpa(query, key, value, dcm_blocks, scale=scaling)  # (B, H, L, d)

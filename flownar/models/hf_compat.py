@@ -7,6 +7,7 @@ cache among the arguments it was given uses :func:`find_cache` (by type, not by 
 depends on how transformers spells its cache: the streaming engine and the oracle's look-ahead run on
 :class:`flownar.engine.StaticKVCache`, which is ours.
 """
+
 from __future__ import annotations
 
 import inspect

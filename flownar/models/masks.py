@@ -17,6 +17,7 @@ the original lets the ``<eos> \\n [ <m>... ]\\n`` rows after a narration still s
 (and the previous memory block), and its last-k window lets frame rows see k + 1 narrations. Here both follow
 what the streaming generator keeps in its cache.
 """
+
 from __future__ import annotations
 
 import torch

@@ -16,9 +16,9 @@ Pieces (reference sections 3-6):
 * the loss: token cross-entropy on the pre-shifted labels, frame-decision positions (input ``<v>``) weighted by
   ``stream_loss_weight``, divided by the number of labelled tokens.
 """
+
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -97,8 +97,13 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
         cache = find_cache(kwargs)
         streaming = self.router is not None and cache is not None
         if not streaming and (self.router is None or fp is None or fp.numel() == 0):
-            return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                                   position_embeddings=position_embeddings, **kwargs)
+            return super().forward(
+                hidden_states,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
         if hidden_states.shape[0] != 1:
             raise NotImplementedError("routed (MoD) layers run on one sequence at a time")
         idx, selected, weight = self.route(hidden_states, fp)
@@ -115,9 +120,13 @@ class FlowNarDecoderLayer(LlamaDecoderLayer):
                 sub_mask = additive_mask(allowed.cpu(), hidden_states.dtype).to(hidden_states.device)
         else:
             sub_mask = attention_mask[:, :, idx][:, :, :, idx] if attention_mask is not None else None
-        sub = super().forward(hidden_states[:, idx], attention_mask=sub_mask,
-                              position_ids=position_ids[:, idx] if position_ids is not None else None,
-                              position_embeddings=(cos[:, idx], sin[:, idx]), **kwargs)
+        sub = super().forward(
+            hidden_states[:, idx],
+            attention_mask=sub_mask,
+            position_ids=position_ids[:, idx] if position_ids is not None else None,
+            position_embeddings=(cos[:, idx], sin[:, idx]),
+            **kwargs,
+        )
         return self.merge(hidden_states, idx, sub, selected, weight)
 
     @staticmethod
@@ -149,9 +158,16 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         self.connector = Connector(config.vision_hidden_size, config.hidden_size)
         self.clam = None
         if config.use_memory:
-            self.clam = CLAM(CLAMConfig(d_model=config.vision_hidden_size, n_heads=config.clam_heads,
-                                        n_queries=config.num_m_tokens, expand_k=config.clam_expand_k,
-                                        dropout=config.clam_dropout, gate_bias_init=config.clam_gate_bias_init))
+            self.clam = CLAM(
+                CLAMConfig(
+                    d_model=config.vision_hidden_size,
+                    n_heads=config.clam_heads,
+                    n_queries=config.num_m_tokens,
+                    expand_k=config.clam_expand_k,
+                    dropout=config.clam_dropout,
+                    gate_bias_init=config.clam_gate_bias_init,
+                )
+            )
             for m in self.clam.modules():  # initialised by CLAM's scheme, not HF's generic one
                 m._clam_owned = True
             self.clam.gk_proj[1]._clam_gate = True
@@ -183,7 +199,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
                 nn.init.xavier_uniform_(p)
             elif is_norm:
                 nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
-            elif name == "bias" and getattr(module, "_clam_gate", False) and self.config.clam_gate_bias_init is not None:
+            elif (
+                name == "bias" and getattr(module, "_clam_gate", False) and self.config.clam_gate_bias_init is not None
+            ):
                 nn.init.constant_(p, self.config.clam_gate_bias_init)
 
     # ------------------------------------------------------------------ embeddings
@@ -204,8 +222,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         mem, _ = self.clam(x, readout_index=self.memory_readout_index(mem_frame_indices.to(x.device)))
         return self.connector(mem[0])  # (B, Q, D) -> (B, Q, H)
 
-    def joint_embed(self, input_ids: torch.Tensor, frames: torch.Tensor | None = None,
-                    mem_frame_indices: torch.Tensor | None = None) -> torch.Tensor:
+    def joint_embed(
+        self, input_ids: torch.Tensor, frames: torch.Tensor | None = None, mem_frame_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Token embeddings with ``<v>`` / ``<m>`` positions replaced by projected frames / memory."""
         emb = self.model.embed_tokens(input_ids.clamp(max=self.config.vocab_size - 1))
         v_mask = input_ids == self.config.v_placeholder_id
@@ -213,9 +232,13 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if n_v:
             if frames is None or frames.shape[0] * frames.shape[1] != n_v:
                 got = None if frames is None else tuple(frames.shape)
-                raise ValueError(f"{n_v} <v> tokens but frames of shape {got} "
-                                 f"({self.config.frame_num_tokens} tokens per frame expected)")
-            emb = emb.masked_scatter(v_mask[..., None], self.frame_embeds(frames).reshape(-1, emb.shape[-1]).to(emb.dtype))
+                raise ValueError(
+                    f"{n_v} <v> tokens but frames of shape {got} "
+                    f"({self.config.frame_num_tokens} tokens per frame expected)"
+                )
+            emb = emb.masked_scatter(
+                v_mask[..., None], self.frame_embeds(frames).reshape(-1, emb.shape[-1]).to(emb.dtype)
+            )
         m_mask = input_ids == self.config.m_placeholder_id
         n_m = int(m_mask.sum())
         if n_m:
@@ -229,8 +252,14 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             emb = emb.masked_scatter(m_mask[..., None], mem.reshape(-1, emb.shape[-1]).to(emb.dtype))
         return emb
 
-    def stream_embed(self, ids: torch.Tensor, frame: torch.Tensor | None = None, v: slice | None = None,
-                     memory: torch.Tensor | None = None, m: slice | None = None) -> torch.Tensor:
+    def stream_embed(
+        self,
+        ids: torch.Tensor,
+        frame: torch.Tensor | None = None,
+        v: slice | None = None,
+        memory: torch.Tensor | None = None,
+        m: slice | None = None,
+    ) -> torch.Tensor:
         """The streaming form of :meth:`joint_embed` for one chunk of fed tokens: ``ids`` (n,) already clamped to
         the vocabulary; the ``<v>`` run ``v`` takes one frame's tokens ``(N, D)``, the ``<m>`` run ``m`` the CLAM
         read-out ``memory`` ``(Q, D)``; positions are slices known on the host, so nothing waits for the device.
@@ -263,9 +292,22 @@ class FlowNarForCausalLM(LlamaForCausalLM):
                 l.frame_positions = None
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids=None, frames=None, mem_frame_indices=None, expiry=None, attention_mask=None,
-                position_ids=None, past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,
-                logits_to_keep=0, cache=None, **kwargs) -> FlowNarOutput:
+    def forward(
+        self,
+        input_ids=None,
+        frames=None,
+        mem_frame_indices=None,
+        expiry=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        cache=None,
+        **kwargs,
+    ) -> FlowNarOutput:
         """
         Args:
             input_ids: (1, L) token ids with ``<v>``/``<m>`` placeholders (B > 1 only without memory).
@@ -282,8 +324,12 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if expiry is not None:
             if attention_mask is not None:
                 raise ValueError("pass either expiry or attention_mask")
-            if (self.config._attn_implementation == DCM_ATTENTION and not self.config.mod
-                    and inputs_embeds.shape[0] == 1 and past_key_values is None):
+            if (
+                self.config._attn_implementation == DCM_ATTENTION
+                and not self.config.mod
+                and inputs_embeds.shape[0] == 1
+                and past_key_values is None
+            ):
                 # exact block attention over each query block's visible keys (no L x L mask)
                 kwargs["dcm_blocks"] = dcm_blocks(expiry.cpu())
             else:
@@ -291,8 +337,14 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if use_cache is None and past_key_values is None:
             use_cache = False  # a teacher-forced pass needs no cache (the streaming engine passes its own)
         with self._routing(input_ids):
-            out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=use_cache, **{CACHE_ARG: past_key_values}, **kwargs)
+            out = self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                **{CACHE_ARG: past_key_values},
+                **kwargs,
+            )
         hidden = out.last_hidden_state
         if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
@@ -300,8 +352,13 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         loss = lm_loss = stream_loss = None
         if labels is not None:
             loss, lm_loss, stream_loss = self.streaming_loss(logits, labels, input_ids)
-        return FlowNarOutput(loss=loss, logits=logits, lm_loss=lm_loss, stream_loss=stream_loss,
-                             **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
+        return FlowNarOutput(
+            loss=loss,
+            logits=logits,
+            lm_loss=lm_loss,
+            stream_loss=stream_loss,
+            **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
+        )
 
     def streaming_loss(self, logits, labels, input_ids):
         """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5)."""
@@ -309,8 +366,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         learned = labels.flatten() != -100
         is_v = (input_ids.flatten() == self.config.v_placeholder_id) & learned
         is_lm = learned & ~is_v
-        w = torch.where(is_v, torch.as_tensor(self.config.stream_loss_weight, dtype=ce.dtype, device=ce.device),
-                        torch.ones_like(ce))
+        w = torch.where(
+            is_v, torch.as_tensor(self.config.stream_loss_weight, dtype=ce.dtype, device=ce.device), torch.ones_like(ce)
+        )
         n = learned.sum().clamp(min=1)
         loss = (w * ce).sum() / n
         lm = ce[is_lm].mean() if is_lm.any() else ce.new_zeros(())
