@@ -24,8 +24,43 @@ from .models import FLOWNAR_FORMAT_VERSION, FlowNarConfig, FlowNarForCausalLM
 __all__ = ["CheckpointError", "load_model", "load_trained", "save_trained", "check_compatible", "run_fingerprint"]
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+PICKLE_FILES = ("pytorch_model.bin", "adapter_model.bin", "model.bin")
+
+
+def _check_weights(path: Path, names=("model.safetensors", "model.safetensors.index.json")) -> None:
+    """A readable safetensors weights file is there; otherwise an error that names the file and what is wrong."""
+    from safetensors import safe_open
+
+    found = [path / n for n in names if (path / n).is_file()]
+    if not found:
+        pickles = [path / n for n in PICKLE_FILES if (path / n).is_file()]
+        if pickles:
+            raise CheckpointError(
+                f"{pickles[0]}: a pickle checkpoint, refused on purpose (loading a pickle can run "
+                "arbitrary code); save the model as safetensors (save_pretrained does by default)"
+            )
+        raise CheckpointError(
+            f"{path / names[0]}: missing (the run folder holds no weights; was training interrupted before the end?)"
+        )
+    f = found[0]
+    if f.suffix == ".json":
+        return  # sharded: transformers checks the shards it lists
+    if f.stat().st_size == 0:
+        raise CheckpointError(f"{f}: empty file (0 bytes)")
+    try:
+        with safe_open(str(f), framework="pt"):
+            pass  # the header is checked against the file's length: a cut-off file fails here
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise CheckpointError(
+            f"{f}: truncated or not a safetensors file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''})"
+        ) from e
+
+
 def load_model(path: str | Path, expect_system: str | None = None, **kwargs) -> FlowNarForCausalLM:
-    """Load a saved model; refuse one of another system or format version (with a message that says which)."""
+    """Load a saved model; refuse one of another system or format version, or with missing, empty, truncated or
+    pickled weights (with a message that names the file and says which)."""
     from transformers import AutoConfig
 
     path = Path(path)
@@ -44,7 +79,13 @@ def load_model(path: str | Path, expect_system: str | None = None, **kwargs) -> 
         )
     if expect_system is not None and cfg.system != expect_system:
         raise CheckpointError(f"{path}: a {cfg.system!r} checkpoint, but {expect_system!r} was asked for")
-    return FlowNarForCausalLM.from_pretrained(path, **kwargs)
+    _check_weights(path)
+    try:
+        return FlowNarForCausalLM.from_pretrained(path, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: cannot load the weights ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from e
 
 
 def load_trained(path: str | Path, expect_system: str | None = None, dtype=None):
@@ -62,6 +103,7 @@ def load_trained(path: str | Path, expect_system: str | None = None, dtype=None)
             raise CheckpointError(
                 f"{path}: a {getattr(cfg, 'system', '?')!r} checkpoint, but {expect_system!r} was asked for"
             )
+        _check_weights(path, ("adapter_model.safetensors",))
         base = FlowNarForCausalLM.from_pretrained(cfg.base_model_path, config=cfg, local_files_only=True, dtype=dtype)
         # not merged: with tied embeddings (Llama-3.2-1B) merging lm_head's LoRA would also change the input
         # embeddings; the returned model runs the LoRA layers in place
@@ -97,10 +139,19 @@ def check_compatible(model, tokens_per_frame: int, feature_dim: int, checkpoint,
 
 
 def run_fingerprint(run_dir: str | Path) -> str:
-    """Identifies a trained model cheaply: a hash of its config and training log (both change on retraining)."""
-    h = hashlib.sha1()
-    for name in ("config.json", "train_log.csv", "adapter_config.json"):
-        p = Path(run_dir) / name
+    """Identifies a trained model: sha256 of its config and weights (``config.json``, the safetensors weights,
+    the LoRA adapter and its config), first 16 hex digits. Retraining changes it; copying or moving a run does
+    not, and neither does anything about how it was trained (logs, wall times)."""
+    run_dir = Path(run_dir)
+    h = hashlib.sha256()
+    for name in ("config.json", "adapter_config.json", *WEIGHT_FILES):
+        p = run_dir / name
         if p.is_file():
-            h.update(p.read_bytes())
+            h.update(name.encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+    for shard in sorted(run_dir.glob("model-*-of-*.safetensors")):
+        h.update(shard.name.encode())
+        h.update(shard.read_bytes())
     return h.hexdigest()[:16]

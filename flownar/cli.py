@@ -331,6 +331,13 @@ def _cmd_eval_stream(args) -> int:
     )
     brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in rec["scores"].items()}
     print(json.dumps(brief, indent=1, default=float))
+    r = rec["run"]
+    print(
+        f"narrated {r['done']} clips ({r['redone']} of them replacing files of another model or clip, or unreadable), "
+        f"reused {r['reused']} narrated by this model; scored {rec['scored_clips']} clips"
+        + (f" (the {len(r['clips'])} of --limit {args.limit})" if args.limit is not None else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

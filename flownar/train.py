@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -209,11 +210,78 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _checkpoint_complete(ckpt: Path) -> bool:
+    """A checkpoint is complete when its trainer state (written last) and the optimiser's files are there."""
+    if not (ckpt / TRAIN_STATE).is_file():
+        return False
+    plain = all((ckpt / n).is_file() for n in ("trainable.safetensors", "optimizer.pt", "scheduler.pt"))
+    return plain or (ckpt / "deepspeed").is_dir()
+
+
 def _latest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones (a kill while saving) are skipped with a warning."""
     ckpts = sorted(
-        run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1
+        (p for p in run.glob("checkpoint-*") if p.name.split("-")[1].isdigit()), key=lambda p: int(p.name.split("-")[1])
     )
-    return ckpts[-1] if ckpts else None
+    for ckpt in reversed(ckpts):
+        if _checkpoint_complete(ckpt):
+            return ckpt
+        warnings.warn(
+            f"{ckpt}: incomplete checkpoint (interrupted while saving?), skipped; resuming from the previous one",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return None
+
+
+def _rng_state() -> dict:
+    """Every random-number state training consumes (Python, NumPy, torch CPU and CUDA), as JSON."""
+    py = random.getstate()
+    npy = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _check_run_folder(run: Path, cfg: "TrainConfig", resume: bool) -> bool:
+    """Before anything is written: may ``cfg`` be trained into ``run``? Returns True when ``run`` already holds
+    this very run, finished (nothing to do). A folder holding a run of other settings is never touched: the error
+    says what differs and how to proceed."""
+    saved = run / "train_config.json"
+    if not saved.is_file():
+        return False
+    old = json.loads(saved.read_text())
+    mine = asdict(cfg)
+    if old.get("system") != cfg.system:
+        raise CheckpointError(
+            f"{run}: a {old.get('system')!r} run, but {cfg.system!r} was asked for; train into another folder (--out)"
+        )
+    diff = {k: (old.get(k), v) for k, v in mine.items() if k not in _LAUNCH_ONLY and old.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise CheckpointError(
+            f"{run}: holds a run trained with other settings ({what}); train into another folder "
+            "(--out), or delete this one to retrain here"
+        )
+    finished = (run / "train_summary.json").is_file()
+    if finished and not resume:
+        raise CheckpointError(f"{run}: holds this run, finished; delete the folder to train it again from scratch")
+    return finished
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -317,6 +385,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     check_paper_setup(cfg)
     run = cfg.run_dir()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if _check_run_folder(run, cfg, resume):
+        if rank == 0:
+            print(f"{cfg.system}: already trained with these settings in {run}")
+        return run
     _set_seed(cfg.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = prepare_dataset(cfg.dataset, cfg.data_root or None, cfg.profile, cfg.seed, progress=False)
@@ -353,6 +425,16 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             raise CheckpointError(f"{ckpt}: a {state['system']!r} run, but {cfg.system!r} was asked for")
         stepper.load(ckpt)
         step, start_epoch, start_item = state["step"], state["epoch"], state["item"]
+        rng = ckpt / f"rng_state_rank{rank}.json"
+        if rng.is_file():
+            _set_rng_state(json.loads(rng.read_text()))
+        else:
+            warnings.warn(
+                f"{rng}: no random-number state saved with this checkpoint; dropout and sampling after "
+                "the resume will differ from an uninterrupted run",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if rank == 0:
             print(f"resuming {cfg.system} from {ckpt.name} (step {step}/{total_steps})")
 
@@ -364,6 +446,13 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     if rank == 0 and (step == 0 or not log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(log_fields)
+    elif rank == 0:  # resumed: rows logged after the restored step (a kill after the checkpoint) are dropped
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        if len(kept) != len(rows):
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
 
     model.train()
     bar = progress_bar(
@@ -430,8 +519,11 @@ def _save_checkpoint(run: Path, step: int, epoch: int, item: int, cfg: TrainConf
     ckpt = run / f"checkpoint-{step}"
     ckpt.mkdir(parents=True, exist_ok=True)
     stepper.save(ckpt, rank)
-    if rank == 0:
-        (ckpt / TRAIN_STATE).write_text(json.dumps({"system": cfg.system, "step": step, "epoch": epoch, "item": item}))
+    (ckpt / f"rng_state_rank{rank}.json").write_text(json.dumps(_rng_state()))
+    if rank == 0:  # written last: its presence marks the checkpoint complete
+        tmp = ckpt / f".{TRAIN_STATE}.tmp"
+        tmp.write_text(json.dumps({"system": cfg.system, "step": step, "epoch": epoch, "item": item}))
+        tmp.replace(ckpt / TRAIN_STATE)
 
 
 # ------------------------------------------------------------------------------------------ launching (notebooks, make)
@@ -490,13 +582,23 @@ def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
     run = cfg.run_dir()
     saved = run / "train_config.json"
     done = (run / "train_summary.json").is_file() and saved.is_file()
-    if done:
+    if saved.is_file():
         old = json.loads(saved.read_text())
         mine = asdict(cfg)
-        if {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {
+        same = {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {
             k: v for k, v in mine.items() if k not in _LAUNCH_ONLY
-        }:
+        }
+        if same and done:
             return run
+        if not same:  # trained with other settings: keep it beside, train this one into a fresh folder
+            aside = run.with_name(run.name + ".previous")
+            if aside.exists():
+                import shutil
+
+                shutil.rmtree(aside)
+            run.rename(aside)
+            print(f"{run} held a run of other settings: moved to {aside.name}, training anew")
+            done = False
     if num_gpus is None:
         num_gpus = torch.cuda.device_count() if cfg.llm_path else 0
     if num_gpus > 1 and "RANK" not in os.environ:

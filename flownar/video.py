@@ -185,6 +185,18 @@ def list_videos(path: str | Path) -> list[Path]:
     return [path]
 
 
+def _existing_feature_dim(folder: Path, meta: dict) -> tuple[int, Path] | None:
+    """The feature dim of a root that already holds features (from one of its files), or None."""
+    from .data.features import read_feature_tensor
+
+    for entry in meta.values():
+        path = folder / str(entry.get("path", "")) if isinstance(entry, dict) else None
+        if path is not None and path.is_file():
+            x = read_feature_tensor(path)
+            return int(x.shape[-1]), path
+    return None
+
+
 def extract_features(
     videos: str | Path,
     vision_path: str | Path,
@@ -210,9 +222,23 @@ def extract_features(
         folder = folder.with_name(folder.name.replace("_2fps_", f"_{fps:g}fps_"))
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = out_root / METADATA_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FlowNarError(f"{meta_path}: not valid JSON ({e}); repair or remove it before adding videos") from e
+        if not isinstance(meta, dict):
+            raise FlowNarError(f"{meta_path}: expected an object keyed by video id, found {type(meta).__name__}")
     vids = list_videos(videos)
     encoder = FrameEncoder(vision_path, device=device)
+    existing = _existing_feature_dim(folder, meta)
+    if existing is not None and existing[0] != encoder.hidden_size:
+        raise FlowNarError(
+            f"{out_root}: holds features of dim {existing[0]} ({existing[1]}) but the tower "
+            f"{vision_path} gives dim {encoder.hidden_size}; a root holds one feature size: "
+            "use another --out"
+        )
     done, skipped = [], []
     for v in vids:
         uid = v.stem

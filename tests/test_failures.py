@@ -10,7 +10,8 @@ from flownar.eval.runner import PREDICTION_VERSION, clip_file
 
 def _write(out, clip, preds):
     out.mkdir(parents=True, exist_ok=True)
-    clip_file(out, clip.clip_id).write_text(json.dumps({"version": PREDICTION_VERSION, "narrations": preds}))
+    rec = {"version": PREDICTION_VERSION, "clip_id": clip.clip_id, "narrations": preds}  # a file says its clip
+    clip_file(out, clip.clip_id).write_text(json.dumps(rec))
 
 
 def test_oracle_predictions_and_a_hallucination(tmp_path):

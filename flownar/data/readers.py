@@ -132,6 +132,8 @@ class FlowNarData:
             video has no narrations.
     """
 
+    SPEC_SAMPLE = 5  # feature files read to find the dataset's feature shape (real data: no declared shape)
+
     def __init__(self, root: str | Path, dataset: str = "ek100", strict: bool = False):
         self.root = Path(root).expanduser().resolve()
         self.layout: Layout = get_layout(dataset)
@@ -195,9 +197,15 @@ class FlowNarData:
 
     # ------------------------------------------------------------------ features
     def feature_spec(self) -> tuple[int, int]:
-        """(tokens_per_frame, feature_dim), read from the first readable feature file."""
+        """(tokens_per_frame, feature_dim): as the synthetic card declares it, else the most common shape among the
+        first few readable feature files (so one wrong file listed first cannot set the shape and get a good file
+        blamed: it is the one named when loaded)."""
         if self._spec is None:
-            first_error = None
+            card = self.synthetic_card
+            if card and "tokens_per_frame" in card and "feature_dim" in card:
+                self._spec = (int(card["tokens_per_frame"]), int(card["feature_dim"]))
+                return self._spec
+            first_error, shapes = None, []
             for info in self.videos.values():
                 try:
                     x = read_feature_tensor(info.feature_path)
@@ -205,15 +213,18 @@ class FlowNarData:
                     first_error = first_error or e
                     continue
                 if x.ndim != 3:
-                    raise FeatureFileError(
+                    first_error = first_error or FeatureFileError(
                         f"{info.feature_path}: features have shape {tuple(x.shape)}; expected 3 dims"
                     )
-                self._spec = (int(x.shape[1]), int(x.shape[2]))
-                break
-            if self._spec is None:
+                    continue
+                shapes.append((int(x.shape[1]), int(x.shape[2])))
+                if len(shapes) == self.SPEC_SAMPLE:
+                    break
+            if not shapes:
                 raise FeatureFileError(
                     f"no readable feature file under {self.layout.feature_dir(self.root)}: {first_error}"
                 )
+            self._spec = max(shapes, key=shapes.count)  # the most common; the first of equals
         return self._spec
 
     @property

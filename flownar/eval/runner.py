@@ -10,10 +10,13 @@ Oracle: one teacher-forced pass per narration-stream sample of the split (:mod:`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
+import uuid
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,28 +33,51 @@ PREDICTION_VERSION = 2  # 2: narrations_raw (the text as the original decodes it
 
 
 def clip_file(out_dir: Path, clip_id: str) -> Path:
-    return Path(out_dir) / (re.sub(r"[^A-Za-z0-9_.@-]", "_", clip_id) + ".json")
+    """The prediction file of a clip: a readable part (the id with unsafe characters replaced) and a short hash of
+    the exact id, so ids that read alike after sanitising (``P03/01``, ``P03_01``) never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", clip_id)
+    return Path(out_dir) / f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:8]}.json"
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # a temporary name of this writer's own (process and a random part), then an atomic rename: concurrent
+    # writers of one clip never write into each other's temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def read_prediction(path: Path, fingerprint: str | None = None) -> dict | None:
-    """A finished clip's record, or None if the file is missing, unreadable, or was written by another model
-    (then the clip is redone)."""
+def _read_record(path: Path) -> tuple[dict | None, str]:
+    """(record, "") or (None, why it cannot be used)."""
     try:
         rec = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"unreadable ({type(e).__name__})"
     if not isinstance(rec, dict) or rec.get("version") != PREDICTION_VERSION:
+        return None, f"not a version-{PREDICTION_VERSION} prediction file"
+    return rec, ""
+
+
+ANY_MODEL = object()  # read_prediction(fingerprint=ANY_MODEL): do not check which model wrote the file
+
+
+def read_prediction(path: Path, fingerprint=ANY_MODEL, clip_id: str | None = None) -> dict | None:
+    """A finished clip's record, or None if the file is missing, unreadable, or was written by another model
+    (another ``fingerprint``; None is a fingerprint too: "unknown") or for another clip (then the clip is redone)."""
+    rec, _ = _read_record(path)
+    if rec is None:
         return None
-    if fingerprint is not None and rec.get("model_fingerprint") != fingerprint:
+    if fingerprint is not ANY_MODEL and rec.get("model_fingerprint") != fingerprint:
+        return None
+    if clip_id is not None and rec.get("clip_id") != clip_id:
         return None
     return rec
 
@@ -68,23 +94,26 @@ def narrate_clips(
     fingerprint: str | None = None,
     **narrator_kwargs,
 ) -> dict:
-    """Narrate every clip of ``split`` not narrated yet (by this model, when ``fingerprint`` is given);
-    returns {"done": n, "skipped": n, "seconds": s}."""
+    """Narrate every clip of ``split`` (the first ``limit``) that has no prediction file of this clip by this
+    model (``fingerprint``, see :func:`flownar.checkpoint.run_fingerprint`) yet. Returns ``{"clips": [ids],
+    "done": narrated now, "reused": files kept, "redone": files replaced (another model or clip, unreadable),
+    "skipped": same as reused, "seconds": narration time}``."""
     from ..progress import progress_bar
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = data.eval_clips(split)[:limit]
     narrator = Narrator(model, chat, **narrator_kwargs)
-    done = skipped = 0
+    done = reused = redone = 0
     seconds = 0.0
     for clip in progress_bar(
         clips, desc=f"narrating {data.dataset}/{system or 'clips'}", enabled=progress, unit="clip"
     ):
         path = clip_file(out_dir, clip.clip_id)
-        if read_prediction(path, fingerprint) is not None:
-            skipped += 1
+        if read_prediction(path, fingerprint, clip.clip_id) is not None:
+            reused += 1
             continue
+        redone += path.exists()
         frames = data.load_features(clip.video_uid, range(clip.start_frame, clip.stop_frame))
         t0 = time.perf_counter()
         events = narrator.narrate(frames)
@@ -111,7 +140,14 @@ def narrate_clips(
         }
         _atomic_write_json(path, rec)
         done += 1
-    return {"done": done, "skipped": skipped, "seconds": round(seconds, 2)}
+    return {
+        "clips": [c.clip_id for c in clips],
+        "done": done,
+        "reused": reused,
+        "redone": redone,
+        "skipped": reused,
+        "seconds": round(seconds, 2),
+    }
 
 
 def clip_references(data, split: str = "val") -> list[ClipReference]:
@@ -134,28 +170,66 @@ def clip_references(data, split: str = "val") -> list[ClipReference]:
     return refs
 
 
-def load_predictions(out_dir: str | Path, clip_ids: list[str]) -> list[ClipPrediction]:
-    preds = []
+def load_predictions(out_dir: str | Path, clip_ids: list[str], fingerprint=ANY_MODEL) -> list[ClipPrediction]:
+    """The predictions of ``clip_ids`` in ``out_dir``. Refuses a folder that mixes models (the error names a file
+    of each) or files of another model than ``fingerprint``; a file that is unreadable or holds another clip is
+    counted aloud (a warning names them) and the clip is scored as one without narration."""
+    preds, bad, models = [], [], {}
     for cid in clip_ids:
-        rec = read_prediction(clip_file(out_dir, cid))
-        if rec is not None:
-            raw = rec.get("narrations_raw")
-            preds.append(
-                ClipPrediction(
-                    cid,
-                    {int(k): v for k, v in rec["narrations"].items()},
-                    {int(k): v for k, v in raw.items()} if raw is not None else None,
-                )
+        path = clip_file(out_dir, cid)
+        if not path.exists():
+            continue
+        rec, why = _read_record(path)
+        if rec is not None and rec.get("clip_id") != cid:
+            rec, why = None, f"holds clip {rec.get('clip_id')!r}"
+        if rec is None:
+            bad.append(f"{path.name} ({why})")
+            continue
+        fp = rec.get("model_fingerprint")
+        models.setdefault(fp, path)
+        raw = rec.get("narrations_raw")
+        preds.append(
+            ClipPrediction(
+                cid,
+                {int(k): v for k, v in rec["narrations"].items()},
+                {int(k): v for k, v in raw.items()} if raw is not None else None,
             )
+        )
+    if len(models) > 1:
+        which = ", ".join(f"{p} (model {fp})" for fp, p in models.items())
+        raise FlowNarError(
+            f"{out_dir}: prediction files of {len(models)} different models ({which}); score one "
+            "model's folder (narrate again into an empty --out)"
+        )
+    if fingerprint is not ANY_MODEL and models and fingerprint not in models:
+        ((fp, p),) = models.items()
+        raise FlowNarError(f"{p}: written by model {fp}, not by the model being scored ({fingerprint})")
+    if bad:
+        warnings.warn(
+            f"{out_dir}: {len(bad)} prediction file(s) cannot be used and their clips are scored as "
+            f"clips with no narration: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return preds
 
 
 def score_clips(
-    data, out_dir: str | Path, split: str = "val", eos: str | None = None, with_captions: bool = True
+    data,
+    out_dir: str | Path,
+    split: str = "val",
+    eos: str | None = None,
+    with_captions: bool = True,
+    clip_ids: list[str] | None = None,
+    fingerprint=ANY_MODEL,
 ) -> dict:
-    """Both scorings (``paper`` and ``corrected``) of the predictions in ``out_dir``."""
+    """Both scorings (``paper`` and ``corrected``) of the predictions in ``out_dir``: of every clip of the split,
+    or of ``clip_ids`` only (e.g. the clips a ``--limit`` run narrated)."""
     refs = clip_references(data, split)
-    preds = load_predictions(out_dir, [r.clip_id for r in refs])
+    if clip_ids is not None:
+        wanted = set(clip_ids)
+        refs = [r for r in refs if r.clip_id in wanted]
+    preds = load_predictions(out_dir, [r.clip_id for r in refs], fingerprint)
     if not preds:
         raise FlowNarError(f"{out_dir}: no prediction files for the {len(refs)} clips of {data.dataset}/{split}")
     kw = {"fps": data.fps, "with_captions": with_captions}
@@ -288,6 +362,7 @@ def run_self_conditioned(
     if max_new_tokens is None:
         max_new_tokens = narration_cap(_run_profile(run))
     sys_name = model.config.system
+    fingerprint = run_fingerprint(run)
     r = narrate_clips(
         model,
         chat,
@@ -297,16 +372,21 @@ def run_self_conditioned(
         system=sys_name,
         progress=progress,
         limit=limit,
-        fingerprint=run_fingerprint(run),
+        fingerprint=fingerprint,
         max_new_tokens=max_new_tokens,
         **narrator_kwargs,
     )
-    scores = score_clips(data, predictions_dir, split=split, with_captions=with_captions)
+    # score exactly the clips narrated here (all of the split without a limit); refuse another model's files
+    scored = r["clips"] if limit is not None else None
+    scores = score_clips(
+        data, predictions_dir, split=split, with_captions=with_captions, clip_ids=scored, fingerprint=fingerprint
+    )
     rec = {
         "system": sys_name,
         "checkpoint": str(run),
-        "model_fingerprint": run_fingerprint(run),
+        "model_fingerprint": fingerprint,
         "run": r,
+        "scored_clips": scores["paper"]["n_clips"],
         "timing": stream_timing(predictions_dir),
         "scores": scores,
     }
