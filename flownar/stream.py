@@ -14,6 +14,7 @@ ids, so that the logits equal those of one teacher-forced pass with the DCM mask
 * to speak: feed the run-closing token (``]\\n``) and ``Assistant:``, decode greedily until EOS or
   ``max_new_tokens``; the EOS is fed with the next frame.
 
+The tokens of each step and what leaves the cache are described once, in :mod:`flownar.layout`.
 Cache policy (what DCM means at inference): right after a narration is decoded, FlowNar / FlowNar-C / dcm-only
 delete the KV entries of the segment's frame run (``[`` ... ``]\\n``) and of the memory block before it; FlowNar-C
 also deletes the oldest narration (``Assistant`` ... ``<eos>``) when more than ``last_k_narration`` remain.
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import layout
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
 from .engine import ENGINES, SlotTags, make_kv_store
@@ -107,6 +109,18 @@ class Narrator:
         self.cfg = model.config
         self.chat = chat
         self.trigger = TriggerRule(threshold_high, threshold_low, avg_duration, rule)
+        c = chat
+        self._symbols = {  # the layout's token symbols -> ids of this tokenizer
+            "v": [self.cfg.v_placeholder_id],
+            "m": [self.cfg.m_placeholder_id],
+            "silent": [c.silent_id],
+            "open": [c.open_id],
+            "close": [c.speak_id],
+            "eos": [c.eos_id],
+            "newline": [c.newline_id],
+            "assistant": list(c.assistant_prompt_ids),
+        }
+        self._silent = layout.silent_frame(self.cfg.frame_num_tokens)
         self.max_new_tokens = max_new_tokens
         kw = {}
         if system_prompt is not None:
@@ -172,6 +186,24 @@ class Narrator:
             if len(ids) > 1 and len(self._ids_cache) < 64:
                 self._ids_cache[key] = t
         return t
+
+    def _tag(self, piece, narration: int) -> tuple[str, int, int]:
+        """The engine's tag of a token of ``piece``: (kind, segment it goes with, narration it goes with)."""
+        return (
+            piece.kind,
+            self.segment if piece.owner == layout.SEGMENT else PERMANENT,
+            narration if piece.owner == layout.NARRATION else PERMANENT,
+        )
+
+    def _tokens(self, pieces, narration: int) -> tuple[list[int], list[tuple[str, int, int]]]:
+        """Token ids and tags of a step's pieces (:mod:`flownar.layout`)."""
+        ids, tags = [], []
+        for piece in pieces:
+            for sym in piece.tokens:
+                run = self._symbols[sym]
+                ids += run
+                tags += [self._tag(piece, narration)] * len(run)
+        return ids, tags
 
     @staticmethod
     def _run(ids: list[int], token: int) -> slice | None:
@@ -254,26 +286,21 @@ class Narrator:
             if tok == self.chat.eos_id:
                 return out, False
             out.append(tok)
-            logits = self._feed([tok], [("narration", PERMANENT, nid)])
+            logits = self._feed([tok], [self._tag(layout.narration_token(), nid)])
         return out, True
 
     def _narrate(
         self,
         frame_idx: int,
-        after_prompt_ids: list[int],
+        pieces: list,
         forced: bool,
         p_silent: float,
         script_text: str | list[int] | None = None,
     ) -> NarrationEvent:
+        """Speak at ``frame_idx``: feed ``pieces`` (:func:`flownar.layout.speak`), decode (or replay) the narration,
+        then drop what the cache policy drops (:func:`flownar.layout.dropped_after_narration`)."""
         nid = self.narration_count
-        tags = []
-        for i in range(len(after_prompt_ids)):
-            tags.append(
-                ("frames", self.segment, PERMANENT)
-                if i < len(after_prompt_ids) - len(self.chat.assistant_prompt_ids)
-                else ("narration", PERMANENT, nid)
-            )
-        logits = self._feed(after_prompt_ids, tags)
+        logits = self._feed(*self._tokens(pieces, narration=nid))
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
             ids = (
                 self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
@@ -281,7 +308,7 @@ class Narrator:
                 else list(script_text)
             )  # text, or token ids (benchmarks)
             for t in ids:
-                self._feed([t], [("narration", PERMANENT, nid)])
+                self._feed([t], [self._tag(layout.narration_token(), nid)])
             capped = False
         else:
             ids, capped = self._decode(logits)
@@ -291,12 +318,13 @@ class Narrator:
         self.narration_count += 1
         self.pending_eos = True
         self.last_narration_frame = frame_idx
-        # DCM: drop this segment's frame run and the memory block before it; FlowNar-C: the oldest narration
-        if self.cfg.dcm:
-            self._delete(self.tags.keep_mask(segment=self.segment))
-        k = self.cfg.last_k_narration
-        if k is not None and self.narration_count > k:
-            self._delete(self.tags.keep_mask(narration=self.narration_count - 1 - k))
+        segment, narration = layout.dropped_after_narration(
+            self.cfg.dcm, self.cfg.last_k_narration, self.segment, self.narration_count
+        )
+        if segment is not None:  # DCM: the segment's frame run and the memory block before it
+            self._delete(self.tags.keep_mask(segment=segment))
+        if narration is not None:  # FlowNar-C: the narration that left the window
+            self._delete(self.tags.keep_mask(narration=narration))
         self.segment += 1
         raw = self.chat.decode_raw(ids + ([] if capped else [self.chat.eos_id]))
         ev = NarrationEvent(frame_idx, self.chat.decode(ids), ids, forced, p_silent, raw)
@@ -324,30 +352,19 @@ class Narrator:
         self.frame += 1
         self.counters.frames += 1
         i = self.frame
-        V = [self.cfg.v_placeholder_id] * self.cfg.frame_num_tokens
         if i == 0:
             return self._prompt(frame, script_text)
-        seg = self.segment
         if self.pending_eos:
-            ids = [self.chat.eos_id, self.chat.newline_id]
-            # the EOS and the newline after it belong to the narration (FlowNar-C drops them with it)
-            nl = (
-                ("narration", PERMANENT, self.narration_count - 1)
-                if self.cfg.last_k_narration is not None
-                else ("other", PERMANENT, PERMANENT)
+            pieces = layout.after_narration(
+                self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory, self.cfg.last_k_narration
             )
-            tags = [("narration", PERMANENT, self.narration_count - 1), nl]
             if self.has_memory:
                 self.memory = self.model.clam.read(self.readout_state)[0]  # (Q, D) after the narration frame
-                m = [self.chat.open_id] + [self.cfg.m_placeholder_id] * self.chat.num_m_tokens + [self.chat.speak_id]
-                ids += m
-                tags += [("memory", seg, PERMANENT)] * len(m)
-            ids += [self.chat.open_id] + V
-            tags += [("frames", seg, PERMANENT)] * (1 + len(V))
+            # the EOS and the newline belong to the narration just decoded
+            ids, tags = self._tokens(pieces, narration=self.narration_count - 1)
             self.pending_eos = False
         else:
-            ids = [self.chat.silent_id] + V
-            tags = [("frames", seg, PERMANENT)] * len(ids)
+            ids, tags = self._tokens(self._silent, narration=PERMANENT)
         logits = self._feed(ids, tags, frame)
         self._update_memory(frame)
         p = torch.softmax(logits, dim=-1)
@@ -361,9 +378,7 @@ class Narrator:
                     self.counters.unexpected_argmax += 1
         if not speak:
             return None
-        return self._narrate(
-            i, [self.chat.speak_id] + self.chat.assistant_prompt_ids, False, p_silent, script_text=script_text
-        )
+        return self._narrate(i, layout.speak(), False, p_silent, script_text=script_text)
 
     def _prompt(self, frame: torch.Tensor, script_text: str | list[int] | None) -> NarrationEvent:
         """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
@@ -371,14 +386,14 @@ class Narrator:
         self._update_memory(frame)
         # feed everything up to (not including) "Assistant:" then the narration prompt, as _narrate does
         self._feed(head, head_tags, frame)
-        return self._narrate(0, tail, True, float("nan"), script_text=script_text)
+        return self._narrate(0, layout.speak(first=True), True, float("nan"), script_text=script_text)
 
     @torch.no_grad()
     def finish(self) -> NarrationEvent | None:
         """End of the video: force a narration at the last frame unless it just narrated."""
         if self.frame < 0 or (self.events and self.events[-1].frame == self.frame):
             return None
-        ev = self._narrate(self.frame, [self.chat.speak_id] + self.chat.assistant_prompt_ids, True, float("nan"))
+        ev = self._narrate(self.frame, layout.speak(), True, float("nan"))
         return ev
 
     def narrate(self, frames: torch.Tensor, progress: bool = False) -> list[NarrationEvent]:

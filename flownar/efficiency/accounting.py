@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import layout
 from ..models import REAL_LLMS, TINY_SIZES, FlowNarConfig, FlowNarForCausalLM, config_for
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -132,12 +133,12 @@ class StreamTrace:
     memory_blocks: int = 0
 
 
-def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
+def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
     """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for ``system`` flags of ``cfg`` (dcm,
     use_memory, last_k_narration, mod) without a model. Narrations happen at ``schedule`` frames (0 is forced),
     each ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish`` forces one at the
     last frame, as ``Narrator.finish`` does."""
-    N, Q = layout.frame_tokens, layout.memory_tokens
+    N, Q = layout_.frame_tokens, layout_.memory_tokens
     k_sel = cfg.mod_tokens_per_frame
     tr = StreamTrace()
     state = {"perm": 0, "perm_r": 0}  # tokens never deleted (all layers / routed layers)
@@ -173,21 +174,28 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
                 state["perm_r"] += nr
         peak[0] = max(peak[0], total())
 
-    def narrate(run_close: bool):
+    owner = {layout.SEGMENT: "seg", layout.NARRATION: "narr", layout.PERMANENT: "perm"}
+
+    def parts(pieces):
+        """The simulator's (tokens, of which <v>, kind) for a step's pieces (:mod:`flownar.layout`)."""
+        size = {"assistant": layout_.assistant}
+        return [(sum(size.get(t, 1) for t in p.tokens), p.vision, owner[p.owner]) for p in pieces]
+
+    def narrate(first: bool):
         if cfg.last_k_narration is not None:
             narr.append([0, 0])
-        parts = ([(1, 0, "seg")] if run_close else []) + [(layout.assistant, 0, "narr")]
-        feed(parts)
-        for _ in range(layout.text):
-            feed([(1, 0, "narr")])
+        feed(parts(layout.speak(first)))
+        for _ in range(layout_.text):
+            feed(parts([layout.narration_token()]))
         tr.narrations += 1
-        if cfg.dcm:
+        segment, old = layout.dropped_after_narration(cfg.dcm, cfg.last_k_narration, 0, tr.narrations)
+        if segment is not None:
             seg[0] = seg[1] = 0
         elif seg[0]:  # no DCM: the segment becomes permanent
             state["perm"] += seg[0]
             state["perm_r"] += seg[1]
             seg[0] = seg[1] = 0
-        if cfg.last_k_narration is not None and len(narr) > cfg.last_k_narration:
+        if old is not None:
             narr.pop(0)
 
     speak_at = set(schedule)
@@ -196,23 +204,20 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
     for i in range(n_frames):
         peak[0] = total()
         if i == 0:
-            run = layout.prompt_frame_run
-            feed([(layout.prompt_head - run, 0, "perm"), (run, N, "seg")])
-            narrate(run_close=False)
+            run = layout_.prompt_frame_run
+            feed([(layout_.prompt_head - run, 0, "perm"), (run, N, "seg")])
+            narrate(first=True)
             pending, last = True, 0
         else:
             if pending:
-                parts = [(1, 0, "narr"), (1, 0, "narr" if cfg.last_k_narration is not None else "perm")]
-                if cfg.use_memory:
-                    parts.append((Q + 2, 0, "seg"))
-                    tr.memory_blocks += 1
-                parts.append((1 + N, N, "seg"))
+                step = layout.after_narration(N, Q, cfg.use_memory, cfg.last_k_narration)
+                tr.memory_blocks += cfg.use_memory
                 pending = False
             else:
-                parts = [(1 + N, N, "seg")]
-            feed(parts)
+                step = layout.silent_frame(N)
+            feed(parts(step))
             if i in speak_at:
-                narrate(run_close=True)
+                narrate(first=False)
                 pending, last = True, i
         tr.frames += 1
         tr.frame_forwards.append(len(tr.n))
@@ -221,7 +226,7 @@ def simulate_stream(cfg, layout: Layout, schedule: list[int], n_frames: int, fin
         tr.frame_tokens_after_routed.append(total_r())
         tr.frame_tokens_peak.append(peak[0])
     if finish and n_frames and last != n_frames - 1:
-        narrate(run_close=True)
+        narrate(first=False)
         tr.frame_tokens_peak[-1] = max(tr.frame_tokens_peak[-1], peak[0])
     return tr
 
