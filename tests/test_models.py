@@ -6,11 +6,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from flownar.checkpoint import load_model
 from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
-from flownar.models import SYSTEMS, CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for, load_model
+from flownar.models import SYSTEMS, CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for
 from flownar.models.masks import expiry_positions, render_visibility, visibility
 
 TEXTS = [

@@ -1,8 +1,8 @@
 """No silent wrong result: predictions, runs and checkpoints that can never be mixed up (README "Reliability")."""
 
 import json
-import re
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path

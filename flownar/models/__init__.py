@@ -59,15 +59,6 @@ def config_for(
     return FlowNarConfig(**{**special, **shape, **ids, **overrides})
 
 
-def __getattr__(name: str):
-    # moved to flownar.checkpoint (the one place that opens saved models); still importable from here
-    if name == "load_model":
-        from ..checkpoint import load_model
-
-        return load_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "FLOWNAR_FORMAT_VERSION",
     "FlowNarConfig",
@@ -77,7 +68,6 @@ __all__ = [
     "REAL_LLMS",
     "TINY_SIZES",
     "config_for",
-    "load_model",
     "CheckpointError",
     "tiny_llama_kwargs",
 ]
