@@ -398,3 +398,20 @@ def test_narrator_records_the_raw_decoding():
             e.token_ids + ([chat.eos_id] if len(e.token_ids) < 3 else []), skip_special_tokens=False
         )
     assert (narration_cap("paper"), narration_cap("default")) == (100, 32)
+
+
+def test_temporal_prf_by_position_in_units_of_the_training_cap():
+    """GT ends at 5, 15, 25 and 45 s with a 10-s cap: one segment per bin 0-1x, 1-2x, 2-4x, >4x. Predictions at
+    the first two GT times (corrected scoring: frame time) match the first two segments only."""
+    from flownar.eval.metrics import temporal_prf_by_position
+
+    r = ref(references=[[(5.0, "a"), (15.0, "b"), (25.0, "c"), (45.0, "d")]], dataset="ek100")
+    t = temporal_prf_by_position([ClipPrediction("c", {10: "a", 30: "b"})], [r], cap_seconds=10.0)
+    assert list(t.index) == ["0-1x", "1-2x", "2-4x", ">4x"]
+    assert t["gt_segments"].tolist() == [1, 1, 1, 1] and t["predictions"].tolist() == [1, 1, 0, 0]
+    assert t.loc["0-1x", "f1"] == 1.0 and t.loc["1-2x", "f1"] == 1.0
+    assert t.loc["2-4x", "recall"] == 0.0 and t.loc["2-4x", "f1"] == 0.0 and math.isnan(t.loc["2-4x", "precision"])
+    assert t["clips"].tolist() == [1, 1, 1, 1]
+    # a clip that is never narrated counts its GT, predictions none
+    t2 = temporal_prf_by_position([], [r], cap_seconds=10.0)
+    assert t2["recall"].tolist() == [0.0] * 4 and t2["predictions"].sum() == 0

@@ -112,6 +112,8 @@ __all__ = [
     "caption_scores",
     "evaluate_clips",
     "evaluate_both",
+    "POSITION_BINS",
+    "temporal_prf_by_position",
 ]
 
 SCORINGS = ("paper", "corrected")
@@ -559,6 +561,74 @@ def evaluate_clips(
         "pairs": all_pairs,
         "per_clip": per_clip,
     }
+
+
+#: Positions along the stream in units of the training cap (the original trains on clips cut at ``max_num_frames``
+#: and narrates whole validation videos): 0-1x, 1-2x, 2-4x, beyond.
+POSITION_BINS = (0.0, 1.0, 2.0, 4.0, math.inf)
+
+
+def _bin_label(a: float, b: float) -> str:
+    return f">{a:g}x" if math.isinf(b) else f"{a:g}-{b:g}x"
+
+
+def temporal_prf_by_position(
+    preds: Iterable[ClipPrediction],
+    refs: Iterable[ClipReference],
+    cap_seconds: float,
+    scoring: str = "corrected",
+    fps: float = 2.0,
+    bins: Sequence[float] = POSITION_BINS,
+    eos: str | None = "<|eot_id|>",
+) -> pd.DataFrame:
+    """Temporal precision / recall / F1 along the stream, by where a segment ends relative to the clip's first
+    frame, in units of ``cap_seconds`` (the training clips' length): where full-context systems are expected to
+    degrade as streams outgrow what training showed.
+
+    A GT segment counts in the bin of its end, and is recalled if any prediction matches it (IoU >= 0.5, as
+    :func:`temporal_prf`); a predicted segment counts in the bin of its end, and is precise if it matches any GT
+    segment. Counts are pooled over clips (most clips have nothing in the late bins), so P = matched predictions /
+    predictions and R = matched GT / GT within the bin (NaN where a bin holds none). Also: GT segments,
+    predictions and clips reaching the bin."""
+    by_id = {str(p.clip_id): p for p in preds}
+    edges = list(bins)
+    rows = {i: {"gt": 0, "gt_hit": 0, "pred": 0, "pred_hit": 0, "clips": 0} for i in range(len(edges) - 1)}
+    for ref in refs:
+        m = clip_matches(by_id.get(str(ref.clip_id)), ref, scoring=scoring, fps=fps, eos=eos)
+        start = ref.start_frame / fps
+        matches = m["iou"] >= IOU_THRESHOLD  # (G, P)
+        gt_bin = np.digitize((m["gt_segments"][:, 1] - start) / cap_seconds, edges[1:-1]) if len(matches) else []
+        pr_bin = np.digitize((m["pred_segments"][:, 1] - start) / cap_seconds, edges[1:-1])
+        reached = set(gt_bin) | set(pr_bin)
+        for i in reached:
+            rows[int(i)]["clips"] += 1
+        for g, b in enumerate(gt_bin):
+            rows[int(b)]["gt"] += 1
+            rows[int(b)]["gt_hit"] += bool(matches.shape[1] and matches[g].any())
+        for p, b in enumerate(pr_bin):
+            rows[int(b)]["pred"] += 1
+            rows[int(b)]["pred_hit"] += bool(matches.shape[0] and matches[:, p].any())
+    out = []
+    for i, r in rows.items():
+        prec = r["pred_hit"] / r["pred"] if r["pred"] else float("nan")
+        rec = r["gt_hit"] / r["gt"] if r["gt"] else float("nan")
+        f1 = (
+            2 * prec * rec / (prec + rec)
+            if r["pred"] and r["gt"] and prec + rec > 0
+            else (0.0 if r["gt"] else float("nan"))
+        )
+        out.append(
+            {
+                "position": _bin_label(edges[i], edges[i + 1]),
+                "precision": prec,
+                "recall": rec,
+                "f1": f1,
+                "gt_segments": r["gt"],
+                "predictions": r["pred"],
+                "clips": r["clips"],
+            }
+        )
+    return pd.DataFrame(out).set_index("position")
 
 
 def evaluate_both(preds: Iterable[ClipPrediction], refs: Iterable[ClipReference], **kw) -> dict[str, dict]:
