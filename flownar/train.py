@@ -487,7 +487,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                 )
                 with open(log_path, "a", newline="") as f:
                     csv.writer(f).writerow(row)
-                bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}")
+                bar.set_postfix(loss=f"{acc['loss'] / acc['n']:.3f}", refresh=False)  # printed at the next update
                 acc = {"loss": 0.0, "lm_loss": 0.0, "stream_loss": 0.0, "n": 0, "tokens": acc["tokens"]}
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 _save_checkpoint(run, step, epoch, pos + 1, cfg, stepper, rank)
