@@ -11,6 +11,10 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PROFILE ?= default
 SEED ?= 0
+# where make reproduce-* writes tables and figures (<FIG_DIR>/<dataset>/<profile>)
+FIG_DIR ?= $(ROOT)/paper_figures
+# make seeds-<dataset>: the seeds of the seed-to-seed spread (seed 0 is the ordinary run)
+SEEDS ?= 0 1 2
 DATA_ROOT ?=
 LLM_PATH ?=
 
@@ -29,7 +33,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # DeepSpeed JIT-builds its CPU communication op once; keep the build inside the environment
 export TORCH_EXTENSIONS_DIR := $(VENV)/torch_extensions
 
-.PHONY: help setup java test unit lint nbval lab lock test-latest data-ek100 data-ego4d data-egoexo4d reproduce-ek100 \
+.PHONY: help setup java test unit lint nbval lab lock test-latest data-ek100 data-ego4d data-egoexo4d reproduce-ek100 seeds-ek100 seeds-ego4d seeds-egoexo4d \
         reproduce-ego4d reproduce-egoexo4d notebooks-smoke bench-cpu bench-gpu clean distclean
 
 help:
@@ -122,7 +126,7 @@ data-ek100 data-ego4d data-egoexo4d: data-%: $(STAMP)
 NOTEBOOKS := $(sort $(wildcard $(ROOT)/notebooks/[0-9][0-9]_*.ipynb))
 
 define dataset_rules
-OUT_$(1) := $(ROOT)/paper_figures/$(1)/$(PROFILE)
+OUT_$(1) := $(FIG_DIR)/$(1)/$(PROFILE)
 EXEC_$(1) := $$(patsubst $(ROOT)/notebooks/%,$$(OUT_$(1))/notebooks/%,$(NOTEBOOKS))
 reproduce-$(1): $$(EXEC_$(1))
 	$(VENV)/bin/flownar provenance --dataset $(1) --profile $(PROFILE) --seed $(SEED) \
@@ -133,18 +137,31 @@ $(foreach d,ek100 ego4d egoexo4d,$(eval $(call dataset_rules,$(d))))
 
 # one rule per (dataset, notebook): depends on the previous executed notebook of the same dataset
 define notebook_rule
-$(ROOT)/paper_figures/$(1)/$(PROFILE)/notebooks/$(notdir $(2)): $(2) $(3) $(STAMP) $(LIB)
+$(FIG_DIR)/$(1)/$(PROFILE)/notebooks/$(notdir $(2)): $(2) $(3) $(STAMP) $(LIB)
 	@mkdir -p $$(@D)
 	@echo "== $$$$(date +%T) $(1) / $(PROFILE): $(notdir $(2))"
 	cd $(ROOT) && FLOWNAR_PROGRESS=terminal $(VENV)/bin/papermill -k python3 --cwd $(ROOT)/notebooks $(2) $$@.tmp.ipynb \
 	  -p dataset $(1) -p profile $(PROFILE) -p seed $(SEED) -p data_root "$(DATA_ROOT)" \
-	  -p output_dir $(ROOT)/paper_figures/$(1)/$(PROFILE) \
+	  -p output_dir $(FIG_DIR)/$(1)/$(PROFILE) \
 	  $(if $(filter 01_%,$(notdir $(2))),-p llm_path "$(LLM_PATH)")
 	@mv $$@.tmp.ipynb $$@
 endef
-prev_of = $(if $(filter 1,$(2)),,$(ROOT)/paper_figures/$(1)/$(PROFILE)/notebooks/$(notdir $(word $(shell echo $$(($(2)-1))),$(NOTEBOOKS))))
+prev_of = $(if $(filter 1,$(2)),,$(FIG_DIR)/$(1)/$(PROFILE)/notebooks/$(notdir $(word $(shell echo $$(($(2)-1))),$(NOTEBOOKS))))
 $(foreach d,ek100 ego4d egoexo4d,$(foreach i,$(shell seq 1 $(words $(NOTEBOOKS))),\
   $(eval $(call notebook_rule,$(d),$(word $(i),$(NOTEBOOKS)),$(call prev_of,$(d),$(i))))))
+
+# ---------------------------------------------------------------- the claims, over seeds
+# The default pipeline once per seed of SEEDS (not part of reproduce-*: about 3x its time). Seed 0 is the ordinary
+# run (paper_figures/<dataset>/<profile>); every other seed has its own world, runs and outputs under
+# data/seeds/seed<s>, runs/seeds/seed<s> and paper_figures/seeds/seed<s>. Then table_claims.* in the seed-0 folder.
+seeds-ek100 seeds-ego4d seeds-egoexo4d: seeds-%: $(STAMP)
+	@for s in $(SEEDS); do \
+	  if [ $$s = 0 ]; then $(MAKE) --no-print-directory reproduce-$* || exit 1; \
+	  else FLOWNAR_DATA_DIR=$(ROOT)/data/seeds/seed$$s FLOWNAR_RUNS_DIR=$(ROOT)/runs/seeds/seed$$s \
+	    $(MAKE) --no-print-directory reproduce-$* SEED=$$s FIG_DIR=$(ROOT)/paper_figures/seeds/seed$$s || exit 1; fi; \
+	done
+	$(VENV)/bin/flownar claims --dataset $* --out $(FIG_DIR)/$*/$(PROFILE) \
+	  --dirs $(foreach s,$(SEEDS),$(if $(filter 0,$(s)),$(FIG_DIR)/$*/$(PROFILE),$(ROOT)/paper_figures/seeds/seed$(s)/$*/$(PROFILE)))
 
 # ---------------------------------------------------------------- committed benchmark runs
 # Longer than the pipeline's own benchmark (notebook 04 shows these beside its run). Commit the JSON files.

@@ -199,7 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--data", type=Path, default=None, help="dataset root (default: the embedded one of the profile)")
     pv.add_argument("--out", required=True, type=Path, help="folder to write provenance.json into")
     pv.set_defaults(func=_cmd_provenance)
+
+    cl = sub.add_parser("claims", help="the claims table (paper vs ours, mean +- std over seeds, verdict)")
+    cl.add_argument("--dataset", default="ek100", choices=DATASETS)
+    cl.add_argument("--dirs", nargs="+", required=True, help="one output folder per seed")
+    cl.add_argument("--out", required=True, help="folder for table_claims.{csv,md,tex}")
+    cl.set_defaults(func=_cmd_claims)
     return p
+
+
+def _cmd_claims(args) -> int:
+    from .claims import main as claims_main
+
+    return claims_main(["--dataset", args.dataset, "--dirs", *args.dirs, "--out", args.out])
 
 
 def _cmd_provenance(args) -> int:

@@ -38,6 +38,7 @@ from .data.chat import ChatTokenizer
 from .data.layouts import DATASETS
 from .data.prepare import prepare_dataset
 from .data.samples import MAX_NUM_FRAMES
+from .data.synth import training_cap
 from .data.tokenizer import build_tokenizer
 from .errors import FlowNarError
 from .models import SYSTEMS, FlowNarForCausalLM, config_for
@@ -51,6 +52,7 @@ __all__ = [
     "train_config",
     "train",
     "ensure_trained",
+    "ensure_trained_all",
     "deepspeed_command",
     "build_model",
     "parameter_counts",
@@ -96,6 +98,7 @@ class TrainConfig:
     lora_r: int = 128
     lora_alpha: int = 256
     lora_dropout: float = 0.05
+    threads: int = 0  # CPU threads of this run (0: torch's default); part of the recipe: sums run in this order
     # bookkeeping
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     log_every: int = 1
@@ -108,8 +111,20 @@ class TrainConfig:
 
 # The paper's schedule for `paper`; CPU-sized ones for the embedded profiles.
 TRAIN_PROFILES: dict[str, dict] = {
-    "smoke": dict(model_size="micro", epochs=4.0, lr=3e-3, grad_accum=1, max_num_frames=240, warmup_ratio=0.1),
-    "default": dict(model_size="mini", epochs=1.5, lr=1.5e-3, grad_accum=2, max_num_frames=600, warmup_ratio=0.05),
+    "smoke": dict(
+        model_size="micro", epochs=4.0, lr=3e-3, grad_accum=1, max_num_frames=training_cap("smoke"), warmup_ratio=0.1
+    ),
+    # world v3: capped clips are short, so many small steps (batch 1, no accumulation) fit the CPU budget; one
+    # thread per run, two runs at a time (ensure_trained_all)
+    "default": dict(
+        model_size="mini",
+        epochs=10.0,
+        lr=1.5e-3,
+        grad_accum=1,
+        max_num_frames=training_cap("default"),
+        warmup_ratio=0.05,
+        threads=1,
+    ),
     "paper": dict(
         epochs=2.0,
         lr=2e-4,
@@ -390,7 +405,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             print(f"{cfg.system}: already trained with these settings in {run}")
         return run
     _set_seed(cfg.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, torch.get_num_threads()))
     data = prepare_dataset(cfg.dataset, cfg.data_root or None, cfg.profile, cfg.seed, progress=False)
     tok = build_tokenizer(data, cfg.llm_path or None)
     chat = ChatTokenizer(tok, data.tokens_per_frame, cfg.num_m_tokens)
@@ -570,6 +585,40 @@ def deepspeed_command(cfg: TrainConfig, num_gpus: int) -> list[str]:
         if f.name not in passed and v != getattr(base, f.name):
             cmd += ["--set", f"{f.name}={v}"]
     return cmd
+
+
+def _ensure_trained_worker(cfg: TrainConfig) -> tuple[str, str, float]:
+    t0 = time.time()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    return cfg.system, str(ensure_trained(cfg)), time.time() - t0
+
+
+def ensure_trained_all(cfgs: list[TrainConfig], workers: int | None = None) -> dict[str, tuple[Path, float]]:
+    """:func:`ensure_trained` for several systems: ``{system: (run directory, seconds)}``. On CPU with
+    single-threaded runs (the embedded profiles), up to ``workers`` (default: the CPU count) train at once in
+    separate processes, each printing a line when done; a run's result does not depend on which process trains
+    it. Otherwise (GPUs, paper scale) one after the other."""
+    out: dict[str, tuple[Path, float]] = {}
+    if workers is None:
+        workers = os.cpu_count() or 1
+    parallel = workers > 1 and len(cfgs) > 1 and all(c.threads == 1 and not c.llm_path for c in cfgs)
+    if not parallel:
+        for cfg in cfgs:
+            system, run, sec = _ensure_trained_worker(cfg)
+            out[system] = (Path(run), sec)
+            print(f"{system:16s} {sec:7.1f} s  -> {run}", flush=True)
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(cfgs)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_ensure_trained_worker, cfg) for cfg in cfgs]
+        for fut in as_completed(futures):
+            system, run, sec = fut.result()
+            out[system] = (Path(run), sec)
+            print(f"{system:16s} {sec:7.1f} s  -> {run}", flush=True)
+    return {c.system: out[c.system] for c in cfgs}
 
 
 def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:

@@ -62,8 +62,10 @@ def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
     return pd.DataFrame(rows).set_index("system")
 
 
-def plot_training_curves(runs: dict[str, Path], title: str = ""):
-    """Loss per optimizer step, one line per system (total and narration-LM panels)."""
+def plot_training_curves(runs: dict[str, Path], title: str = "", auc: dict[str, float] | None = None):
+    """Loss per optimizer step, one line per system (total, narration-LM and frame-decision panels); with ``auc``
+    (system -> validation decision AUC, :func:`flownar.eval.oracle.decision_probe`) a fourth panel beside them
+    shows whether each system learned *when* to speak."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
@@ -73,7 +75,7 @@ def plot_training_curves(runs: dict[str, Path], title: str = ""):
     df = pd.concat(
         [pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()]
     )
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    fig, axes = plt.subplots(1, 4 if auc else 3, figsize=(16 if auc else 12, 3.4))
     for ax, col, name in zip(
         axes,
         ("loss", "lm_loss", "stream_loss"),
@@ -83,6 +85,16 @@ def plot_training_curves(runs: dict[str, Path], title: str = ""):
         ax.set_title(name)
         ax.set_yscale("log")
         ax.set_ylabel("cross-entropy")
+    if auc:
+        ax = axes[3]
+        names = [SYSTEM_NAMES.get(s, s) for s in auc]
+        ax.barh(names, list(auc.values()), color=sns.color_palette(n_colors=len(auc)))
+        ax.axvline(0.5, color="grey", ls=":", lw=1)
+        ax.set_xlim(0.4, 1.0)
+        ax.invert_yaxis()
+        ax.set_title("when to speak: decision AUC (val)")
+        for i, v in enumerate(auc.values()):
+            ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -415,3 +415,20 @@ def test_temporal_prf_by_position_in_units_of_the_training_cap():
     # a clip that is never narrated counts its GT, predictions none
     t2 = temporal_prf_by_position([], [r], cap_seconds=10.0)
     assert t2["recall"].tolist() == [0.0] * 4 and t2["predictions"].sum() == 0
+
+
+def test_corrected_scoring_matches_identical_zero_length_segments():
+    """corrected (fix 5): two zero-length segments at the same time are identical (IoU 1); paper keeps the
+    original's 0. An EK100 clip starts at its first narration, so its first GT segment is empty: predictions at
+    exactly the GT times score F1 = 1 corrected, and miss that segment under paper's formula."""
+    gt = np.array([[5.0, 5.0], [5.0, 9.0]])
+    pred = np.array([[5.0, 5.0], [5.5, 5.5]])
+    assert iou_matrix(gt, pred)[0, 0] == 0.0
+    assert iou_matrix(gt, pred, points=True)[0, 0] == 1.0
+    assert iou_matrix(gt, pred, points=True)[0, 1] == 0.0  # another point: still 0
+    assert iou_matrix(gt, pred, points=True)[1, 0] == 0.0  # a point inside a segment: still 0
+    r = ClipReference("c", [[(5.0, "a"), (9.0, "b"), (12.0, "c")]], 5.0, 10, "ek100")
+    p = ClipPrediction("c", {0: "a", 8: "b", 14: "c"})  # frames 10, 18, 24 at 2 fps = 5, 9, 12 s
+    assert clip_matches(p, r, "corrected")["f1"] == 1.0
+    pr, rc, f1 = temporal_prf(clip_matches(p, r, "corrected")["gt_segments"], [[5.0, 5.0], [5.0, 9.0], [9.0, 12.0]])
+    assert rc == pytest.approx(2 / 3)  # without points the empty first segment never matches

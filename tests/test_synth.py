@@ -9,6 +9,7 @@ import re
 import uuid
 import warnings
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -22,8 +23,12 @@ from flownar.data.synth import (
     SYNTH_VERSION,
     VERBS,
     SynthConfig,
+    narration_frames,
+    render_features,
     simulate_video,
     synth_config,
+    training_cap,
+    video_length,
     world_prototypes,
     write_synthetic_dataset,
 )
@@ -72,7 +77,11 @@ def test_profiles_and_lookup():
     with pytest.raises(ValueError, match="default.*smoke|smoke.*default"):
         synth_config("huge")
     with pytest.raises(ValueError):
-        SynthConfig(n_train=1, n_val=1, min_video_s=10, max_video_s=20, feature_dim=8, tokens_per_frame=5)
+        SynthConfig(n_train=1, n_val=1, cap_s=40.0, feature_dim=8, tokens_per_frame=5)
+    with pytest.raises(ValueError, match="length_min"):
+        SynthConfig(n_train=1, n_val=1, cap_s=40.0, feature_dim=8, length_min=2.0, length_max=2.0)
+    with pytest.raises(ValueError, match="mix_share"):
+        SynthConfig(n_train=1, n_val=1, cap_s=40.0, feature_dim=8, mix_share=1.0)
 
 
 def test_bad_arguments(tmp_path):
@@ -123,7 +132,8 @@ def test_common_files(roots, layout):
         assert x.dtype == torch.bfloat16 and x.ndim == 3 and x.shape[1:] == (10, SMOKE.feature_dim)
         T = x.shape[0]
         assert entry["duration"] == (T - 1) / 2.0
-        assert SMOKE.min_video_s - 0.5 <= entry["duration"] <= SMOKE.max_video_s
+        cap = SMOKE.cap_s
+        assert cap * SMOKE.length_min - 0.5 <= entry["duration"] <= cap * SMOKE.length_max
         assert torch.isfinite(x.float()).all()
         video = card["videos"][uid]
         assert video["split"] == ("train" if uid in train else "val")
@@ -179,14 +189,20 @@ def test_ego4d_annotations(roots):
             assert first != second
             n_narr, n_second = n_narr + len(first), n_second + len(second)
     assert 0.8 * n_narr < n_second < n_narr  # ~5% dropped in the second pass
-    # segment summaries: val videos only, ~60 s windows tiling each video, narrations inside their window
+    # segment summaries: val videos only, windows of half the training cap tiling each video (empty ones left
+    # out), narrations inside their window
+    from flownar.data.synth import _summary_windows
+
     summ = _load(root / "annotations" / lay.summary_file)
     val = _load(lay.annotation_path(root, "val"))
     assert set(summ) == set(card["splits"]["val"])
+    assert SMOKE.summary_window_s == 0.5 * SMOKE.cap_s
     for uid, windows in summ.items():
         spans = [tuple(float(v) for v in key.split(", ")) for key in windows]
-        assert spans[0][0] == 0.0 and spans[-1][1] == meta[uid]["duration"]
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        tiling = [(round(a, 1), round(b, 1)) for a, b in _summary_windows(meta[uid]["duration"], SMOKE.summary_window_s)]
+        assert tiling[0][0] == 0.0 and tiling[-1][1] == meta[uid]["duration"]
+        assert all(a[1] == b[0] for a, b in zip(tiling, tiling[1:]))
+        assert set(spans) <= set(tiling) and spans == sorted(spans)
         assert all(e - s <= 1.5 * SMOKE.summary_window_s for s, e in spans)
         kept = {ann: [] for ann in val[uid]}
         for (s, e), per_pass in zip(spans, windows.values()):
@@ -303,7 +319,7 @@ def test_world_structure(roots):
     assert 0.1 < len(involved) / len(segs) < 0.45
     durations = np.array([s["end"] - s["start"] for _, _, s in segs])
     assert 2.0 < durations.mean() < 6.0 and durations.max() <= 40.0
-    assert (durations < 0.5).any()  # very quick actions exist
+    assert (durations == 0.5).any()  # very quick actions exist (one frame: the world's clock ticks with the frames)
 
 
 def _segment_noun_cos(x: np.ndarray, seg: dict, proto: np.ndarray) -> float:
@@ -341,3 +357,86 @@ def test_prototypes():
     assert a["nouns"]["knife"].shape == (16,) and a["positions"].shape == (9, 16)
     assert np.array_equal(a["grasp"], world_prototypes(0, 16)["grasp"])
     assert not np.array_equal(a["grasp"], b["grasp"])
+
+
+# ------------------------------------------------------------------------------------------------ world v3
+def test_clock_ticks_with_the_frames(roots):
+    card = _card(roots["ek100"])
+    for v in card["videos"].values():
+        for s in v["segments"]:
+            for t in (s["start"], s["end"]):
+                assert abs(t * 2.0 - round(t * 2.0)) < 1e-6, t
+
+
+def test_memory_gaps_are_tagged(roots):
+    card = _card(roots["ek100"])
+    tagged = 0
+    for v in card["videos"].values():
+        segs = v["segments"]
+        for i, s in enumerate(segs):
+            if s["depends_on"] is None:
+                assert s["gap_segments"] is None and s["gap_s"] is None
+            else:
+                tagged += 1
+                assert s["gap_segments"] == i - s["depends_on"] >= 1
+                assert s["gap_s"] == pytest.approx(s["end"] - segs[s["depends_on"]]["end"], abs=1e-6)
+    assert tagged > 0
+
+
+def test_length_regime():
+    """Lengths in units of the training cap: validation lengths are the lognormal's quantiles (a fixed spread with
+    its long tail in every seed); training cuts at the cap, which is the profile's max_num_frames."""
+    from flownar.train import TRAIN_PROFILES
+
+    cfg = synth_config("default")
+    assert training_cap("default") == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]
+    assert training_cap("smoke") == SMOKE.cap_frames == TRAIN_PROFILES["smoke"]["max_num_frames"]
+    assert training_cap("paper") == 1200
+    val = np.array([video_length(cfg, 0, cfg.n_train + i) for i in range(cfg.n_val)])
+    assert np.array_equal(np.sort(val), np.sort([video_length(cfg, 7, cfg.n_train + i) for i in range(cfg.n_val)]))
+    assert 0.8 < val.mean() < 1.4 and val.max() > 4.0 and (val > 2.0).sum() >= 3
+    q = np.sort(val)
+    expected = [
+        min(cfg.length_min + math.exp(NormalDist(math.log(cfg.length_median), cfg.length_sigma).inv_cdf((k + 0.5) / cfg.n_val)),
+            cfg.length_max)
+        for k in range(cfg.n_val)
+    ]
+    assert np.allclose(q, expected, rtol=1e-9)
+    train = np.array([video_length(cfg, 0, i) for i in range(cfg.n_train)])
+    assert len(set(train.round(6))) == cfg.n_train and train.min() > cfg.length_min
+
+
+def _render(cfg, seed=0, index=0):
+    return render_features(simulate_video(cfg, seed, index), world_prototypes(seed, cfg.feature_dim), cfg, seed)
+
+
+def test_completion_cue_is_causal_and_at_the_narration_frame():
+    """The effect prototype appears in the central tokens of each narration frame (half of it on the next frame)
+    and nowhere else: with cue_amp = 0 the features differ from the default ones exactly there."""
+    import dataclasses
+
+    cfg = dataclasses.replace(SMOKE, mix_share=0.0)
+    with_cue, without = _render(cfg), _render(dataclasses.replace(cfg, cue_amp=0.0))
+    video = simulate_video(cfg, 0, 0)
+    frames = narration_frames(video, cfg.fps, len(with_cue))
+    diff = np.abs(with_cue - without).max(axis=2)  # (T, 10)
+    touched = sorted(set(np.flatnonzero(diff.max(1) > 1e-5)))
+    assert set(frames) <= set(touched) and set(touched) <= set(frames) | {f + 1 for f in frames}
+    assert (diff[:, [t for t in range(10) if t not in CENTRAL_TOKENS]] < 1e-5).all()  # central tokens only
+    effect = world_prototypes(0, cfg.feature_dim)["effect"]
+    proj = (with_cue - without)[frames][:, CENTRAL_TOKENS] @ effect / (effect @ effect)
+    scale = cfg.cue_amp * 0.5 / math.sqrt(0.25 + 0.09 + 0.09 + 0.4 + cfg.feature_dim / cfg.frame_snr**2)
+    assert np.all(proj >= scale * 0.99)  # the cue's full size (more where two narrations share a frame)
+
+
+def test_token_mixing_is_a_share_of_the_frame_mean():
+    import dataclasses
+
+    from flownar.data.synth import _feature_scale
+
+    a = SMOKE.mix_share
+    assert 0 < a < 1
+    mixed = _render(SMOKE) * _feature_scale(SMOKE)
+    cfg0 = dataclasses.replace(SMOKE, mix_share=0.0)
+    raw = _render(cfg0) * _feature_scale(cfg0)
+    assert np.allclose(mixed, (1 - a) * raw + a * raw.mean(axis=1, keepdims=True), atol=1e-4)

@@ -27,6 +27,24 @@ The world, briefly (each choice exists to make streaming narration non-trivial i
   ramp (timing is fuzzy) and every token gets AR(1) plus white noise so that one frame is ambiguous and a few
   frames identify the action. Generated in float32, stored bf16, per-dimension variance ~1.
 
+World v3 (``SYNTH_VERSION`` 3) adds what the first versions lacked for learning *when* to speak:
+
+* **A causal completion cue.** In the frame where an action's narration is due (its end, on the frame grid) the
+  action's effect becomes visible: the ``effect`` prototype in the central tokens (``cue_amp``; ``cue_linger`` of
+  it remains on the next frame). It is the same for every kind of segment, so *when* does not depend on *how far
+  back* the needed memory lies. Its size is set so that a linear probe on one frame is good but not certain
+  (``flownar.data.stats.completion_probe``: AUC ~0.97 on the default profile).
+* **ViT-like token mixing.** Every token becomes ``(1 - mix_share) * itself + mix_share * the frame's token
+  mean``, so what a frame shows is partly in every token (the decision is read at the last one) while local
+  detail still matters (a corner object reaches another token at a tenth of its share).
+* **Frame-grid clock.** Actions start and end on frames, so a narration's time is its frame's (the scoring
+  measures timing, not the grid's rounding); the very quick actions last one frame.
+* **The paper's length regime.** Lengths are drawn in units of a training cap ``cap_s`` (the original trains on
+  the first ``max_num_frames`` = 10 minutes of each video and narrates whole validation videos): lognormal, mean
+  near the cap and a long tail to ~5x; the validation lengths are the distribution's quantiles, so every seed has
+  streams beyond 2x the cap. Training cuts at the cap (``flownar.data.synth.training_cap``).
+* Every ground-truth segment carries its memory gap (``gap_segments``, ``gap_s``) in the card.
+
 Everything random comes from ``numpy.random.default_rng(SeedSequence(seed, spawn_key=...))``: prototypes from the
 seed alone, video ``i``'s world, features and annotation noise from (seed, i), so the world of video ``i`` is the
 same in every layout and the same (seed, profile, layout) gives byte-identical files.
@@ -42,13 +60,14 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
 
 from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
 
-SYNTH_VERSION = 2  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
+SYNTH_VERSION = 3  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -59,11 +78,17 @@ SYNTH_VERSION = 2  # bump when the generated data changes (prepare.py rewrites e
 class SynthConfig:
     n_train: int
     n_val: int
-    min_video_s: float
-    max_video_s: float
+    cap_s: float  # the training cap (the original's max_num_frames: its first 10 minutes), scaled to this world
     feature_dim: int
     fps: float = 2.0
     tokens_per_frame: int = 10  # 1 CLS + 3x3 grid (the layout's "1+3x3"); nothing else is supported
+    # video lengths in units of the cap: length_min + lognormal(log(length_median), length_sigma), at most
+    # length_max; validation lengths are the distribution's quantiles (i + 0.5) / n_val, shuffled, so every draw
+    # has the same spread and its long tail (EK100: a mean near the 10-minute cap, a tail to several times it)
+    length_min: float = 0.3
+    length_median: float = 0.5  # of the lognormal part
+    length_sigma: float = 1.1
+    length_max: float = 6.0
     # action durations: 0.8 s + verb_factor * lognormal(mu, sigma), at most max_action_s; some very quick ones
     action_mu: float = 1.0
     action_sigma: float = 1.1
@@ -75,30 +100,59 @@ class SynthConfig:
     ar_share: float = 0.35  # share of the noise variance that is AR(1) (temporally correlated)
     ar_rho: float = 0.85
     blur_s: float = 0.3  # sigmoid scale (s) of the boundary ramp; the blend spans about +-1 s
+    # the completion cue: in the frame where an action's narration is due, its effect becomes visible (amplitude
+    # in prototype units, in the central tokens; half of it lingers on the next frame)
+    cue_amp: float = 1.2
+    cue_linger: float = 0.5  # the share of the cue still visible in the next frame
+    # ViT-like mixing: every token becomes (1 - mix) * itself + mix * the frame's token mean
+    mix_share: float = 0.7
     # annotation noise of the second pass / annotator (Ego4D, EgoExo4D)
     jitter_s: float = 0.5
     drop_rate: float = 0.05
     paraphrase_rate: float = 0.15
     invisible_rate: float = 0.10  # EgoExo4D: extra descriptions with ego_visible = False
-    summary_window_s: float = 60.0  # Ego4D segment summaries tile each val video with windows of this length
+    summary_share: float = 0.5  # Ego4D segment summaries tile each val video with windows of this many caps
 
     def __post_init__(self):
         if self.tokens_per_frame != 10:
             raise ValueError(f"tokens_per_frame must be 10 (1 CLS + 3x3 grid), got {self.tokens_per_frame}")
-        if not (0 < self.min_video_s <= self.max_video_s):
-            raise ValueError(f"need 0 < min_video_s <= max_video_s, got {self.min_video_s}, {self.max_video_s}")
+        if not (0 < self.length_min < self.length_max):
+            raise ValueError(f"need 0 < length_min <= length_max, got {self.length_min}, {self.length_max}")
+        if self.cap_s * self.length_min < 10.0:
+            raise ValueError(f"the shortest video (cap_s * length_min = {self.cap_s * self.length_min:g} s) must be >= 10 s")
+        if not 0.0 <= self.mix_share < 1.0:
+            raise ValueError(f"mix_share must be in [0, 1), got {self.mix_share}")
 
     @property
     def n_videos(self) -> int:
         return self.n_train + self.n_val
 
+    @property
+    def cap_frames(self) -> int:
+        """The training cap in frames (``max_num_frames`` of the profile's training)."""
+        return int(round(self.cap_s * self.fps))
+
+    @property
+    def summary_window_s(self) -> float:
+        return self.summary_share * self.cap_s
+
 
 SYNTH_PROFILES: dict[str, SynthConfig] = {
     # seconds to write; for tests and smoke runs
-    "smoke": SynthConfig(n_train=8, n_val=4, min_video_s=40.0, max_video_s=80.0, feature_dim=32),
+    "smoke": SynthConfig(
+        n_train=8, n_val=4, cap_s=40.0, feature_dim=32, length_min=0.5, length_median=0.7, length_sigma=0.4, length_max=2.5
+    ),
     # the embedded default used for CPU training
-    "default": SynthConfig(n_train=96, n_val=16, min_video_s=60.0, max_video_s=150.0, feature_dim=64),
+    "default": SynthConfig(n_train=160, n_val=24, cap_s=60.0, feature_dim=64),
 }
+
+
+def training_cap(profile: str) -> int:
+    """The frame cap of training clips (``max_num_frames``) on an embedded profile: the world's ``cap_s``; the
+    original's 1200 (10 minutes at 2 fps) at ``paper``. Teacher-forced evaluation cuts at the same cap."""
+    if profile == "paper":
+        return 1200
+    return synth_config(profile).cap_frames
 
 
 def synth_config(profile: str) -> SynthConfig:
@@ -234,6 +288,7 @@ def world_prototypes(seed: int, feature_dim: int) -> dict:
         "held": draw(),
         "grasp": draw(),
         "positions": rng.standard_normal((9, D)).astype(np.float32),
+        "effect": _rng(seed, 6).standard_normal(D).astype(np.float32),  # the completion cue (world v3)
     }
 
 
@@ -264,6 +319,10 @@ class Segment:
     visible: list[str]  # nouns whose identity is visible in this segment's frames
     container: str | None = None
     held: list[str] = field(default_factory=list)  # items in hand during the action
+    # how far back the memory this narration needs lies: segments and seconds from the end of ``depends_on`` to
+    # this segment's end (None for local segments). The narration's timing cue is the same for every kind.
+    gap_segments: int | None = None
+    gap_s: float | None = None
 
     def card(self) -> dict:
         return asdict(self)
@@ -300,8 +359,10 @@ class _Kitchen:
 
     def __init__(self, rng: np.random.Generator, cfg: SynthConfig, duration: float):
         self.rng, self.cfg, self.duration = rng, cfg, duration
-        self.limit = duration - float(rng.uniform(1.0, 3.0))  # actions end before this (a short tail)
-        self.t = round(float(rng.uniform(1.0, 4.0)), 2)  # lead-in
+        # the world's clock ticks with the frames (v3): every action starts and ends on a frame, so a narration's
+        # time is exactly its frame's and the scoring measures timing, not the grid's rounding
+        self.limit = self.tick(duration - float(rng.uniform(1.0, 3.0)))  # actions end before this (a short tail)
+        self.t = self.tick(float(rng.uniform(1.0, 4.0)))  # lead-in
         self.segments: list[Segment] = []
         self.spans: list[Span] = []
         self.last_seen: dict[str, int] = {}  # noun -> last segment index whose frames show it
@@ -346,6 +407,11 @@ class _Kitchen:
         comps += [(HANDS, "held", A_HELD) for _ in self.held]
         return comps
 
+    def tick(self, seconds: float) -> float:
+        """The first frame time at or after ``seconds`` (at least one frame after the current time)."""
+        fps = self.cfg.fps
+        return round(max(math.ceil(seconds * fps - 1e-6), round(getattr(self, "t", 0.0) * fps) + 1) / fps, 4)
+
     def duration_of(self, verb: str) -> float:
         cfg, rng = self.cfg, self.rng
         if rng.random() < cfg.quick_rate:
@@ -354,7 +420,7 @@ class _Kitchen:
         return min(d, cfg.max_action_s)
 
     def idle(self, seconds: float) -> None:
-        end = round(min(self.t + seconds, self.limit), 2)
+        end = min(self.tick(self.t + seconds), self.limit)
         if end > self.t:
             self.spans.append(Span(self.t, end, self.state_components()))
             self.t = end
@@ -365,7 +431,7 @@ class _Kitchen:
     ) -> int:
         """Emit an action and update the state. ``generic`` replaces the noun's prototype in the centre token
         ("held" for put-down, "grasp" for a hidden retrieval): the noun's identity is then not in the frames."""
-        end = round(self.t + self.duration_of(verb), 2)
+        end = self.tick(self.t + self.duration_of(verb))
         if end > self.limit:
             raise _OutOfTime
         idx = len(self.segments)
@@ -384,11 +450,13 @@ class _Kitchen:
         visible = sorted({key[5:] for _, key, _ in comps if key.startswith("noun:")})
         for x in visible:
             self.last_seen[x] = idx
-        self.segments.append(
-            Segment(
-                self.t, end, verb, noun, _text(verb, noun, container), kind, depends_on, visible, container, held_before
-            )
+        seg = Segment(
+            self.t, end, verb, noun, _text(verb, noun, container), kind, depends_on, visible, container, held_before
         )
+        if depends_on is not None:
+            seg.gap_segments = idx - depends_on
+            seg.gap_s = round(end - self.segments[depends_on].end, 2)
+        self.segments.append(seg)
         self.spans.append(Span(self.t, end, comps))
         self.t = end
         self._update(verb, noun, container)
@@ -599,11 +667,27 @@ class _Kitchen:
             self.spans.append(Span(self.t, self.duration, self.state_components()))
 
 
+def _lognormal_quantile(q: float, median: float, sigma: float) -> float:
+    return math.exp(NormalDist(math.log(median), sigma).inv_cdf(q))
+
+
+def video_length(cfg: SynthConfig, seed: int, index: int) -> float:
+    """Length of video ``index`` in units of the training cap. Train videos: a lognormal draw. Validation videos:
+    the distribution's quantiles ``(i + 0.5) / n_val`` in a seeded order, so the long tail is always there."""
+    if index < cfg.n_train:
+        r = float(_rng(seed, 1, index, 4).lognormal(math.log(cfg.length_median), cfg.length_sigma))
+    else:
+        order = _rng(seed, 5).permutation(cfg.n_val)
+        q = (int(order[index - cfg.n_train]) + 0.5) / cfg.n_val
+        r = _lognormal_quantile(q, cfg.length_median, cfg.length_sigma)
+    return min(cfg.length_min + r, cfg.length_max)
+
+
 def simulate_video(cfg: SynthConfig, seed: int, index: int) -> SynthVideo:
     """The world of video ``index`` (train videos first, then val): its duration, actions and content spans.
     Depends on (seed, index, cfg) only, never on the layout."""
     rng = _rng(seed, 1, index, 0)
-    seconds = float(rng.uniform(cfg.min_video_s, cfg.max_video_s))
+    seconds = cfg.cap_s * video_length(cfg, seed, index)
     duration = math.floor(seconds * cfg.fps) / cfg.fps  # T = duration * fps + 1 frames, frame j <-> j / fps
     kitchen = _Kitchen(rng, cfg, duration)
     kitchen.run()
@@ -654,13 +738,35 @@ def render_features(video: SynthVideo, protos: dict, cfg: SynthConfig, seed: int
     x = np.empty((T, 10, D), dtype=np.float32)
     x[:, 1:] = grid
     x[:, 0] = grid.mean(axis=1)  # CLS: a global summary of the grid (+ its own noise below)
+    if cfg.cue_amp:  # the completion cue: the action's effect becomes visible in its narration frame
+        effect = (0.5 * cfg.cue_amp) * protos["effect"]
+        for f in narration_frames(video, cfg.fps, T):
+            x[f, CENTRAL_TOKENS] += effect
+            if f + 1 < T:
+                x[f + 1, CENTRAL_TOKENS] += cfg.cue_linger * effect
     sigma = math.sqrt(D) / cfg.frame_snr
     x += sigma * (
         math.sqrt(cfg.ar_share) * _ar1(rng, (T, 10, D), cfg.ar_rho)
         + math.sqrt(1.0 - cfg.ar_share) * rng.standard_normal((T, 10, D), dtype=np.float32)
     )
-    x /= math.sqrt(A_SCENE**2 + SCENE_DRIFT**2 + A_POSITION**2 + 0.4 + sigma**2)
+    if cfg.mix_share:  # ViT-like: every token carries a share of the whole frame (its noise included)
+        x = (1.0 - cfg.mix_share) * x + cfg.mix_share * x.mean(axis=1, keepdims=True)
+    x /= _feature_scale(cfg)
     return x
+
+
+def narration_frames(video: SynthVideo, fps: float, num_frames: int) -> list[int]:
+    """The frame each segment's narration is due in (``ceil(end * fps)``, as the readers place it)."""
+    return sorted({min(max(math.ceil(s.end * fps - 1e-6), 0), num_frames - 1) for s in video.segments})
+
+
+def _feature_scale(cfg: SynthConfig) -> float:
+    """The expected per-dimension std of a token before scaling (scene, positions, content ~0.4, noise), after
+    the mixing: shared parts keep their variance, independent per-token parts shrink."""
+    sigma2 = cfg.feature_dim / cfg.frame_snr**2
+    a = cfg.mix_share
+    keep = (1.0 - a) ** 2 + (2.0 * a * (1.0 - a) + a * a) / 10.0  # variance share of a per-token independent part
+    return math.sqrt(A_SCENE**2 + SCENE_DRIFT**2 + keep * (A_POSITION**2 + 0.4 + sigma2))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -846,6 +952,7 @@ def write_synthetic_dataset(
             "split": split,
             "index": i,
             "duration": video.duration,
+            "length_over_cap": round(video.duration / cfg.cap_s, 4),
             "segments": [s.card() for s in video.segments],
         }
 
@@ -881,6 +988,8 @@ def write_synthetic_dataset(
         "tokens_per_frame": cfg.tokens_per_frame,
         "feature_format": feature_format,
         "config": asdict(cfg),
+        "cap_s": cfg.cap_s,  # training clips are cut at this length (the original's max_num_frames)
+        "cap_frames": cfg.cap_frames,
         "token_layout": {"cls": CLS_TOKEN, "central": CENTRAL_TOKENS, "corners": CORNER_TOKENS},
         "splits": splits,
         "vocabulary": {"verbs": VERBS, "nouns": NOUNS},

@@ -132,6 +132,8 @@ def analyse(data, pred_dir, system: str, split: str = "val", scoring: str = "cor
                     "gt_noun": seg["noun"] if seg else None,
                     "kind": seg["kind"] if seg else None,
                     "depends_on": seg.get("depends_on") if seg else None,
+                    "gap_segments": seg.get("gap_segments") if seg else None,
+                    "gap_s": seg.get("gap_s") if seg else None,
                     "object_visible": (noun in visible) if (noun and visible is not None) else None,
                     "correct_noun": (noun == seg["noun"]) if (noun and seg) else None,
                 }
@@ -173,6 +175,41 @@ def category_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("system")
+
+
+#: memory-gap bins (segments back to where the object was last seen)
+GAP_BINS = ((1, 2), (3, 5), (6, 10), (11, 10**9))
+
+
+def memory_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Object (noun) accuracy of each system's narrations on local segments vs segments whose object was last
+    seen earlier (the world's ``held_item`` / ``hidden_item``: only memory can name it), overall and by memory gap
+    in segments. Counted over narrations that close a ground-truth segment (within a frame of its end) and name a
+    vocabulary noun; needs the synthetic card (empty on FlowNar-Data). Percentages; ``n`` columns count."""
+    from ..models import SYSTEM_NAMES
+
+    rows = []
+    for system, r in results.items():
+        pr = r["preds"]
+        if pr.empty or "kind" not in pr or pr.kind.isna().all():
+            continue
+        named = pr[pr.noun.notna() & pr.kind.notna()]
+        local = named[named.kind == "local"]
+        mem = named[named.kind != "local"]
+        row = {
+            "system": SYSTEM_NAMES.get(system, system),
+            "local: object correct (%)": 100 * _rate(local.correct_noun),
+            "local: n": len(local),
+            "memory: object correct (%)": 100 * _rate(mem.correct_noun),
+            "memory: n": len(mem),
+        }
+        for lo, hi in GAP_BINS:
+            sel = mem[(mem.gap_segments >= lo) & (mem.gap_segments <= hi)] if len(mem) else mem
+            label = f"gap {lo}-{hi}" if hi < 10**9 else f"gap >={lo}"
+            row[f"{label}: object correct (%)"] = 100 * _rate(sel.correct_noun) if len(sel) else np.nan
+            row[f"{label}: n"] = len(sel)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("system") if rows else pd.DataFrame()
 
 
 def memory_examples(results: dict, a: str = "flownar", b: str = "dcm-only", limit: int = 8) -> pd.DataFrame:

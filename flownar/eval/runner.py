@@ -92,6 +92,7 @@ def narrate_clips(
     progress: bool = True,
     limit: int | None = None,
     fingerprint: str | None = None,
+    narrator=None,
     **narrator_kwargs,
 ) -> dict:
     """Narrate every clip of ``split`` (the first ``limit``) that has no prediction file of this clip by this
@@ -103,7 +104,9 @@ def narrate_clips(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = data.eval_clips(split)[:limit]
-    narrator = Narrator(model, chat, **narrator_kwargs)
+    if narrator is None:  # any object with narrate(frames) and counters / state_size() (the world oracle) will do
+        narrator = Narrator(model, chat, **narrator_kwargs)
+    begin_clip = getattr(narrator, "begin_clip", None)
     done = reused = redone = 0
     seconds = 0.0
     for clip in progress_bar(
@@ -115,6 +118,8 @@ def narrate_clips(
             continue
         redone += path.exists()
         frames = data.load_features(clip.video_uid, range(clip.start_frame, clip.stop_frame))
+        if begin_clip is not None:
+            begin_clip(clip)
         t0 = time.perf_counter()
         events = narrator.narrate(frames)
         dt = time.perf_counter() - t0
@@ -385,6 +390,42 @@ def run_self_conditioned(
         "system": sys_name,
         "checkpoint": str(run),
         "model_fingerprint": fingerprint,
+        "run": r,
+        "scored_clips": scores["paper"]["n_clips"],
+        "timing": stream_timing(predictions_dir),
+        "scores": scores,
+    }
+    if metrics_file is not None:
+        brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in scores.items()}
+        _write_json(metrics_file, {**rec, "scores": brief})
+    return rec
+
+
+def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "val", progress: bool = True) -> dict:
+    """The world-oracle reference row (:mod:`flownar.eval.world_oracle`) on embedded data: fit its detector's
+    threshold on the training split, narrate ``split`` through :func:`narrate_clips`, score both ways like the
+    systems. Raises on real data (no card, no prototypes)."""
+    import hashlib
+
+    from .world_oracle import WORLD_ORACLE, WorldOracleNarrator
+
+    card = data.synthetic_card
+    if card is None:
+        raise FlowNarError(f"{data.root}: not embedded synthetic data (no card): the world oracle needs the world")
+    oracle = WorldOracleNarrator(card)
+    threshold = oracle.fit(data, "train")
+    digest = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = f"{WORLD_ORACLE}:{digest}:{threshold:.6f}"
+    r = narrate_clips(
+        None, None, data, predictions_dir, split=split, system=WORLD_ORACLE, progress=progress,
+        fingerprint=fingerprint, narrator=oracle,
+    )
+    scores = score_clips(data, predictions_dir, split=split, fingerprint=fingerprint)
+    rec = {
+        "system": WORLD_ORACLE,
+        "checkpoint": None,
+        "model_fingerprint": fingerprint,
+        "threshold": threshold,
         "run": r,
         "scored_clips": scores["paper"]["n_clips"],
         "timing": stream_timing(predictions_dir),

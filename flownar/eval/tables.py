@@ -119,3 +119,47 @@ def plot_comparison(table: pd.DataFrame, dataset: str, title_note: str = ""):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def position_table(data, pred_dirs: dict, cap_seconds: float, scoring: str = "corrected") -> pd.DataFrame:
+    """Self-conditioned temporal F1 by position along the stream, in units of the training cap (0-1x, 1-2x, 2-4x,
+    beyond; :func:`flownar.eval.metrics.temporal_prf_by_position`), one row per system (``pred_dirs``: system ->
+    its predictions folder), with the ground-truth segments and clips reaching each bin as the last rows."""
+    from .metrics import temporal_prf_by_position
+    from .runner import clip_references, load_predictions
+
+    refs = clip_references(data)
+    rows, last = {}, None
+    for system, folder in pred_dirs.items():
+        preds = load_predictions(folder, [r.clip_id for r in refs])
+        last = temporal_prf_by_position(preds, refs, cap_seconds, scoring=scoring, fps=data.fps)
+        rows[SYSTEM_NAMES.get(system, system)] = {f"F1 {k}": 100 * v for k, v in last.f1.items()}
+        for k, v in last.predictions.items():
+            rows[SYSTEM_NAMES.get(system, system)][f"narrations {k}"] = v
+    table = pd.DataFrame(rows).T
+    if last is not None:
+        table.loc["ground truth: segments"] = {f"narrations {k}": v for k, v in last.gt_segments.items()}
+        table.loc["ground truth: clips reaching"] = {f"narrations {k}": v for k, v in last.clips.items()}
+    return table
+
+
+def plot_position(position: pd.DataFrame, title: str = ""):
+    """F1 by position band (the ``F1 ...`` columns of :func:`position_table`), one line per system."""
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in position.columns if c.startswith("F1 ")]
+    rows = [r for r in position.index if not str(r).startswith("ground truth")]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    x = np.arange(len(cols))
+    for r in rows:
+        style = dict(ls="--", color="grey") if "oracle" in str(r).lower() else {}
+        ax.plot(x, position.loc[r, cols].astype(float).values, marker="o", label=r, **style)
+    ax.set_xticks(x, [c[3:] for c in cols])
+    ax.set_xlabel("position along the stream (units of the training cap)")
+    ax.set_ylabel("temporal F1 (%), corrected")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="lower left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -33,6 +33,7 @@ SYSTEM_NAMES = {
     "flownar-c": "FlowNar-C",
     "flownar": "FlowNar",
     "dcm-only": "DCM only (no CLAM)",
+    "world-oracle": "World oracle (reference: not learned, knows the world)",
 }
 
 
