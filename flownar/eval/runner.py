@@ -321,13 +321,18 @@ def run_teacher_forced(
     system: str | None = None,
     split: str = "val",
     seed: int = 0,
-    max_num_frames: int = 1200,
+    max_num_frames: int | None = None,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict:
     """The oracle protocol for one trained system; writes ``out_file`` as ``{system, checkpoint,
-    model_fingerprint, metrics, samples}`` and returns it."""
+    model_fingerprint, metrics, samples}`` and returns it. The streams are cut at ``max_num_frames``; by default
+    at the run's own training cap (its ``train_config.json``), as the original evaluates with the training
+    dataset's ``max_num_frames``."""
     model, chat = _open_run(run, data, system)
+    if max_num_frames is None:
+        cfg = Path(run) / "train_config.json"
+        max_num_frames = json.loads(cfg.read_text()).get("max_num_frames", 1200) if cfg.is_file() else 1200
     agg, rows = oracle_split(
         model, chat, data, split=split, seed=seed, max_num_frames=max_num_frames, progress=progress, limit=limit
     )
