@@ -136,6 +136,9 @@ TRAIN_PROFILES: dict[str, dict] = {
     ),
 }
 PAPER_EPOCHS = {"ek100": 4.0, "ego4d": 2.0, "egoexo4d": 2.0}
+# The embedded default: the same number of optimizer steps on every layout. Ego4D (two annotation passes) and
+# EgoExo4D (two annotators) have two streams per video, so half the epochs.
+DEFAULT_EPOCHS = {"ek100": 10.0, "ego4d": 5.0, "egoexo4d": 5.0}
 
 
 def train_config(system: str, profile: str = "smoke", dataset: str = "ek100", **overrides) -> TrainConfig:
@@ -147,6 +150,8 @@ def train_config(system: str, profile: str = "smoke", dataset: str = "ek100", **
     kw = dict(TRAIN_PROFILES[profile])
     if profile == "paper":
         kw["epochs"] = PAPER_EPOCHS.get(dataset, 2.0)
+    elif profile == "default":
+        kw["epochs"] = DEFAULT_EPOCHS.get(dataset, kw["epochs"])
     names = {f.name for f in fields(TrainConfig)}
     bad = set(overrides) - names
     if bad:
