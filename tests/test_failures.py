@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from flownar.data.readers import FlowNarData
 from flownar.data.synth import write_synthetic_dataset
 from flownar.eval import failures
@@ -51,3 +53,32 @@ def test_oracle_predictions_and_a_hallucination(tmp_path):
     assert table.loc["FlowNar", "object hallucinated (%)"] < 10
     assert table.loc["VideoLLM-online", "object hallucinated (%)"] > 0
     assert failures.noun_in("You put down the pan lid.", ["pan", "lid"]) == "pan"
+    # the object acted on comes first; the container of "from the ..." is not the narration's object
+    nouns = ["drawer", "knife", "cupboard", "jar"]
+    assert failures.noun_in("You take the knife from the drawer.", nouns) == "knife"
+    assert failures.noun_in("You take the jar from the cupboard.", sorted(nouns, key=len, reverse=True)) == "jar"
+    assert failures.noun_in("You wait.", nouns) is None
+
+
+def test_memory_table_by_kind_and_gap():
+    import pandas as pd
+
+    def preds(rows):
+        return {"preds": pd.DataFrame(rows, columns=["noun", "kind", "correct_noun", "gap_segments"])}
+
+    a = preds(
+        [
+            ("knife", "local", True, None),
+            ("cup", "local", False, None),
+            ("jar", "held_item", True, 2),
+            ("oil", "hidden_item", False, 12),
+            (None, "held_item", None, 4),  # names no noun: not counted
+        ]
+    )
+    t = failures.memory_table({"flownar": a})
+    row = t.loc["FlowNar"]
+    assert row["local: object correct (%)"] == 50.0 and row["local: n"] == 2
+    assert row["memory: object correct (%)"] == 50.0 and row["memory: n"] == 2
+    assert row["gap 1-2: object correct (%)"] == 100.0 and row["gap >=11: object correct (%)"] == 0.0
+    assert row["gap 3-5: n"] == 0 and np.isnan(row["gap 3-5: object correct (%)"])
+    assert failures.memory_table({"x": preds([])}).empty  # real data (no kinds): no table

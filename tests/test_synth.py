@@ -199,7 +199,9 @@ def test_ego4d_annotations(roots):
     assert SMOKE.summary_window_s == 0.5 * SMOKE.cap_s
     for uid, windows in summ.items():
         spans = [tuple(float(v) for v in key.split(", ")) for key in windows]
-        tiling = [(round(a, 1), round(b, 1)) for a, b in _summary_windows(meta[uid]["duration"], SMOKE.summary_window_s)]
+        tiling = [
+            (round(a, 1), round(b, 1)) for a, b in _summary_windows(meta[uid]["duration"], SMOKE.summary_window_s)
+        ]
         assert tiling[0][0] == 0.0 and tiling[-1][1] == meta[uid]["duration"]
         assert all(a[1] == b[0] for a, b in zip(tiling, tiling[1:]))
         assert set(spans) <= set(tiling) and spans == sorted(spans)
@@ -397,8 +399,11 @@ def test_length_regime():
     assert 0.8 < val.mean() < 1.4 and val.max() > 4.0 and (val > 2.0).sum() >= 3
     q = np.sort(val)
     expected = [
-        min(cfg.length_min + math.exp(NormalDist(math.log(cfg.length_median), cfg.length_sigma).inv_cdf((k + 0.5) / cfg.n_val)),
-            cfg.length_max)
+        min(
+            cfg.length_min
+            + math.exp(NormalDist(math.log(cfg.length_median), cfg.length_sigma).inv_cdf((k + 0.5) / cfg.n_val)),
+            cfg.length_max,
+        )
         for k in range(cfg.n_val)
     ]
     assert np.allclose(q, expected, rtol=1e-9)

@@ -223,7 +223,11 @@ def length_regime(data: FlowNarData, cap_frames: int) -> pd.DataFrame:
     }
     for name, x in lengths.items():
         x = np.asarray(x, dtype=float)
-        row = {"count": len(x), "mean length / cap": x.mean() if len(x) else np.nan, "max": x.max() if len(x) else np.nan}
+        row = {
+            "count": len(x),
+            "mean length / cap": x.mean() if len(x) else np.nan,
+            "max": x.max() if len(x) else np.nan,
+        }
         for a, b in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
             label = f">{a:g}x" if np.isinf(b) else f"{a:g}-{b:g}x"
             row[f"{label} (%)"] = 100 * float(((x >= a) & (x < b)).mean()) if len(x) else np.nan

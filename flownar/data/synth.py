@@ -119,7 +119,9 @@ class SynthConfig:
         if not (0 < self.length_min < self.length_max):
             raise ValueError(f"need 0 < length_min <= length_max, got {self.length_min}, {self.length_max}")
         if self.cap_s * self.length_min < 10.0:
-            raise ValueError(f"the shortest video (cap_s * length_min = {self.cap_s * self.length_min:g} s) must be >= 10 s")
+            raise ValueError(
+                f"the shortest video (cap_s * length_min = {self.cap_s * self.length_min:g} s) must be >= 10 s"
+            )
         if not 0.0 <= self.mix_share < 1.0:
             raise ValueError(f"mix_share must be in [0, 1), got {self.mix_share}")
 
@@ -140,7 +142,14 @@ class SynthConfig:
 SYNTH_PROFILES: dict[str, SynthConfig] = {
     # seconds to write; for tests and smoke runs
     "smoke": SynthConfig(
-        n_train=8, n_val=4, cap_s=40.0, feature_dim=32, length_min=0.5, length_median=0.7, length_sigma=0.4, length_max=2.5
+        n_train=8,
+        n_val=4,
+        cap_s=40.0,
+        feature_dim=32,
+        length_min=0.5,
+        length_median=0.7,
+        length_sigma=0.4,
+        length_max=2.5,
     ),
     # the embedded default used for CPU training
     "default": SynthConfig(n_train=160, n_val=24, cap_s=60.0, feature_dim=64),

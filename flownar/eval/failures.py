@@ -33,11 +33,11 @@ def _nouns(card) -> list[str]:
 
 
 def noun_in(text: str, nouns: list[str]) -> str | None:
-    """The first vocabulary noun named in ``text`` (longest names first, whole words)."""
-    for n in nouns:
-        if re.search(rf"\b{re.escape(n)}\b", text.lower()):
-            return n
-    return None
+    """The vocabulary noun a narration is about: the first one named in ``text`` (whole words; the longest name
+    where two start at the same place), so "You take the knife from the drawer." is about the knife."""
+    low = text.lower()
+    found = [(m.start(), -len(n), n) for n in nouns for m in [re.search(rf"\b{re.escape(n)}\b", low)] if m]
+    return min(found)[2] if found else None
 
 
 def closing_segment(segments: list[dict], t: float, fps: float) -> dict | None:

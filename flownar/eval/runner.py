@@ -422,8 +422,15 @@ def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "
     digest = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()[:16]
     fingerprint = f"{WORLD_ORACLE}:{digest}:{threshold:.6f}"
     r = narrate_clips(
-        None, None, data, predictions_dir, split=split, system=WORLD_ORACLE, progress=progress,
-        fingerprint=fingerprint, narrator=oracle,
+        None,
+        None,
+        data,
+        predictions_dir,
+        split=split,
+        system=WORLD_ORACLE,
+        progress=progress,
+        fingerprint=fingerprint,
+        narrator=oracle,
     )
     scores = score_clips(data, predictions_dir, split=split, fingerprint=fingerprint)
     rec = {

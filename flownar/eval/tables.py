@@ -123,8 +123,9 @@ def plot_comparison(table: pd.DataFrame, dataset: str, title_note: str = ""):
 
 def position_table(data, pred_dirs: dict, cap_seconds: float, scoring: str = "corrected") -> pd.DataFrame:
     """Self-conditioned temporal F1 by position along the stream, in units of the training cap (0-1x, 1-2x, 2-4x,
-    beyond; :func:`flownar.eval.metrics.temporal_prf_by_position`), one row per system (``pred_dirs``: system ->
-    its predictions folder), with the ground-truth segments and clips reaching each bin as the last rows."""
+    beyond; :func:`flownar.eval.metrics.temporal_prf_by_position`) and pooled over everything past the cap, one row
+    per system (``pred_dirs``: system -> its predictions folder), with the ground-truth segments and clips reaching
+    each bin as the last rows."""
     from .metrics import temporal_prf_by_position
     from .runner import clip_references, load_predictions
 
@@ -133,7 +134,9 @@ def position_table(data, pred_dirs: dict, cap_seconds: float, scoring: str = "co
     for system, folder in pred_dirs.items():
         preds = load_predictions(folder, [r.clip_id for r in refs])
         last = temporal_prf_by_position(preds, refs, cap_seconds, scoring=scoring, fps=data.fps)
+        pooled = temporal_prf_by_position(preds, refs, cap_seconds, scoring=scoring, fps=data.fps, bins=(0, 1, np.inf))
         rows[SYSTEM_NAMES.get(system, system)] = {f"F1 {k}": 100 * v for k, v in last.f1.items()}
+        rows[SYSTEM_NAMES.get(system, system)]["F1 >1x (pooled)"] = 100 * pooled.f1.iloc[1]
         for k, v in last.predictions.items():
             rows[SYSTEM_NAMES.get(system, system)][f"narrations {k}"] = v
     table = pd.DataFrame(rows).T
@@ -147,7 +150,7 @@ def plot_position(position: pd.DataFrame, title: str = ""):
     """F1 by position band (the ``F1 ...`` columns of :func:`position_table`), one line per system."""
     import matplotlib.pyplot as plt
 
-    cols = [c for c in position.columns if c.startswith("F1 ")]
+    cols = [c for c in position.columns if c.startswith("F1 ") and "pooled" not in c]
     rows = [r for r in position.index if not str(r).startswith("ground truth")]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     x = np.arange(len(cols))
