@@ -206,6 +206,23 @@ def test_same_seed_same_weights(env):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_parallel_training_equals_training_in_this_process(env):
+    """ensure_trained_all trains single-threaded runs two at a time in spawned processes: the weights are the same
+    bits as a run trained here with the same settings (a result does not depend on which process trains it)."""
+    from safetensors.torch import load_file
+
+    from flownar.train import ensure_trained_all
+
+    kw = dict(model_size="micro", max_steps=2, progress=False, threads=1)
+    cfgs = [train_config(s, "smoke", out=str(env / f"par_{s}"), **kw) for s in ("flownar-c", "videollm-online")]
+    out = ensure_trained_all(cfgs, workers=2)
+    assert list(out) == ["flownar-c", "videollm-online"]
+    here = train(train_config("flownar-c", "smoke", out=str(env / "par_here"), **kw), resume=False)
+    wa, wb = load_file(out["flownar-c"][0] / "model.safetensors"), load_file(here / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ensure_trained_all(cfgs, workers=2)["videollm-online"][1] < 30  # already trained: not again
+
+
 def test_paper_profile_needs_a_local_llama_and_real_data(env, tmp_path):
     from flownar.errors import FlowNarError
     from flownar.train import check_paper_setup
