@@ -62,6 +62,17 @@ def test_narrate_resume_and_score(setup):
         assert 0.0 <= scores[scoring]["t_f1"] <= 1.0
     timing = stream_timing(out)
     assert timing["frames"] == sum(c.num_frames for c in clips) and timing["fps"] > 0
+    # a stale record in the folder (another dataset's clip, another model) is not counted for these clips
+    import json
+
+    stale = json.loads(clip_file(out, clips[0].clip_id).read_text())
+    stale.update(clip_id="OLD_01", model_fingerprint="another-model")
+    clip_file(out, "OLD_01").write_text(json.dumps(stale))
+    ids = [c.clip_id for c in clips]
+    fp = read_prediction(clip_file(out, clips[0].clip_id))["model_fingerprint"]  # None: written without one
+    assert stream_timing(out, ids, fp)["frames"] == timing["frames"]
+    assert stream_timing(out)["frames"] == timing["frames"] + clips[0].num_frames  # the whole folder: counted
+    assert stream_timing(out, ids, "another-model")["frames"] == 0
 
 
 def test_oracle_split_runs(setup):

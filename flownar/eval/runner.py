@@ -243,12 +243,18 @@ def score_clips(
     return evaluate_both(preds, refs, **kw)
 
 
-def stream_timing(out_dir: str | Path) -> dict:
-    """Frames per second and counters summed over the clip records of a run."""
+def stream_timing(out_dir: str | Path, clip_ids: list[str] | None = None, fingerprint=ANY_MODEL) -> dict:
+    """Frames per second and counters summed over the clip records of a run: of ``clip_ids`` written by
+    ``fingerprint`` when given (other files in the folder, e.g. of an earlier dataset, are not counted), else of
+    every readable record in the folder."""
     frames = seconds = 0.0
     counters: dict[str, int] = {}
-    for p in Path(out_dir).glob("*.json"):
-        rec = read_prediction(p)
+    if clip_ids is None:
+        items = [(p, None) for p in sorted(Path(out_dir).glob("*.json"))]
+    else:
+        items = [(clip_file(Path(out_dir), c), c) for c in clip_ids]
+    for p, cid in items:
+        rec = read_prediction(p, fingerprint, cid) if p.exists() else None
         if rec is None:
             continue
         frames += rec["timing"]["frames"]
@@ -397,7 +403,7 @@ def run_self_conditioned(
         "model_fingerprint": fingerprint,
         "run": r,
         "scored_clips": scores["paper"]["n_clips"],
-        "timing": stream_timing(predictions_dir),
+        "timing": stream_timing(predictions_dir, r["clips"], fingerprint),
         "scores": scores,
     }
     if metrics_file is not None:
@@ -440,7 +446,7 @@ def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "
         "threshold": threshold,
         "run": r,
         "scored_clips": scores["paper"]["n_clips"],
-        "timing": stream_timing(predictions_dir),
+        "timing": stream_timing(predictions_dir, r["clips"], fingerprint),
         "scores": scores,
     }
     if metrics_file is not None:
