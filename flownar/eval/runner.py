@@ -319,6 +319,13 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, default=float))
 
 
+def _write_metrics(metrics_file, rec: dict) -> None:
+    """The self-conditioned record without its per-clip tables and caption pairs, if ``metrics_file`` is given."""
+    if metrics_file is not None:
+        brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in rec["scores"].items()}
+        _write_json(metrics_file, {**rec, "scores": brief})
+
+
 def run_teacher_forced(
     run,
     data,
@@ -406,9 +413,7 @@ def run_self_conditioned(
         "timing": stream_timing(predictions_dir, r["clips"], fingerprint),
         "scores": scores,
     }
-    if metrics_file is not None:
-        brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in scores.items()}
-        _write_json(metrics_file, {**rec, "scores": brief})
+    _write_metrics(metrics_file, rec)
     return rec
 
 
@@ -449,7 +454,5 @@ def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "
         "timing": stream_timing(predictions_dir, r["clips"], fingerprint),
         "scores": scores,
     }
-    if metrics_file is not None:
-        brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in scores.items()}
-        _write_json(metrics_file, {**rec, "scores": brief})
+    _write_metrics(metrics_file, rec)
     return rec
