@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default="ek100", choices=DATASETS)
     b.add_argument("--text-tokens", type=int, default=12, help="tokens per replayed narration")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        help="run this many streams at once, one batched decoder step per round (throughput; default 1)",
+    )
+    b.add_argument(
+        "--compile", action="store_true", help="the compiled decoder step (torch.compile; not for VideoLLM-MoD)"
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", required=True, type=Path, help="where to write the raw results")
     b.add_argument("--quiet", action="store_true")
@@ -308,12 +317,16 @@ def _cmd_bench(args) -> int:
         text_tokens=args.text_tokens,
         seed=args.seed,
         progress=not args.quiet,
+        streams=args.streams,
+        compile=args.compile,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res))
     for r in res["runs"]:
         print(
-            f"{r['system']:>16}: {r['frames']} frames, {r['fps']:.1f} frames/s, "
+            f"{r['system']:>16}: {r['frames']} frames"
+            + (f" x {r['streams']} streams" if r.get("streams", 1) > 1 else "")
+            + f", {r['fps']:.1f} frames/s, "
             f"cache {r['points'][-1]['cache_tokens']} tokens ({r['points'][-1]['kv_bytes'] / 2**20:.1f} MiB)"
         )
     print(f"wrote {args.json}")

@@ -38,6 +38,7 @@ class StaticKVCache:
         device=None,
         dtype=torch.float32,
         growth: float = 2.0,
+        weights: "StepWeights | None" = None,
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -47,9 +48,12 @@ class StaticKVCache:
         self.values = [self._empty(capacity) for _ in range(num_layers)]
         self.lengths = [0] * num_layers
         self.reallocations = 0
+        self.weights = weights  # the model's StepWeights for forward(); None: call the layers' modules
 
     @classmethod
-    def for_model(cls, config, *, capacity: int = 1024, device=None, dtype=torch.float32) -> "StaticKVCache":
+    def for_model(
+        cls, config, *, capacity: int = 1024, device=None, dtype=torch.float32, weights: "StepWeights | None" = None
+    ) -> "StaticKVCache":
         return cls(
             config.num_hidden_layers,
             config.num_key_value_heads,
@@ -57,14 +61,16 @@ class StaticKVCache:
             capacity=capacity,
             device=device,
             dtype=dtype,
+            weights=weights,
         )
 
     # the KVStore interface (what the Narrator uses)
     def forward(
-        self, model, embeds: torch.Tensor, position_ids: torch.Tensor, frame_positions: torch.Tensor | None = None
+        self, model, embeds: torch.Tensor, start: int, frame_positions: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Run the decoder on new tokens, caching them here (:func:`forward_step`)."""
-        return forward_step(model, embeds, position_ids, self, frame_positions)
+        """Run the decoder on new tokens at positions ``start, start + 1, ...``, caching them here
+        (:func:`forward_step`, with the :class:`StepWeights` given at construction, if any)."""
+        return forward_step(model, embeds, None, self, frame_positions, weights=self.weights, start=start)
 
     def delete(self, keep: np.ndarray) -> None:
         self.compact(keep)
@@ -147,6 +153,10 @@ class SlotTags:
         self.n = 0
 
     def add(self, kinds: list[str], segments: list[int], narrations: list[int]) -> None:
+        self.add_codes(np.array([self.KINDS.index(k) for k in kinds], np.int8), segments, narrations)
+
+    def add_codes(self, kinds: np.ndarray, segments, narrations) -> None:
+        """Append tags: ``kinds`` as codes (indices into :attr:`KINDS`), one segment and narration id per token."""
         m = len(kinds)
         if self.n + m > self.kind.size:
             cap = max(self.n + m, 2 * self.kind.size)
@@ -156,7 +166,7 @@ class SlotTags:
                 new[: self.n] = old[: self.n]
                 setattr(self, name, new)
         sl = slice(self.n, self.n + m)
-        self.kind[sl] = [self.KINDS.index(k) for k in kinds]
+        self.kind[sl] = kinds
         self.segment[sl] = segments
         self.narration[sl] = narrations
         self.n += m
@@ -192,10 +202,11 @@ class HFCacheStore:
         self.cache = DynamicCache(config=config)
 
     def forward(
-        self, model, embeds: torch.Tensor, position_ids: torch.Tensor, frame_positions: torch.Tensor | None = None
+        self, model, embeds: torch.Tensor, start: int, frame_positions: torch.Tensor | None = None
     ) -> torch.Tensor:
         from .models.hf_compat import CACHE_ARG
 
+        position_ids = torch.arange(start, start + embeds.shape[1], device=embeds.device)[None]
         with model.streaming_routing(frame_positions):
             out = model.model(
                 inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{CACHE_ARG: self.cache}
@@ -225,12 +236,15 @@ class HFCacheStore:
 ENGINES = ("static", "hf")
 
 
-def make_kv_store(engine: str, config, *, capacity: int = 2048, device=None, dtype=torch.float32):
-    """A fresh key/value store: ``"static"`` (:class:`StaticKVCache`, the fast path) or ``"hf"``
-    (:class:`HFCacheStore`). Both implement ``forward(model, embeds, position_ids, frame_positions) -> hidden``,
-    ``delete(keep)``, ``used_bytes()`` and ``allocated_bytes()``."""
+def make_kv_store(
+    engine: str, config, *, capacity: int = 2048, device=None, dtype=torch.float32, weights: "StepWeights | None" = None
+):
+    """A fresh key/value store: ``"static"`` (:class:`StaticKVCache`, the fast path, on ``weights`` if given) or
+    ``"hf"`` (:class:`HFCacheStore`). Both implement ``forward(model, embeds, start, frame_positions) -> hidden``
+    (new tokens at positions ``start, start + 1, ...``), ``delete(keep)``, ``used_bytes()`` and
+    ``allocated_bytes()``."""
     if engine == "static":
-        return StaticKVCache.for_model(config, capacity=capacity, device=device, dtype=dtype)
+        return StaticKVCache.for_model(config, capacity=capacity, device=device, dtype=dtype, weights=weights)
     if engine == "hf":
         return HFCacheStore(config)
     raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -244,6 +258,181 @@ def tail_causal_mask(n: int, total: int, dtype, device) -> torch.Tensor:
     return mask
 
 
+# ---------------------------------------------------------------------------------------------- the step's weights
+class _Projections:
+    """The four matmuls of one decoder layer: q/k/v (fused into one), o, gate/up (fused into one), down.
+
+    Fused when all seven projections are plain ``nn.Linear`` (else, e.g. with LoRA layers or ``fuse=False``, the
+    modules are called): concatenated copies of the weights, stored transposed ``(in, out)`` so that a step is
+    ``x @ W`` on a row-major matrix. On the CPU that layout matters more than the fusion: MKL packs a
+    ``nn.Linear`` weight ``(out, in)`` anew at every call, and for the few rows of a streaming step that packing,
+    read from L3 cache, costs 2-3x the product itself (measured: a 128 x 688 weight, 1 row, 56 us as ``F.linear``
+    vs 19 us as ``x @ W``, with 40 such weights in turn so that none stays in L2). The outputs equal the separate
+    projections' up to float rounding (the parity tests hold the engine to the teacher-forced forward)."""
+
+    def __init__(self, layer, fuse: bool):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        self.fused = fuse and all(type(m) is nn.Linear for m in self.modules)
+        self.q_out, self.kv_out = attn.q_proj.out_features, attn.k_proj.out_features
+        if self.fused:
+            q, k, v, o, g, u, d = self.modules
+            self.qkv_w, self.qkv_b = _stack_t(q, k, v)  # (H, q_out + 2 kv_out)
+            self.o_w, self.o_b = _stack_t(o)  # (q_out, H)
+            self.gate_up_w, self.gate_up_b = _stack_t(g, u)  # (H, 2 I)
+            self.down_w, self.down_b = _stack_t(d)  # (I, H)
+
+    def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1, n, H) -> q (1, n, q_out), k, v (1, n, kv_out)."""
+        if self.fused:
+            return _mm(h, self.qkv_w, self.qkv_b).split((self.q_out, self.kv_out, self.kv_out), dim=-1)
+        return tuple(_linear(m, h) for m in self.modules[:3])
+
+    def o(self, x: torch.Tensor) -> torch.Tensor:
+        return _mm(x, self.o_w, self.o_b) if self.fused else _linear(self.modules[3], x)
+
+    def gate_up(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            return _mm(h, self.gate_up_w, self.gate_up_b).chunk(2, dim=-1)
+        return _linear(self.modules[4], h), _linear(self.modules[5], h)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        return _mm(x, self.down_w, self.down_b) if self.fused else _linear(self.modules[6], x)
+
+    def nbytes(self) -> int:
+        if not self.fused:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.qkv_w, self.o_w, self.gate_up_w, self.down_w))
+
+
+def _stack_t(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights of ``linears`` side by side, transposed: ``(in, sum of out)``, row-major; their biases (or None)."""
+    with torch.no_grad():  # a copy for inference, not part of any autograd graph
+        w = torch.cat([m.weight for m in linears]).t().contiguous()
+        b = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    return w, b
+
+
+def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w (+ b)`` for x (1, n, in) and a row-major w (in, out)."""
+    y = x[0] @ w if b is None else torch.addmm(b, x[0], w)
+    return y[None]
+
+
+class _RopeTable:
+    """cos/sin of the decoder's rotary embedding for a block of consecutive positions, computed by the model's own
+    ``rotary_emb`` (so bit-identical to a per-step call) and sliced by the steps that fall inside it. Streams only
+    move forward, so one block is kept (``block`` positions, then the next): memory stays flat however long the
+    stream. Rotary types whose frequencies depend on the sequence length (``dynamic``, ``longrope``) are computed
+    per step instead."""
+
+    def __init__(self, rotary_emb, block: int = 4096):
+        self.rotary_emb, self.block = rotary_emb, block
+        rope_type = str(getattr(rotary_emb, "rope_type", "default"))
+        self.static = "dynamic" not in rope_type and "longrope" not in rope_type
+        self.start, self.cos, self.sin = -1, None, None
+
+    def __call__(self, x: torch.Tensor, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``(1, n, head_dim)`` for positions ``start .. start + n - 1``, in ``x``'s dtype and device."""
+        if not self.static or n > self.block:
+            return self.rotary_emb(x, torch.arange(start, start + n, device=x.device)[None])
+        inside = self.cos is not None and self.start <= start and start + n <= self.start + self.block
+        if not inside or self.cos.dtype != x.dtype or self.cos.device != x.device:
+            self.start = start
+            pos = torch.arange(start, start + self.block, device=x.device)[None]
+            self.cos, self.sin = self.rotary_emb(x, pos)  # (1, block, hd)
+        a = start - self.start
+        return self.cos[:, a : a + n], self.sin[:, a : a + n]
+
+
+class StepWeights:
+    """A decoder's weights arranged for the per-frame step: fused projections per layer (:class:`_Projections`) and
+    a RoPE table. Built once per :class:`~flownar.stream.Narrator`; :meth:`stale` tells when the model's weights
+    have changed in place since (an optimizer step, ``load_state_dict``), and the Narrator rebuilds it at the next
+    video.
+
+    ``fuse``: ``"auto"`` (default) fuses unless the fused copies would take more than ``FUSE_LIMIT_BYTES``
+    (real-size LLMs keep their separate projections: a second copy of most of a 1B model's weights costs more
+    memory than the few launches it saves on a GPU), ``True`` / ``False`` force it."""
+
+    FUSE_LIMIT_BYTES = 256 * 2**20
+
+    def __init__(self, model, fuse: bool | str = "auto", compile: bool = False):
+        dec = model.model
+        self.sources = [p for layer in dec.layers for p in _fusable_params(layer)]
+        if fuse == "auto":
+            fuse = compile or sum(p.numel() * p.element_size() for p in self.sources) <= self.FUSE_LIMIT_BYTES
+        self.layers = [_Projections(layer, bool(fuse)) for layer in dec.layers]
+        self.rope = _RopeTable(dec.rotary_emb)
+        self.version = self._version()
+        self.compiled: CompiledStep | None = None
+        if compile:
+            why = CompiledStep.unsupported(model, self)
+            if why is not None:
+                raise ValueError(f"{model.config.system}: the step cannot be compiled: {why}")
+            self.compiled = CompiledStep(model, self)
+
+    def _version(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.sources) + tuple(p.data_ptr() for p in self.sources)
+
+    def stale(self) -> bool:
+        return self._version() != self.version
+
+    @property
+    def fused(self) -> bool:
+        return any(p.fused for p in self.layers)
+
+    def nbytes(self) -> int:
+        """Bytes of the fused copies (0 when not fused)."""
+        return sum(p.nbytes() for p in self.layers)
+
+
+class CompiledStep:
+    """The decoder step (all layers and the final norm) as one ``torch.compile`` graph (inductor), over the static
+    cache. Eager PyTorch pays a dispatch per op (on this project's CPUs about 5-10 us, about 25 ops per layer), which
+    for a model this small costs several times the arithmetic; compiled, the step is a few fused kernels around the
+    matmuls. It runs :func:`_layer`, the eager step's own code, so the two differ only by float rounding (tested).
+
+    Used for systems without routing (MoD's routed layers select tokens data-dependently) on fused weights. Shapes
+    are dynamic (the cached length and the number of new tokens vary): two graphs, one for single-token steps and
+    one for longer ones, compiled at the first call of each (tens of seconds on CPU, then cached on disk by
+    inductor), and again for each model (the weights are constants of the graph)."""
+
+    def __init__(self, model, weights: "StepWeights"):
+        self.model, self.weights = model, weights
+        self.fn = torch.compile(self._step, dynamic=True, fullgraph=True)
+
+    @staticmethod
+    def unsupported(model, weights: "StepWeights") -> str | None:
+        """Why this model cannot run compiled (None if it can)."""
+        if any(getattr(layer, "router", None) is not None for layer in model.model.layers):
+            return "MoD's routed layers select tokens data-dependently"
+        if not all(p.fused for p in weights.layers):
+            return "the projections are not plain nn.Linear (LoRA?) or fuse=False"
+        return None
+
+    def _step(self, x, cos, sin, keys: list[torch.Tensor], values: list[torch.Tensor], start: int) -> torch.Tensor:
+        dec = self.model.model
+        n = x.shape[1]
+        for layer, proj, K, V in zip(dec.layers, self.weights.layers, keys, values):
+            x = _layer(layer, proj, x, cos, sin, [(K, V, start, n, None)])
+        return _rms_norm(dec.norm, x)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        start, n = cache.lengths[0], x.shape[1]
+        for i in range(len(cache.keys)):
+            cache.reserve(i, start + n)
+        out = self.fn(x, cos, sin, cache.keys, cache.values, start)
+        cache.lengths = [start + n] * len(cache.keys)
+        return out
+
+
+def _fusable_params(layer) -> list[torch.Tensor]:
+    attn, mlp = layer.self_attn, layer.mlp
+    mods = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    return [p for m in mods for p in (m.weight, m.bias) if isinstance(p, torch.Tensor)]
+
+
 def _linear(mod, x: torch.Tensor) -> torch.Tensor:
     """A plain ``nn.Linear`` is called functionally (no module-call overhead); anything else (LoRA) as a module."""
     if type(mod) is nn.Linear:
@@ -253,62 +442,91 @@ def _linear(mod, x: torch.Tensor) -> torch.Tensor:
 
 def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     """LlamaRMSNorm in one fused op: weight * (x / rms(x)) computed in float32, cast back before the weight."""
+    if x.dtype == torch.float32:
+        return norm.weight * F.rms_norm(x, (x.shape[-1],), eps=norm.variance_epsilon)
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
 
 
-def _rope(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of queries and keys stacked on the head dim: ``x cos + rotate_half(x) sin``."""
-    half = qk.shape[-1] // 2
-    rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-    return qk * cos[:, None] + rot * sin[:, None]
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` (1, n, heads, hd): ``x cos + rotate_half(x) sin`` with cos/sin (1, n, hd)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, :, None] + rot * sin[:, :, None]
 
 
-def _attend(
+def _layer(
     layer,
+    proj: _Projections,
     x: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    cache: StaticKVCache,
-    i: int,
-    mask: torch.Tensor | None,
+    streams: list[tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor | None]],
 ) -> torch.Tensor:
-    """One Llama decoder layer on new tokens ``x`` (1, n, H), caching their keys/values in layer ``i``."""
+    """One Llama decoder layer on new tokens ``x`` (1, N, H) of one or more streams, one after the other along N.
+
+    ``streams``: per stream ``(keys, values, start, n, mask)``: its ``n`` new tokens' keys/values are written into
+    its buffers (1, kv_heads, capacity, hd) at ``[start, start + n)`` and attend to ``[0, start + n)`` of them
+    (``mask``: additive (n, start + n), or None = every earlier token, the new ones causally). Norms, projections
+    and the MLP run on all N rows at once; the attention is per stream. A pure function of tensors (no cache
+    bookkeeping): the eager step, the compiled one (:class:`CompiledStep`) and the batched one
+    (:func:`forward_batch`) all run this code."""
     attn, mlp = layer.self_attn, layer.mlp
-    n, hd = x.shape[1], attn.head_dim
+    N, hd = x.shape[1], attn.head_dim
     h = _rms_norm(layer.input_layernorm, x)
-    q = _linear(attn.q_proj, h).view(1, n, -1, hd).transpose(1, 2)  # (1, heads, n, hd)
-    k = _linear(attn.k_proj, h).view(1, n, -1, hd).transpose(1, 2)  # (1, kv_heads, n, hd)
-    v = _linear(attn.v_proj, h).view(1, n, -1, hd).transpose(1, 2)
-    qk = _rope(torch.cat((q, k), dim=1), cos, sin)
-    q, k = qk[:, : q.shape[1]], qk[:, q.shape[1] :]
-    K, V = cache.append(i, k, v)  # (1, kv_heads, cached + n, hd) views
-    if mask is None and n > 1:
-        mask = tail_causal_mask(n, K.shape[2], q.dtype, q.device)
-    o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=attn.scaling, enable_gqa=q.shape[1] != K.shape[1])
-    x = x + _linear(attn.o_proj, o.transpose(1, 2).reshape(1, n, -1))
+    q, k, v = proj.qkv(h)  # (1, N, q_out), (1, N, kv_out) x 2
+    heads = proj.q_out // hd
+    # rotate q and k together: (1, N, heads + kv_heads, hd)
+    qk = _rope(torch.cat((q, k), dim=-1).view(1, N, -1, hd), cos, sin)
+    v = v.view(1, N, -1, hd)
+    gqa = attn.num_key_value_groups != 1  # a module constant: static under torch.compile
+    outs, a = [], 0
+    for keys, values, start, n, mask in streams:
+        keys[:, :, start : start + n] = qk[:, a : a + n, heads:].transpose(1, 2)  # (1, kv_heads, n, hd)
+        values[:, :, start : start + n] = v[:, a : a + n].transpose(1, 2)
+        K, V = keys[:, :, : start + n], values[:, :, : start + n]  # (1, kv_heads, start + n, hd) views
+        if mask is None and n > 1:
+            mask = tail_causal_mask(n, start + n, x.dtype, x.device)
+        q_s = qk[:, a : a + n, :heads].transpose(1, 2)  # (1, heads, n, hd)
+        outs.append(F.scaled_dot_product_attention(q_s, K, V, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa))
+        a += n
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (1, heads, N, hd)
+    x = x + proj.o(o.transpose(1, 2).reshape(1, N, -1))
     h = _rms_norm(layer.post_attention_layernorm, x)
-    return x + _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
+    gate, up = proj.gate_up(h)
+    return x + proj.down(mlp.act_fn(gate) * up)
 
 
-def _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log):
+def _attend(layer, x, cos, sin, cache: StaticKVCache, i: int, mask, proj: _Projections) -> torch.Tensor:
+    """:func:`_layer` on layer ``i`` of one stream's ``cache``: make room, run it, count the new tokens."""
+    start, n = cache.lengths[i], x.shape[1]
+    cache.reserve(i, start + n)
+    x = _layer(layer, proj, x, cos, sin, [(cache.keys[i], cache.values[i], start, n, mask)])
+    cache.lengths[i] = start + n
+    return x
+
+
+def _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log, proj):
     """VideoLLM-MoD's routed layer in streaming: only text tokens and each frame's top vision tokens are computed
     (and cached); their updates are scaled by the router weight. Routing and merging are the layer's own
     (``FlowNarDecoderLayer.route`` / ``merge``, shared with training); only the attention is this engine's."""
     idx, selected, weight = layer.route(x, frame_positions)
     if routing_log is not None:
         routing_log[i] = idx
-    sub = _attend(layer, x[:, idx], cos[:, idx], sin[:, idx], cache, i, None)
+    sub = _attend(layer, x[:, idx], cos[:, idx], sin[:, idx], cache, i, None, proj)
     return layer.merge(x, idx, sub, selected, weight)
 
 
 def forward_step(
     model,
     embeds: torch.Tensor,
-    position_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
     cache: StaticKVCache,
     frame_positions: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     routing_log: dict | None = None,
+    *,
+    weights: StepWeights | None = None,
+    start: int | None = None,
 ) -> torch.Tensor:
     """Run the decoder of a :class:`~flownar.models.FlowNarForCausalLM` on new token embeddings ``(1, n, H)`` at
     ``position_ids`` ``(1, n)``; keys/values go into ``cache``. Returns the final-norm hidden states ``(1, n, H)``.
@@ -316,19 +534,73 @@ def forward_step(
     ``frame_positions`` ``(F, N)``: positions of the vision tokens among the new ones (MoD routing only).
     ``mask``: an additive ``(n, cached + n)`` mask for the unrouted layers instead of "every cached token, the new
     ones causally" (the oracle feeds a whole stream at once with its DCM mask this way).
-    ``routing_log``: if given, ``routing_log[layer] = indices of the new tokens that MoD-routed layer computed``."""
+    ``routing_log``: if given, ``routing_log[layer] = indices of the new tokens that MoD-routed layer computed``.
+    ``weights``: the model's :class:`StepWeights` (fused projections, RoPE table); without it the layers' own
+    modules are called. ``start``: the new tokens sit at positions ``start .. start + n - 1`` (then
+    ``position_ids`` may be None and the RoPE table is sliced instead of computed)."""
     dec = model.model
     n = embeds.shape[1]
-    cos, sin = dec.rotary_emb(embeds, position_ids)
+    if start is not None and weights is not None:
+        cos, sin = weights.rope(embeds, start, n)
+    else:
+        if position_ids is None:
+            position_ids = torch.arange(start, start + n, device=embeds.device)[None]
+        cos, sin = dec.rotary_emb(embeds, position_ids)
+    projections = weights.layers if weights is not None else [_Projections(layer, False) for layer in dec.layers]
     # all layers of a system without routing hold the same number of tokens: build the mask once for the step
     shared = mask
     if shared is None and n > 1 and len(set(cache.lengths)) == 1:
         shared = tail_causal_mask(n, cache.lengths[0] + n, embeds.dtype, embeds.device)
+    if (
+        weights is not None
+        and weights.compiled is not None
+        and mask is None
+        and routing_log is None
+        and len(set(cache.lengths)) == 1
+    ):
+        return weights.compiled(embeds, cos, sin, cache)
     x = embeds
-    for i, layer in enumerate(dec.layers):
+    for i, (layer, proj) in enumerate(zip(dec.layers, projections)):
         if getattr(layer, "router", None) is not None:
-            x = _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log)
+            x = _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log, proj)
         else:
             m = shared if shared is not None and cache.lengths[i] + n == shared.shape[1] else None
-            x = _attend(layer, x, cos, sin, cache, i, m)
+            x = _attend(layer, x, cos, sin, cache, i, m, proj)
     return _rms_norm(dec.norm, x)
+
+
+def forward_batch(
+    model, steps: list[tuple[torch.Tensor, int, StaticKVCache]], weights: StepWeights | None = None
+) -> list[torch.Tensor]:
+    """Decoder steps of several streams in one pass: ``steps`` = per stream ``(embeds (1, n, H), start, cache)``
+    (positions ``start, ...``; each stream its own cache). Returns each stream's final-norm hidden states
+    ``(1, n, H)``, equal to :func:`forward_step` of that stream alone up to float rounding (tested).
+
+    The streams' new tokens are stacked along the sequence, so every projection and MLP is one matmul over all of
+    them (with a dozen streams, a weight read from cache serves a hundred rows instead of ten); attention stays per
+    stream, on its own cache. (Measured: the streams' caches as rows of one padded buffer, attended with one sdpa,
+    were no faster on CPU than this per-stream loop, so the loop stays.) Systems without routing (not
+    VideoLLM-MoD)."""
+    dec = model.model
+    if any(getattr(layer, "router", None) is not None for layer in dec.layers):
+        raise NotImplementedError("MoD's routed layers run one stream at a time")
+    ns = [e.shape[1] for e, _, _ in steps]
+    x = torch.cat([e for e, _, _ in steps], dim=1)  # (1, N, H)
+    device = x.device
+    pos = torch.cat([torch.arange(s, s + n, device=device) for (_, s, _), n in zip(steps, ns)])[None]  # (1, N)
+    cos, sin = dec.rotary_emb(x, pos)  # (1, N, hd)
+    projections = weights.layers if weights is not None else [_Projections(layer, False) for layer in dec.layers]
+    starts = []
+    for (_, _, cache), n in zip(steps, ns):
+        if len(set(cache.lengths)) != 1:
+            raise ValueError(f"forward_batch: a cache with layer lengths {sorted(set(cache.lengths))}")
+        starts.append(cache.lengths[0])
+        for i in range(len(cache.keys)):
+            cache.reserve(i, cache.lengths[0] + n)
+    masks = [None if n == 1 else tail_causal_mask(n, s + n, x.dtype, device) for s, n in zip(starts, ns)]
+    for i, (layer, proj) in enumerate(zip(dec.layers, projections)):
+        streams = [(c.keys[i], c.values[i], s, n, m) for (_, _, c), s, n, m in zip(steps, starts, ns, masks)]
+        x = _layer(layer, proj, x, cos, sin, streams)
+    for (_, _, cache), s, n in zip(steps, starts, ns):
+        cache.lengths = [s + n] * len(cache.keys)
+    return list(_rms_norm(dec.norm, x).split(ns, dim=1))

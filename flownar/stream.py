@@ -41,7 +41,7 @@ import torch
 from . import layout
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
-from .engine import ENGINES, SlotTags, make_kv_store
+from .engine import ENGINES, SlotTags, StepWeights, make_kv_store
 from .trigger import TriggerRule
 
 PERMANENT = -1
@@ -64,6 +64,37 @@ class NarrationEvent:
 
 
 @dataclass
+class StepRequest:
+    """One decoder step a narrator needs: ``embeds`` (1, n, H) at positions ``start, ...`` on its cache."""
+
+    narrator: "Narrator"
+    embeds: torch.Tensor
+    start: int
+    frame_positions: torch.Tensor | None = None
+
+    def run(self) -> torch.Tensor:
+        """This step alone, on the narrator's own key/value store."""
+        nr = self.narrator
+        return nr.cache.forward(nr.model, self.embeds, self.start, self.frame_positions)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """The tokens of one step, prepared once per pattern (a silent frame, the frame after a narration, speaking, a
+    decoded token) so that the per-frame path builds no lists: ids (host and device), the SlotTags kind codes, which
+    tokens belong to the current segment / narration, and where the placeholder runs are."""
+
+    ids: list[int]
+    ids_t: torch.Tensor  # (n,) on the device, clamped to the vocabulary (placeholders are overwritten)
+    kind: np.ndarray  # (n,) int8 SlotTags kind codes
+    seg_owned: np.ndarray  # (n,) bool: tagged with the current segment (else PERMANENT)
+    nar_owned: np.ndarray  # (n,) bool: tagged with the narration being fed (else PERMANENT)
+    v: slice | None  # the <v> run
+    m: slice | None  # the <m> run
+    frame_positions: torch.Tensor | None  # (1, N) positions of the <v> run (MoD routing), else None
+
+
+@dataclass
 class StreamCounters:
     frames: int = 0
     narrations: int = 0
@@ -83,6 +114,12 @@ class Narrator:
         record_logits: keep the logits of every fed position (for the equality test).
         engine: ``"static"`` (preallocated cache, the fast path) or ``"hf"`` (transformers' DynamicCache).
         cache_capacity: initial tokens per layer of the static cache (it doubles when full).
+        fuse: fused q/k/v and gate/up projections on the static engine (:class:`~flownar.engine.StepWeights`:
+            ``"auto"`` fuses small models).
+        compile: run the static engine's decoder step compiled (:class:`~flownar.engine.CompiledStep`; not for
+            VideoLLM-MoD). Pays a compilation at the first frames of the first video.
+        step_weights: another narrator's :class:`~flownar.engine.StepWeights` of the same model, to share (several
+            streams at once: :func:`narrators_for`).
     """
 
     def __init__(
@@ -100,11 +137,18 @@ class Narrator:
         record_logits: bool = False,
         engine: str = "static",
         cache_capacity: int = 2048,
+        fuse: bool | str = "auto",
+        compile: bool = False,
+        step_weights: StepWeights | None = None,
     ):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        self.engine, self.cache_capacity = engine, cache_capacity
-        self._ids_cache: dict[tuple, torch.Tensor] = {}
+        if compile and engine != "static":
+            raise ValueError("compile=True needs the static engine")
+        self.engine, self.cache_capacity, self.fuse, self.compile = engine, cache_capacity, fuse, compile
+        self._chunks: dict[tuple, _Chunk] = {}
+        self.step_weights: StepWeights | None = step_weights
+
         self.model = model.eval()
         self.cfg = model.config
         self.chat = chat
@@ -137,9 +181,17 @@ class Narrator:
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget the current video."""
+        """Forget the current video. (The static engine's :class:`~flownar.engine.StepWeights` are rebuilt here if
+        the model's weights changed in place since they were built.)"""
+        if self.engine == "static" and (self.step_weights is None or self.step_weights.stale()):
+            self.step_weights = StepWeights(self.model, self.fuse, compile=self.compile)
         self.cache = make_kv_store(
-            self.engine, self.cfg, capacity=self.cache_capacity, device=self.device, dtype=self.dtype
+            self.engine,
+            self.cfg,
+            capacity=self.cache_capacity,
+            device=self.device,
+            dtype=self.dtype,
+            weights=self.step_weights,
         )
         self.tags = SlotTags(self.cache_capacity)  # one entry per cached token (of the unrouted layers)
         self.pos = 0  # next position id (counts deleted tokens too)
@@ -174,36 +226,48 @@ class Narrator:
         return {**out, **{f"tokens_{k}": v for k, v in sorted(self.tags.counts().items())}}
 
     # ------------------------------------------------------------------ feeding
-    def _ids_tensor(self, ids: list[int]) -> torch.Tensor:
-        """Token ids on the device, clamped to the vocabulary (placeholders are overwritten). The few fixed
-        patterns of the stream (a silent frame, the step after a narration, the narration prompt) are copied to the
-        device once and reused: no host-to-device copy on the per-frame path."""
-        key = tuple(ids)
-        t = self._ids_cache.get(key)
-        if t is None:
-            vocab = self.cfg.vocab_size
-            t = torch.tensor([min(i, vocab - 1) for i in ids], device=self.device)
-            if len(ids) > 1 and len(self._ids_cache) < 64:
-                self._ids_cache[key] = t
-        return t
-
-    def _tag(self, piece, narration: int) -> tuple[str, int, int]:
-        """The engine's tag of a token of ``piece``: (kind, segment it goes with, narration it goes with)."""
-        return (
-            piece.kind,
-            self.segment if piece.owner == layout.SEGMENT else PERMANENT,
-            narration if piece.owner == layout.NARRATION else PERMANENT,
+    def _make_chunk(self, ids: list[int], kinds: list[str], seg_owned: list[bool], nar_owned: list[bool]) -> _Chunk:
+        vocab = self.cfg.vocab_size
+        v = self._run(ids, self.cfg.v_placeholder_id)
+        fp = None
+        if self.cfg.mod and v is not None:  # MoD: where the frame's tokens are among the new ones
+            fp = torch.arange(v.start, v.stop, device=self.device).view(-1, self.cfg.frame_num_tokens)
+        return _Chunk(
+            ids=list(ids),
+            ids_t=torch.tensor([min(i, vocab - 1) for i in ids], device=self.device),
+            kind=np.array([SlotTags.KINDS.index(k) for k in kinds], np.int8),
+            seg_owned=np.array(seg_owned, bool),
+            nar_owned=np.array(nar_owned, bool),
+            v=v,
+            m=self._run(ids, self.cfg.m_placeholder_id),
+            frame_positions=fp,
         )
 
-    def _tokens(self, pieces, narration: int) -> tuple[list[int], list[tuple[str, int, int]]]:
-        """Token ids and tags of a step's pieces (:mod:`flownar.layout`)."""
-        ids, tags = [], []
-        for piece in pieces:
-            for sym in piece.tokens:
-                run = self._symbols[sym]
-                ids += run
-                tags += [self._tag(piece, narration)] * len(run)
-        return ids, tags
+    def _chunk(self, pieces) -> _Chunk:
+        """The :class:`_Chunk` of a step's pieces (:mod:`flownar.layout`), built once per pattern."""
+        key = tuple(pieces)
+        c = self._chunks.get(key)
+        if c is None:
+            ids, kinds, seg, nar = [], [], [], []
+            for piece in pieces:
+                for sym in piece.tokens:
+                    run = self._symbols[sym]
+                    ids += run
+                    kinds += [piece.kind] * len(run)
+                    seg += [piece.owner == layout.SEGMENT] * len(run)
+                    nar += [piece.owner == layout.NARRATION] * len(run)
+            c = self._chunks[key] = self._make_chunk(ids, kinds, seg, nar)
+        return c
+
+    def _token_chunk(self, token: int) -> _Chunk:
+        """One decoded (or replayed) narration token (kept for the most frequent 4096 tokens of a run)."""
+        key = ("token", token)
+        c = self._chunks.get(key)
+        if c is None:
+            c = self._make_chunk([token], ["narration"], [False], [True])
+            if len(self._chunks) < 4096:
+                self._chunks[key] = c
+        return c
 
     @staticmethod
     def _run(ids: list[int], token: int) -> slice | None:
@@ -218,38 +282,26 @@ class Narrator:
             raise ValueError("placeholder tokens must form one contiguous run per forward")
         return slice(a, b)
 
-    def _embed(self, ids: list[int], frame: torch.Tensor | None, v: slice | None) -> torch.Tensor:
-        """(1, n, H) embeddings of ``ids`` (:meth:`FlowNarForCausalLM.stream_embed`); the placeholder runs are found
-        on the host (no device sync)."""
-        return self.model.stream_embed(
-            self._ids_tensor(ids), frame, v, self.memory, self._run(ids, self.cfg.m_placeholder_id)
-        )[None]
+    def _feed(self, chunk: _Chunk, narration: int = PERMANENT, frame: torch.Tensor | None = None):
+        """Run the model on a chunk of new tokens; returns the logits of the last one. Its tokens are tagged with
+        the current segment and with ``narration`` where the chunk says they belong to them.
 
-    @torch.no_grad()
-    def _feed(
-        self, ids: list[int], tags: list[tuple[str, int, int]], frame: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Run the model on new tokens; returns the logits of the last one. ``tags`` has one entry per token."""
-        n = len(ids)
-        v = self._run(ids, self.cfg.v_placeholder_id)
-        emb = self._embed(ids, frame, v)
-        pos = torch.arange(self.pos, self.pos + n, device=self.device)[None]
-        fp = None
-        if self.cfg.mod and v is not None:  # MoD: where the frame's tokens are among the new ones
-            key = ("frame_positions", v.start, v.stop)
-            if key not in self._ids_cache:
-                self._ids_cache[key] = torch.arange(v.start, v.stop, device=self.device).view(
-                    -1, self.cfg.frame_num_tokens
-                )
-            fp = self._ids_cache[key]
-        hidden = self.cache.forward(self.model, emb, pos, fp)
+        A generator: it yields the decoder step it needs (a :class:`StepRequest`) and is sent the final hidden
+        states, so that one stream (:meth:`_drive`) or several at once (:func:`narrate_streams`, one batched step
+        for all of them) can run the same narrator code."""
+        n = len(chunk.ids)
+        emb = self.model.stream_embed(chunk.ids_t, frame, chunk.v, self.memory, chunk.m)[None]  # (1, n, H)
+        hidden = yield StepRequest(self, emb, self.pos, chunk.frame_positions)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
             self.fed_logits.append(logits[0])
-        kinds, segs, nars = zip(*tags)
-        self.tags.add(list(kinds), list(segs), list(nars))
+        self.tags.add_codes(
+            chunk.kind,
+            np.where(chunk.seg_owned, self.segment, PERMANENT),
+            np.where(chunk.nar_owned, narration, PERMANENT),
+        )
         self.pos += n
-        self.fed_ids += ids
+        self.fed_ids += chunk.ids
         return logits[0, -1]
 
     def _delete(self, keep: np.ndarray) -> None:
@@ -286,7 +338,7 @@ class Narrator:
             if tok == self.chat.eos_id:
                 return out, False
             out.append(tok)
-            logits = self._feed([tok], [self._tag(layout.narration_token(), nid)])
+            logits = yield from self._feed(self._token_chunk(tok), nid)
         return out, True
 
     def _narrate(
@@ -300,7 +352,7 @@ class Narrator:
         """Speak at ``frame_idx``: feed ``pieces`` (:func:`flownar.layout.speak`), decode (or replay) the narration,
         then drop what the cache policy drops (:func:`flownar.layout.dropped_after_narration`)."""
         nid = self.narration_count
-        logits = self._feed(*self._tokens(pieces, narration=nid))
+        logits = yield from self._feed(self._chunk(pieces), nid)
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
             ids = (
                 self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
@@ -308,10 +360,10 @@ class Narrator:
                 else list(script_text)
             )  # text, or token ids (benchmarks)
             for t in ids:
-                self._feed([t], [self._tag(layout.narration_token(), nid)])
+                yield from self._feed(self._token_chunk(t), nid)
             capped = False
         else:
-            ids, capped = self._decode(logits)
+            ids, capped = yield from self._decode(logits)
         if capped:
             self.counters.capped += 1
         self.counters.narrations += 1
@@ -340,6 +392,26 @@ class Narrator:
 
         ``speak`` / ``script_text`` override the model's decision / text (replaying a schedule); ``script_text`` may
         be token ids. A replayed narration is fed one token per forward, like greedy decoding."""
+        return self._drive(self.push_steps(frame, speak, script_text))
+
+    @torch.no_grad()
+    def finish(self) -> NarrationEvent | None:
+        """End of the video: force a narration at the last frame unless it just narrated."""
+        return self._drive(self.finish_steps())
+
+    def _drive(self, gen):
+        """Run one of the narrator's step generators to its end on this stream's own cache; returns its value."""
+        try:
+            request = next(gen)
+            while True:
+                request = gen.send(request.run())
+        except StopIteration as stop:
+            return stop.value
+
+    def push_steps(self, frame: torch.Tensor, speak: bool | None, script_text: str | list[int] | None):
+        """:meth:`push` as a step generator: it yields each decoder step it needs (a :class:`StepRequest`) and is
+        sent the step's hidden states. :meth:`push` runs it on this stream alone; :func:`drive_streams` runs several
+        streams' generators together, one batched step per round."""
         if (
             frame.ndim != 2
             or frame.shape[0] != self.cfg.frame_num_tokens
@@ -353,7 +425,7 @@ class Narrator:
         self.counters.frames += 1
         i = self.frame
         if i == 0:
-            return self._prompt(frame, script_text)
+            return (yield from self._prompt(frame, script_text))
         if self.pending_eos:
             pieces = layout.after_narration(
                 self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory, self.cfg.last_k_narration
@@ -361,11 +433,10 @@ class Narrator:
             if self.has_memory:
                 self.memory = self.model.clam.read(self.readout_state)[0]  # (Q, D) after the narration frame
             # the EOS and the newline belong to the narration just decoded
-            ids, tags = self._tokens(pieces, narration=self.narration_count - 1)
+            logits = yield from self._feed(self._chunk(pieces), self.narration_count - 1, frame)
             self.pending_eos = False
         else:
-            ids, tags = self._tokens(self._silent, narration=PERMANENT)
-        logits = self._feed(ids, tags, frame)
+            logits = yield from self._feed(self._chunk(self._silent), PERMANENT, frame)
         self._update_memory(frame)
         p = torch.softmax(logits, dim=-1)
         p_silent = float(p[self.chat.silent_id])
@@ -378,23 +449,33 @@ class Narrator:
                     self.counters.unexpected_argmax += 1
         if not speak:
             return None
-        return self._narrate(i, layout.speak(), False, p_silent, script_text=script_text)
+        return (yield from self._narrate(i, layout.speak(), False, p_silent, script_text=script_text))
 
     def _prompt(self, frame: torch.Tensor, script_text: str | list[int] | None) -> NarrationEvent:
         """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
         head, head_tags, tail = prompt_plan(self.chat, self.prompt_messages)
         self._update_memory(frame)
         # feed everything up to (not including) "Assistant:" then the narration prompt, as _narrate does
-        self._feed(head, head_tags, frame)
-        return self._narrate(0, layout.speak(first=True), True, float("nan"), script_text=script_text)
+        kinds, segs, nars = zip(*head_tags)
+        if any(n != PERMANENT for n in nars) or any(g not in (PERMANENT, self.segment) for g in segs):
+            raise AssertionError(f"prompt tags {head_tags} outside the current segment")
+        chunk = self._make_chunk(head, list(kinds), [g != PERMANENT for g in segs], [False] * len(head))
+        yield from self._feed(chunk, PERMANENT, frame)
+        return (yield from self._narrate(0, layout.speak(first=True), True, float("nan"), script_text=script_text))
 
-    @torch.no_grad()
-    def finish(self) -> NarrationEvent | None:
-        """End of the video: force a narration at the last frame unless it just narrated."""
+    def finish_steps(self):
+        """:meth:`finish` as a step generator."""
         if self.frame < 0 or (self.events and self.events[-1].frame == self.frame):
             return None
-        ev = self._narrate(self.frame, layout.speak(), True, float("nan"))
-        return ev
+        return (yield from self._narrate(self.frame, layout.speak(), True, float("nan")))
+
+    def clip_steps(self, frames: torch.Tensor):
+        """A whole clip as one step generator (reset, every frame, finish); returns the events."""
+        self.reset()
+        for f in frames:
+            yield from self.push_steps(f, None, None)
+        yield from self.finish_steps()
+        return self.events
 
     def narrate(self, frames: torch.Tensor, progress: bool = False) -> list[NarrationEvent]:
         """Narrate a whole clip ``(T, tokens, D)``; returns every narration event."""
@@ -423,3 +504,75 @@ def prompt_plan(
         for a, _ in enc["offset_mapping"][:n_head]
     ]
     return ids[:n_head], tags, ids[n_head:]
+
+
+def narrators_for(model, chat, n: int, **kwargs) -> list[Narrator]:
+    """``n`` narrators of one model that share its :class:`~flownar.engine.StepWeights` (for
+    :func:`drive_streams`)."""
+    first = Narrator(model, chat, **kwargs)
+    return [first] + [Narrator(model, chat, step_weights=first.step_weights, **kwargs) for _ in range(n - 1)]
+
+
+def _batchable(narrators: list[Narrator]) -> bool:
+    """Whether these narrators' steps can run as one batched step: one model on the static engine, one set of
+    StepWeights, no routing (MoD) and no compiled step."""
+    first = narrators[0]
+    return (
+        len(narrators) > 1
+        and first.engine == "static"
+        and not first.cfg.mod
+        and not first.compile
+        and all(nr.model is first.model and nr.step_weights is first.step_weights for nr in narrators)
+    )
+
+
+def _run_round(requests: list[StepRequest]) -> list[torch.Tensor]:
+    """One decoder step for each request: batched (:func:`flownar.engine.forward_batch`) when the narrators run one
+    model on the static engine without routing, one by one otherwise."""
+    from .engine import forward_batch
+
+    first = requests[0].narrator
+    if not _batchable([r.narrator for r in requests]):
+        return [r.run() for r in requests]
+    return forward_batch(
+        first.model, [(r.embeds, r.start, r.narrator.cache) for r in requests], weights=first.step_weights
+    )
+
+
+@torch.no_grad()
+def drive_streams(narrators: list[Narrator], jobs):
+    """Run step generators on several narrators at once. ``jobs``: an iterable of ``(key, make)``, ``make(narrator)``
+    returning a step generator (e.g. ``lambda nr: nr.clip_steps(frames)``). Each free narrator takes the next job;
+    each round runs one decoder step of every running job, batched. Yields ``(key, result)`` as jobs end.
+
+    Every stream's tokens, decisions and cache are its own: only the matmuls are shared, so each stream's logits
+    equal those of the stream alone up to float rounding (tested)."""
+    jobs = iter(jobs)
+    running: dict[int, tuple[object, object, StepRequest]] = {}  # narrator index -> (key, generator, request)
+    done: list[tuple[object, object]] = []
+
+    def take(i: int) -> None:
+        for key, make in jobs:
+            gen = make(narrators[i])
+            try:
+                running[i] = (key, gen, next(gen))
+                return
+            except StopIteration as stop:  # a job that needed no step
+                done.append((key, stop.value))
+
+    for i in range(len(narrators)):
+        take(i)
+    yield from done
+    while running:
+        done = []
+        order = sorted(running)
+        hidden = _run_round([running[i][2] for i in order])
+        for i, h in zip(order, hidden):
+            key, gen, _ = running[i]
+            try:
+                running[i] = (key, gen, gen.send(h))
+            except StopIteration as stop:
+                del running[i]
+                done.append((key, stop.value))
+                take(i)
+        yield from done

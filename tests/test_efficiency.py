@@ -136,6 +136,19 @@ def test_run_bench_writes_points(chat):
     assert len(runs["flownar"]["frame_ms"]) == 120 and runs["flownar"]["macs"]["total"] > 0
 
 
+def test_run_bench_with_several_streams_replays_the_same_stream(chat):
+    """Three streams at once (batched steps): each replays the schedule, so stream 0's cache along the way and its
+    narrations equal the single-stream run's; the throughput counts every stream's frames."""
+    one = run_bench(["flownar-c", "videollm-mod"], [120], config="micro", progress=False)
+    three = run_bench(["flownar-c", "videollm-mod"], [120], config="micro", progress=False, streams=3)
+    for a, b in zip(one["runs"], three["runs"]):
+        assert b["streams"] == 3 and b["narrations"] == a["narrations"] > 5
+        assert [(p["frames"], p["cache_tokens"]) for p in b["points"]] == [
+            (p["frames"], p["cache_tokens"]) for p in a["points"]
+        ]
+        assert b["fps"] == pytest.approx(3 * b["fps_per_stream"]) and b["frame_ms"] == []
+
+
 def test_cli_bench_writes_json(tmp_path):
     import json
 

@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import flownar.stream as stream_module
 from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
 from flownar.models import SYSTEMS, FlowNarForCausalLM, config_for
 from flownar.models.masks import expiry_positions
-from flownar.stream import Narrator
+from flownar.stream import Narrator, drive_streams, narrators_for
 
 TEXTS = [
     "You open the fridge.",
@@ -152,3 +153,61 @@ def test_bounded_cache_over_long_streams(tok, system, n_frames):
     else:
         assert total == sorted(total) and total[-1] > total[0]  # narrations accumulate
     assert narrator.counters.narrations == n_frames // 8
+
+
+def replay_steps(narrator, s, frames):
+    """:func:`replay` as a step generator (for drive_streams); returns what the stream fed and its logits."""
+    texts = [m.content for m in s.messages if m.role == "assistant"]
+    at = dict(zip(s.narration_frames, texts))
+    narrator.reset()
+    for i in range(s.num_frames):
+        yield from narrator.push_steps(frames[i], (i in at) if i else None, at.get(i))
+    return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size()
+
+
+@pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c"])
+def test_batched_streams_equal_each_stream_alone(tok, system):
+    """Three streams on two narrators (so one narrator takes a second clip mid-run), one batched decoder step per
+    round: each stream feeds the same tokens, gets the same logits and ends with the same cache as alone."""
+    model, chat = micro(tok, system)
+    s = sample(model.config.use_memory)
+    clips = [
+        torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(k))
+        for k in range(3)
+    ]
+    alone = []
+    for frames in clips:
+        narrator = Narrator(model, chat, record_logits=True)
+        replay(narrator, s, frames)
+        alone.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size()))
+    narrators = narrators_for(model, chat, 2, record_logits=True)
+    assert narrators[1].step_weights is narrators[0].step_weights
+    rounds = []
+    real = stream_module._run_round
+    stream_module._run_round = lambda reqs: rounds.append(len(reqs)) or real(reqs)
+    try:
+        got = dict(drive_streams(narrators, [(k, lambda nr, f=f: replay_steps(nr, s, f)) for k, f in enumerate(clips)]))
+    finally:
+        stream_module._run_round = real
+    assert sorted(got) == [0, 1, 2] and max(rounds) == 2  # batched: two streams per round
+    for k, (ids, logits, state) in enumerate(alone):
+        assert got[k][0] == ids
+        torch.testing.assert_close(got[k][1], logits, atol=1e-5, rtol=1e-5)
+        assert got[k][2] == state
+
+
+def test_compiled_step_equals_the_eager_step(tok):
+    """torch.compile of the decoder step (the same _layer code) gives the eager engine's logits and decisions."""
+    model, chat = micro(tok, "flownar-c", last_k_narration=2)
+    s = sample(True)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(2))
+    runs = []
+    for compile in (False, True):
+        narrator = Narrator(model, chat, record_logits=True, compile=compile)
+        replay(narrator, s, frames)
+        runs.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size()))
+    assert runs[1][0] == runs[0][0] and runs[1][2] == runs[0][2]
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+    mod, mod_chat = micro(tok, "videollm-mod")
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        Narrator(mod, mod_chat, compile=True)

@@ -56,9 +56,17 @@ def run_stream_bench(
     progress: bool = False,
     frame_pool: int = 64,
     seed: int = 0,
+    streams: int = 1,
+    compile: bool = False,
 ) -> dict:
     """Push ``n_frames`` random frames through a Narrator replaying ``schedule`` with ``text_tokens``-token
-    narrations. Returns per-frame wall times and, at 1, 10, 100, ... frames, the cache and memory."""
+    narrations. Returns per-frame wall times and, at 1, 10, 100, ... frames, the cache and memory.
+
+    ``streams`` > 1: that many streams at once (:func:`flownar.stream.drive_streams`, one batched decoder step per
+    round), each replaying the schedule on its own frames; ``fps`` is then all streams' frames over the wall time
+    (throughput), ``fps_per_stream`` one stream's, and there are no per-frame times (a round serves every
+    stream). ``compile``: the compiled decoder step (:class:`flownar.engine.CompiledStep`; its compilation is done
+    on a warm-up stream first and not timed)."""
     from ..progress import progress_bar
     from ..stream import Narrator
 
@@ -76,7 +84,14 @@ def run_stream_bench(
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    narrator = Narrator(model, chat, engine=engine)
+    if streams > 1:
+        return _run_streams_bench(model, chat, pool, speak, text, n_frames, engine, streams, progress)
+    narrator = Narrator(model, chat, engine=engine, compile=compile)
+    if compile:  # compile both step graphs (single-token and longer) before timing
+        for i in range(min(n_frames, 40)):
+            narrator.push(pool[i % frame_pool], speak=bool(speak[i]) if i else None, script_text=text)
+        narrator.finish()
+        narrator.reset()
     base_rss = _rss_bytes()
     marks = set(checkpoints_up_to(n_frames))
     times = np.zeros(n_frames)
@@ -108,9 +123,12 @@ def run_stream_bench(
     return {
         "system": cfg.system,
         "engine": engine,
+        "compile": compile,
+        "streams": 1,
         "frames": n_frames,
         "total_s": total,
         "fps": n_frames / total,
+        "fps_per_stream": n_frames / total,
         "narrations": narrator.counters.narrations,
         "points": points,
         "frame_ms": np.round(times * 1e3, 4).tolist(),
@@ -118,10 +136,65 @@ def run_stream_bench(
     }
 
 
+def _run_streams_bench(model, chat, pool, speak, text, n_frames: int, engine: str, streams: int, progress: bool):
+    """:func:`run_stream_bench` with several streams at once (see there)."""
+    from ..progress import progress_bar
+    from ..stream import drive_streams, narrators_for
+
+    cfg = model.config
+    narrators = narrators_for(model, chat, streams, engine=engine)
+    marks = set(checkpoints_up_to(n_frames))
+    points: list[dict] = []
+    bar = progress_bar(total=streams * n_frames, enabled=progress, desc=f"bench {cfg.system} x{streams}", leave=False)
+    t_all = time.perf_counter()
+
+    def replay(narrator, b: int):
+        narrator.reset()
+        for i in range(n_frames):
+            frame = pool[(i + b) % len(pool)]  # each stream its own frames
+            yield from narrator.push_steps(frame, bool(speak[i]) if i else None, text)
+            bar.update(1)
+            if b == 0 and i + 1 in marks:  # the cache of stream 0 (every stream replays the same schedule)
+                st = narrator.state_size()
+                points.append(
+                    {
+                        "frames": i + 1,
+                        "cache_tokens": st["tokens"],
+                        "kv_bytes": st["kv_bytes"],
+                        "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
+                        "clam_state_bytes": st["clam_state_bytes"],
+                        "rss_bytes": _rss_bytes(),
+                        "rss_growth_bytes": 0,
+                        "elapsed_s": time.perf_counter() - t_all,
+                    }
+                )
+        return narrator.counters.narrations
+
+    narrations = dict(drive_streams(narrators, [(b, lambda nr, b=b: replay(nr, b)) for b in range(streams)]))
+    total = time.perf_counter() - t_all
+    bar.close()
+    return {
+        "system": cfg.system,
+        "engine": engine,
+        "compile": False,
+        "streams": streams,
+        "frames": n_frames,
+        "total_s": total,
+        "fps": streams * n_frames / total,
+        "fps_per_stream": n_frames / total,
+        "narrations": narrations[0],
+        "points": points,
+        "frame_ms": [],
+        "reallocations": None,
+    }
+
+
 def per_frame_ms(result: dict, at: int, window: int | None = None) -> float:
     """Mean wall time per frame over the ``window`` frames ending at frame ``at`` (default: the last half,
     at most 500)."""
     ms = np.asarray(result["frame_ms"])
+    if ms.size == 0:  # several streams at once: no per-frame times
+        return float("nan")
     w = window or max(1, min(at // 2, 500))
     return float(ms[max(0, at - w) : at].mean())
 
@@ -144,9 +217,13 @@ def run_bench(
     seed: int = 0,
     progress: bool = True,
     count_macs: bool = True,
+    streams: int = 1,
+    compile: bool = False,
 ) -> dict:
     """``flownar bench``: for each system, one stream of ``max(frames)`` frames (or per-system lengths when
     ``frames`` is a dict), the same schedule for all. Returns a JSON-able dict of raw results."""
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1, got {streams}")
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     ]
@@ -160,6 +237,8 @@ def run_bench(
         "device_kind": str(device),
         "dtype": str(dt).split(".")[-1],
         "engine": engine,
+        "streams": streams,
+        "compile": compile,
         "segment_stats_s": list(segment_stats),
         "text_tokens": text_tokens,
         "seed": seed,
@@ -173,7 +252,16 @@ def run_bench(
         model = bench_model(cfg, device, dt, seed)
         n = lengths[system]
         res = run_stream_bench(
-            model, chat, schedule, n, text_tokens=text_tokens, engine=engine, progress=progress, seed=seed
+            model,
+            chat,
+            schedule,
+            n,
+            text_tokens=text_tokens,
+            engine=engine,
+            progress=progress,
+            seed=seed,
+            streams=streams,
+            compile=compile and not cfg.mod,  # MoD's routed layers run eager
         )
         res["params"] = sum(p.numel() for p in model.parameters())
         res["kv_bytes_per_token"] = kv_bytes_per_token(cfg, torch.finfo(dt).bits // 8)

@@ -217,14 +217,16 @@ def measured_table(results: list[dict]) -> "pd.DataFrame":
                 "engine": res["engine"],
                 "system": SYSTEM_NAMES.get(r["system"], r["system"]),
                 "frames": n,
-                "FPS": r["fps"],
+                "streams": r.get("streams", 1),
+                "FPS": r["fps"],  # with several streams: all of them together
+                "FPS per stream": r.get("fps_per_stream", r["fps"]),
                 "ms/frame @100": per_frame_ms(r, min(100, n)),
                 "ms/frame @end": per_frame_ms(r, n),
                 "KV (MiB) @end": last["kv_bytes"] / 2**20,
                 "cache tokens @end": last["cache_tokens"],
             }
             row["time growth (@end / @100)"] = row["ms/frame @end"] / row["ms/frame @100"]
-            if on is not None and on["frames"] == n:
+            if on is not None and on["frames"] == n and on.get("streams", 1) == r.get("streams", 1):
                 row["FPS / VideoLLM-online"] = r["fps"] / on["fps"]
             if "cuda_max_allocated_bytes" in last:
                 row["GPU max allocated (GiB)"] = last["cuda_max_allocated_bytes"] / 2**30
