@@ -34,7 +34,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TORCH_EXTENSIONS_DIR := $(VENV)/torch_extensions
 
 .PHONY: help setup java test unit lint nbval lab lock test-latest data-ek100 data-ego4d data-egoexo4d reproduce-ek100 seeds-ek100 seeds-ego4d seeds-egoexo4d \
-        reproduce-ego4d reproduce-egoexo4d notebooks-smoke bench-cpu bench-gpu clean distclean
+        reproduce-ego4d reproduce-egoexo4d notebooks-smoke bench-cpu bench-cpu-engine bench-gpu clean distclean
 
 help:
 	@sed -n '1,6p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -174,6 +174,13 @@ bench-cpu: $(STAMP)
 	  --engine hf --json $(BENCH_DIR)/bench_cpu_mini_hf_1000.json
 	taskset -c 0 $(VENV)/bin/flownar bench --systems flownar,videollm-online --frames 1000 --config mini --threads 1 \
 	  --json $(BENCH_DIR)/bench_cpu_mini_static_1000.json
+
+# The engine's speed on the embedded default's model: one stream, then 16 streams at once (~3 min).
+bench-cpu-engine: $(STAMP)
+	taskset -c 0 $(VENV)/bin/flownar bench --systems flownar-c,flownar,videollm-online --frames 1500 --config mini \
+	  --threads 1 --json $(BENCH_DIR)/bench_cpu_mini_engine_1500.json
+	taskset -c 0 $(VENV)/bin/flownar bench --systems flownar-c,flownar --frames 1500 --config mini --threads 1 \
+	  --streams 16 --json $(BENCH_DIR)/bench_cpu_mini_streams16_1500.json
 
 # On a machine with a CUDA GPU: the paper's sizes in bf16 (10^4 frames; 10^5 for the DCM systems).
 bench-gpu: $(STAMP)
