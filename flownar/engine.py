@@ -394,9 +394,10 @@ class CompiledStep:
     matmuls. It runs :func:`_layer`, the eager step's own code, so the two differ only by float rounding (tested).
 
     Used for systems without routing (MoD's routed layers select tokens data-dependently) on fused weights. Shapes
-    are dynamic (the cached length and the number of new tokens vary): two graphs, one for single-token steps and
-    one for longer ones, compiled at the first call of each (tens of seconds on CPU, then cached on disk by
-    inductor), and again for each model (the weights are constants of the graph)."""
+    are dynamic (the cached length and the number of new tokens vary); dynamo still specialises a few cases (the
+    first step, where nothing is cached; single-token steps; the first RoPE block), so about four graphs are
+    compiled over the first frames (70-90 s on this project's CPU in all, then cached on disk by inductor), and
+    again for each model (the weights are constants of the graph)."""
 
     def __init__(self, model, weights: "StepWeights"):
         self.model, self.weights = model, weights
