@@ -152,9 +152,6 @@ class SlotTags:
         self.narration = np.full(capacity, -1, np.int64)
         self.n = 0
 
-    def add(self, kinds: list[str], segments: list[int], narrations: list[int]) -> None:
-        self.add_codes(np.array([self.KINDS.index(k) for k in kinds], np.int8), segments, narrations)
-
     def add_codes(self, kinds: np.ndarray, segments, narrations) -> None:
         """Append tags: ``kinds`` as codes (indices into :attr:`KINDS`), one segment and narration id per token."""
         m = len(kinds)

@@ -36,6 +36,21 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _point(narrator, frames: int, base_rss: int, t_all: float) -> dict:
+    """The cache and process memory of ``narrator`` after ``frames`` frames (one point of a benchmark run)."""
+    st, rss = narrator.state_size(), _rss_bytes()
+    return {
+        "frames": frames,
+        "cache_tokens": st["tokens"],
+        "kv_bytes": st["kv_bytes"],
+        "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
+        "clam_state_bytes": st["clam_state_bytes"],
+        "rss_bytes": rss,
+        "rss_growth_bytes": rss - base_rss,
+        "elapsed_s": time.perf_counter() - t_all,
+    }
+
+
 def checkpoints_up_to(n: int) -> list[int]:
     """1, 10, 100, ... up to n (and n itself)."""
     out, c = [], 1
@@ -104,17 +119,7 @@ def run_stream_bench(
             torch.cuda.synchronize()
         times[i] = time.perf_counter() - t0
         if i + 1 in marks:
-            st, rss = narrator.state_size(), _rss_bytes()
-            p = {
-                "frames": i + 1,
-                "cache_tokens": st["tokens"],
-                "kv_bytes": st["kv_bytes"],
-                "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
-                "clam_state_bytes": st["clam_state_bytes"],
-                "rss_bytes": rss,
-                "rss_growth_bytes": rss - base_rss,
-                "elapsed_s": time.perf_counter() - t_all,
-            }
+            p = _point(narrator, i + 1, base_rss, t_all)
             if cuda:
                 p["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
                 p["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
@@ -143,6 +148,7 @@ def _run_streams_bench(model, chat, pool, speak, text, n_frames: int, engine: st
 
     cfg = model.config
     narrators = narrators_for(model, chat, streams, engine=engine)
+    base_rss = _rss_bytes()
     marks = set(checkpoints_up_to(n_frames))
     points: list[dict] = []
     bar = progress_bar(total=streams * n_frames, enabled=progress, desc=f"bench {cfg.system} x{streams}", leave=False)
@@ -155,19 +161,7 @@ def _run_streams_bench(model, chat, pool, speak, text, n_frames: int, engine: st
             yield from narrator.push_steps(frame, bool(speak[i]) if i else None, text)
             bar.update(1)
             if b == 0 and i + 1 in marks:  # the cache of stream 0 (every stream replays the same schedule)
-                st = narrator.state_size()
-                points.append(
-                    {
-                        "frames": i + 1,
-                        "cache_tokens": st["tokens"],
-                        "kv_bytes": st["kv_bytes"],
-                        "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
-                        "clam_state_bytes": st["clam_state_bytes"],
-                        "rss_bytes": _rss_bytes(),
-                        "rss_growth_bytes": 0,
-                        "elapsed_s": time.perf_counter() - t_all,
-                    }
-                )
+                points.append(_point(narrator, i + 1, base_rss, t_all))
         return narrator.counters.narrations
 
     narrations = dict(drive_streams(narrators, [(b, lambda nr, b=b: replay(nr, b)) for b in range(streams)]))
