@@ -477,14 +477,15 @@ def _layer(
     qk = _rope(torch.cat((q, k), dim=-1).view(1, N, -1, hd), cos, sin)
     v = v.view(1, N, -1, hd)
     gqa = attn.num_key_value_groups != 1  # a module constant: static under torch.compile
+    qk, v = qk.transpose(1, 2), v.transpose(1, 2)  # (1, heads + kv_heads, N, hd), (1, kv_heads, N, hd) views
     outs, a = [], 0
     for keys, values, start, n, mask in streams:
-        keys[:, :, start : start + n] = qk[:, a : a + n, heads:].transpose(1, 2)  # (1, kv_heads, n, hd)
-        values[:, :, start : start + n] = v[:, a : a + n].transpose(1, 2)
+        keys[:, :, start : start + n] = qk[:, heads:, a : a + n]  # (1, kv_heads, n, hd)
+        values[:, :, start : start + n] = v[:, :, a : a + n]
         K, V = keys[:, :, : start + n], values[:, :, : start + n]  # (1, kv_heads, start + n, hd) views
         if mask is None and n > 1:
             mask = tail_causal_mask(n, start + n, x.dtype, x.device)
-        q_s = qk[:, a : a + n, :heads].transpose(1, 2)  # (1, heads, n, hd)
+        q_s = qk[:, :heads, a : a + n]  # (1, heads, n, hd)
         outs.append(F.scaled_dot_product_attention(q_s, K, V, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa))
         a += n
     o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (1, heads, N, hd)

@@ -65,17 +65,33 @@ class NarrationEvent:
 
 @dataclass
 class StepRequest:
-    """One decoder step a narrator needs: ``embeds`` (1, n, H) at positions ``start, ...`` on its cache."""
+    """One decoder step a narrator needs: the tokens of ``chunk`` at positions ``start, ...`` on its cache, with
+    ``frame`` (N, D) in the chunk's ``<v>`` run and the CLAM read-out ``memory`` (Q, D) in its ``<m>`` run.
+    ``advance``: after the step, advance the narrator's CLAM state with ``frame`` (the frame just fed).
+
+    The request carries the inputs rather than the embeddings so that several streams' steps embed their tokens
+    and frames in one call and advance their CLAM states as one batch (:func:`_run_round`)."""
 
     narrator: "Narrator"
-    embeds: torch.Tensor
+    chunk: "_Chunk"
     start: int
-    frame_positions: torch.Tensor | None = None
+    frame: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+    advance: bool = False
+
+    def embed_args(self) -> tuple:
+        """The arguments of ``stream_embed`` for this step: ``(ids, frame, v, memory, m)``."""
+        c = self.chunk
+        return c.ids_t, self.frame, c.v, self.memory, c.m
 
     def run(self) -> torch.Tensor:
         """This step alone, on the narrator's own key/value store."""
         nr = self.narrator
-        return nr.cache.forward(nr.model, self.embeds, self.start, self.frame_positions)
+        emb = nr.model.stream_embed(*self.embed_args())[None]  # (1, n, H)
+        hidden = nr.cache.forward(nr.model, emb, self.start, self.chunk.frame_positions)
+        if self.advance:
+            advance_memories([nr], [self.frame])
+        return hidden
 
 
 @dataclass(frozen=True)
@@ -203,6 +219,7 @@ class Narrator:
         self.clam_state = None  # CLAM's recurrent state after the last frame (fixed size)
         self.readout_state = None  # the state the next memory block reads (after the frame / its CLS token)
         self.memory = None  # the memory tokens being fed, (Q, D)
+        self._clam_queries = None  # CLAM's query side for reads (weights only), computed at the first read
         self.counters = StreamCounters()
         self.events: list[NarrationEvent] = []
         self.fed_ids: list[int] = []  # every token id fed, in order (for tests and debugging)
@@ -282,16 +299,17 @@ class Narrator:
             raise ValueError("placeholder tokens must form one contiguous run per forward")
         return slice(a, b)
 
-    def _feed(self, chunk: _Chunk, narration: int = PERMANENT, frame: torch.Tensor | None = None):
+    def _feed(self, chunk: _Chunk, narration: int = PERMANENT, frame: torch.Tensor | None = None, advance=False):
         """Run the model on a chunk of new tokens; returns the logits of the last one. Its tokens are tagged with
-        the current segment and with ``narration`` where the chunk says they belong to them.
+        the current segment and with ``narration`` where the chunk says they belong to them. ``advance``: CLAM's
+        state takes in ``frame`` along with the step (systems with memory).
 
         A generator: it yields the decoder step it needs (a :class:`StepRequest`) and is sent the final hidden
         states, so that one stream (:meth:`_drive`) or several at once (:func:`narrate_streams`, one batched step
         for all of them) can run the same narrator code."""
         n = len(chunk.ids)
-        emb = self.model.stream_embed(chunk.ids_t, frame, chunk.v, self.memory, chunk.m)[None]  # (1, n, H)
-        hidden = yield StepRequest(self, emb, self.pos, chunk.frame_positions)
+        memory = self.memory if chunk.m is not None else None
+        hidden = yield StepRequest(self, chunk, self.pos, frame, memory, advance)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
             self.fed_logits.append(logits[0])
@@ -312,20 +330,12 @@ class Narrator:
         self.counters.deleted_tokens += int((~keep).sum())
         self.tags.compact(keep)
 
-    def _update_memory(self, frame: torch.Tensor) -> None:
-        """Advance CLAM's fixed-size state with the frame's tokens (no read-out: that happens only when a memory
-        block is fed, from the state after the narration frame)."""
-        if not self.has_memory:
-            return
-        x = frame.to(self.device, self.dtype)[None]  # (1, N, D)
-        if self.clam_state is None:
-            self.clam_state = self.model.clam.init_state(1, device=self.device, dtype=torch.float32)
-        if self.cfg.memory_readout == "frame_cls":  # the original: read after the frame's first (CLS) token
-            self.readout_state = self.model.clam.update(x[:, :1], self.clam_state)
-            self.clam_state = self.model.clam.update(x[:, 1:], self.readout_state)
-        else:
-            self.clam_state = self.model.clam.update(x, self.clam_state)
-            self.readout_state = self.clam_state
+    def _read_memory(self) -> torch.Tensor:
+        """The memory tokens (Q, D) read out of CLAM's state after the narration frame (its query side, which
+        depends on the weights only, computed once per video)."""
+        if self._clam_queries is None:
+            self._clam_queries = self.model.clam.queries(self.dtype)
+        return self.model.clam.read(self.readout_state, self._clam_queries)[0]
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, first_logits: torch.Tensor) -> tuple[list[int], bool]:
@@ -431,13 +441,12 @@ class Narrator:
                 self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory, self.cfg.last_k_narration
             )
             if self.has_memory:
-                self.memory = self.model.clam.read(self.readout_state)[0]  # (Q, D) after the narration frame
+                self.memory = self._read_memory()  # (Q, D) after the narration frame
             # the EOS and the newline belong to the narration just decoded
-            logits = yield from self._feed(self._chunk(pieces), self.narration_count - 1, frame)
+            logits = yield from self._feed(self._chunk(pieces), self.narration_count - 1, frame, self.has_memory)
             self.pending_eos = False
         else:
-            logits = yield from self._feed(self._chunk(self._silent), PERMANENT, frame)
-        self._update_memory(frame)
+            logits = yield from self._feed(self._chunk(self._silent), PERMANENT, frame, self.has_memory)
         p = torch.softmax(logits, dim=-1)
         p_silent = float(p[self.chat.silent_id])
         if speak is None:
@@ -454,7 +463,8 @@ class Narrator:
     def _prompt(self, frame: torch.Tensor, script_text: str | list[int] | None) -> NarrationEvent:
         """Frame 0: the prompt with the first frame embedded, then the forced first narration."""
         head, head_tags, tail = prompt_plan(self.chat, self.prompt_messages)
-        self._update_memory(frame)
+        if self.has_memory:
+            advance_memories([self], [frame])
         # feed everything up to (not including) "Assistant:" then the narration prompt, as _narrate does
         kinds, segs, nars = zip(*head_tags)
         if any(n != PERMANENT for n in nars) or any(g not in (PERMANENT, self.segment) for g in segs):
@@ -526,17 +536,48 @@ def _batchable(narrators: list[Narrator]) -> bool:
     )
 
 
+def advance_memories(narrators: list[Narrator], frames: list[torch.Tensor]) -> None:
+    """Advance each narrator's CLAM state with its frame's tokens (N, D), all as one batch (no read-out: that
+    happens only when a memory block is fed, from the state after the narration frame). CLAM's update is
+    per-sequence arithmetic, so the batch gives each stream its state alone up to float rounding."""
+    first = narrators[0]
+    clam = first.model.clam
+    x = (frames[0][None] if len(frames) == 1 else torch.stack(frames)).to(first.device, first.dtype)  # (B, N, D)
+    for nr in narrators:
+        if nr.clam_state is None:
+            nr.clam_state = clam.init_state(1, device=first.device, dtype=torch.float32)
+    state = first.clam_state if len(narrators) == 1 else torch.cat([nr.clam_state for nr in narrators])  # (B,H,dk,dv)
+    if first.cfg.memory_readout == "frame_cls":  # the original: read after the frame's first (CLS) token
+        readout = clam.update(x[:, :1], state)
+        state = clam.update(x[:, 1:], readout)
+    else:
+        state = readout = clam.update(x, state)
+    if len(narrators) == 1:
+        first.clam_state, first.readout_state = state, readout
+        return
+    for nr, s, r in zip(narrators, state.split(1), readout.split(1)):
+        nr.clam_state, nr.readout_state = s, r
+
+
 def _run_round(requests: list[StepRequest]) -> list[torch.Tensor]:
-    """One decoder step for each request: batched (:func:`flownar.engine.forward_batch`) when the narrators run one
-    model on the static engine without routing, one by one otherwise."""
+    """One decoder step for each request: batched when the narrators run one model on the static engine without
+    routing (one embedding call, :func:`flownar.engine.forward_batch`, one CLAM update for the frames), one by one
+    otherwise."""
     from .engine import forward_batch
 
     first = requests[0].narrator
     if not _batchable([r.narrator for r in requests]):
         return [r.run() for r in requests]
-    return forward_batch(
-        first.model, [(r.embeds, r.start, r.narrator.cache) for r in requests], weights=first.step_weights
+    embeds = first.model.stream_embed_many([r.embed_args() for r in requests])
+    hidden = forward_batch(
+        first.model,
+        [(e[None], r.start, r.narrator.cache) for e, r in zip(embeds, requests)],
+        weights=first.step_weights,
     )
+    advancing = [r for r in requests if r.advance]
+    if advancing:
+        advance_memories([r.narrator for r in advancing], [r.frame for r in advancing])
+    return hidden
 
 
 @torch.no_grad()

@@ -162,13 +162,14 @@ def replay_steps(narrator, s, frames):
     narrator.reset()
     for i in range(s.num_frames):
         yield from narrator.push_steps(frames[i], (i in at) if i else None, at.get(i))
-    return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size()
+    return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size(), narrator.clam_state
 
 
 @pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c"])
 def test_batched_streams_equal_each_stream_alone(tok, system):
     """Three streams on two narrators (so one narrator takes a second clip mid-run), one batched decoder step per
-    round: each stream feeds the same tokens, gets the same logits and ends with the same cache as alone."""
+    round: each stream feeds the same tokens, gets the same logits and ends with the same cache (and CLAM state) as
+    alone."""
     model, chat = micro(tok, system)
     s = sample(model.config.use_memory)
     clips = [
@@ -179,7 +180,7 @@ def test_batched_streams_equal_each_stream_alone(tok, system):
     for frames in clips:
         narrator = Narrator(model, chat, record_logits=True)
         replay(narrator, s, frames)
-        alone.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size()))
+        alone.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size(), narrator.clam_state))
     narrators = narrators_for(model, chat, 2, record_logits=True)
     assert narrators[1].step_weights is narrators[0].step_weights
     rounds = []
@@ -190,10 +191,12 @@ def test_batched_streams_equal_each_stream_alone(tok, system):
     finally:
         stream_module._run_round = real
     assert sorted(got) == [0, 1, 2] and max(rounds) == 2  # batched: two streams per round
-    for k, (ids, logits, state) in enumerate(alone):
+    for k, (ids, logits, state, clam_state) in enumerate(alone):
         assert got[k][0] == ids
         torch.testing.assert_close(got[k][1], logits, atol=1e-5, rtol=1e-5)
         assert got[k][2] == state
+        if clam_state is not None:  # CLAM's states advanced as one batch end where each stream's alone does
+            torch.testing.assert_close(got[k][3], clam_state, atol=1e-5, rtol=1e-5)
 
 
 def test_compiled_step_equals_the_eager_step(tok):

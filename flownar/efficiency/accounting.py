@@ -248,7 +248,8 @@ def linear_macs_per_token(cfg) -> int:
 
 
 def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
-    """CLAM's MACs per frame update (``frame_num_tokens`` tokens) and per read-out, counted by
+    """CLAM's MACs per frame update (``frame_num_tokens`` tokens), per read-out, and for the read-out's query side
+    (``queries``: weights only, computed once per stream by the engine, at its first read), counted by
     ``torch.utils.flop_counter`` on a meta-device CLAM of this config (FLOP / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -268,7 +269,12 @@ def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
         x = torch.zeros(1, n, cfg.vision_hidden_size)
         state = clam.init_state(1, dtype=torch.float32)
         out = {}
-        for name, fn in (("update", lambda: clam.update(x, state)), ("read", lambda: clam.read(state))):
+        queries = clam.queries()
+        for name, fn in (
+            ("update", lambda: clam.update(x, state)),
+            ("read", lambda: clam.read(state, queries)),
+            ("queries", lambda: clam.queries()),
+        ):
             with FlopCounterMode(display=False) as fc:
                 fn()
             out[name] = fc.get_total_flops() // 2
@@ -297,7 +303,8 @@ def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
 
 
 def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
-    """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block) MACs."""
+    """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block, the read's query
+    side once when there is a memory block) MACs."""
     D, H = cfg.vision_hidden_size, cfg.hidden_size
     out = {
         "connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
@@ -305,7 +312,9 @@ def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
     }
     if cfg.use_memory:
         clam = clam or clam_macs(cfg)
-        out["clam"] = frames * clam["update"] + memory_blocks * clam["read"]
+        out["clam"] = (
+            frames * clam["update"] + memory_blocks * clam["read"] + np.minimum(memory_blocks, 1) * clam["queries"]
+        )
     return out
 
 

@@ -405,10 +405,18 @@ class CLAM(nn.Module):
         S = torch.exp(A_last).unsqueeze(-1) * state.to(acc) + (k * w).transpose(-1, -2) @ v  # (B,H,dk,dv)
         return S.to(state.dtype)
 
-    def read(self, state):
-        """The memory tokens (B,Q,D) read out of a state (B,H,dk,dv): o = q S, then the output path."""
+    def queries(self, dtype=None):
+        """The query side of :meth:`read` for one stream, ``(tgt, q, gate)``: it depends on the weights only (the
+        queries are learned embeddings), so a streaming reader computes it once and passes it to every read."""
+        return self._queries(1, self.q_proj.weight.dtype if dtype is None else dtype)
+
+    def read(self, state, queries=None):
+        """The memory tokens (B,Q,D) read out of a state (B,H,dk,dv): o = q S, then the output path.
+        ``queries``: :meth:`queries` computed beforehand (batch size 1), else computed here."""
         dtype = self.q_proj.weight.dtype
-        tgt, q, gate = self._queries(state.shape[0], dtype)
+        if queries is None or state.shape[0] != 1:
+            queries = self._queries(state.shape[0], dtype)
+        tgt, q, gate = queries
         o = (q.to(state.dtype) @ state).to(dtype)  # (B,H,Q,dv)
         return self._readout(o.unsqueeze(2), tgt, gate)[:, 0]  # (B,Q,D)
 

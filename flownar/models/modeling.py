@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +271,24 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if m is not None:
             emb[m] = self.connector(memory.to(emb.dtype)).to(emb.dtype)
         return emb
+
+    def stream_embed_many(self, chunks: list[tuple]) -> list[torch.Tensor]:
+        """:meth:`stream_embed` of several chunks ``(ids, frame, v, memory, m)`` (several streams' steps) with one
+        embedding lookup for all ids and one connector call for all frames. Returns each chunk's (n, H)."""
+        emb = self.model.embed_tokens(torch.cat([c[0] for c in chunks]))  # (sum n, H)
+        sizes = [c[0].shape[0] for c in chunks]
+        offsets = [0, *accumulate(sizes)]
+        with_frame = [i for i, c in enumerate(chunks) if c[2] is not None]
+        if with_frame:
+            frames = torch.stack([chunks[i][1] for i in with_frame]).to(emb.device)  # (F, N, D)
+            fe = self.frame_embeds(frames).to(emb.dtype)  # (F, N, H)
+            for j, i in enumerate(with_frame):
+                v = chunks[i][2]
+                emb[offsets[i] + v.start : offsets[i] + v.stop] = fe[j]
+        for i, (_, _, _, memory, m) in enumerate(chunks):
+            if m is not None:
+                emb[offsets[i] + m.start : offsets[i] + m.stop] = self.connector(memory.to(emb.dtype)).to(emb.dtype)
+        return list(emb.split(sizes))
 
     def _routing(self, input_ids: torch.Tensor | None):
         """Tell MoD layers where each frame's vision tokens are, for one teacher-forced forward."""
