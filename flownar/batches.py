@@ -11,6 +11,7 @@ import torch
 from .data.chat import ChatTokenizer
 from .data.samples import build_stream_samples
 from .models import FlowNarConfig
+from .models.flash_memory import flash_readouts
 from .models.masks import expiry_positions
 
 
@@ -32,6 +33,7 @@ class StreamDataset(torch.utils.data.Dataset):
             data, split, use_memory=config.use_memory, max_num_frames=max_num_frames, seed=seed
         )
         self.cache = {} if cache_features else None
+        self.flash: dict[int, torch.Tensor] = {}  # sample index -> Flash Memory read-outs (flash-vstream)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,7 +52,7 @@ class StreamDataset(torch.utils.data.Dataset):
         expiry = None
         if self.config.dcm or self.config.last_k_narration is not None:
             expiry = expiry_positions(len(enc.input_ids), enc.spans, self.config.dcm, self.config.last_k_narration)
-        return dict(
+        item = dict(
             input_ids=enc.input_ids[None],
             labels=enc.labels[None],
             frames=frames,
@@ -58,6 +60,11 @@ class StreamDataset(torch.utils.data.Dataset):
             expiry=expiry,
             sample_id=s.sample_id,
         )
+        if self.config.uses_flash:  # Flash Memory is non-parametric: its read-outs are computed once per sample
+            if i not in self.flash:
+                self.flash[i] = flash_readouts(self.config.flash_config, frames, enc.mem_frame_indices)
+            item["memory_features"] = self.flash[i]
+        return item
 
 
 def model_inputs(batch: dict, device) -> dict:

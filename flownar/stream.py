@@ -19,7 +19,8 @@ Cache policy (what DCM means at inference): right after a narration is decoded, 
 delete the KV entries of the segment's frame run (``[`` ... ``]\\n``) and of the memory block before it; FlowNar-C
 also deletes the oldest narration (``Assistant`` ... ``<eos>``) when more than ``last_k_narration`` remain.
 VideoLLM-online and -MoD keep everything. Position ids keep counting (RoPE positions are never reused).
-CLAM runs online: its fixed-size state is updated as each frame arrives.
+CLAM runs online: its fixed-size state is updated as each frame arrives (flash-vstream: Flash Memory takes in each
+frame, and the memory block is its read-out after the narration frame).
 
 Engines: ``engine="static"`` (default) runs :func:`flownar.engine.forward_step` on a preallocated
 :class:`~flownar.engine.StaticKVCache` that DCM compacts in place; ``engine="hf"`` runs transformers' forward with a
@@ -42,6 +43,7 @@ from . import layout
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
 from .engine import ENGINES, SlotTags, StepWeights, make_kv_store
+from .models.flash_memory import FlashMemory
 from .trigger import TriggerRule
 
 PERMANENT = -1
@@ -220,6 +222,11 @@ class Narrator:
         self.readout_state = None  # the state the next memory block reads (after the frame / its CLS token)
         self.memory = None  # the memory tokens being fed, (Q, D)
         self._clam_queries = None  # CLAM's query side for reads (weights only), computed at the first read
+        self.flash = (  # flash-vstream: Flash Memory in place of CLAM (its bank on the host)
+            FlashMemory(self.cfg.flash_config, self.cfg.frame_num_tokens, self.cfg.vision_hidden_size, self.device)
+            if self.cfg.uses_flash
+            else None
+        )
         self.counters = StreamCounters()
         self.events: list[NarrationEvent] = []
         self.fed_ids: list[int] = []  # every token id fed, in order (for tests and debugging)
@@ -236,7 +243,11 @@ class Narrator:
     def state_size(self) -> dict:
         """Cached tokens per kind and bytes (KV cache; CLAM state)."""
         clam = 0 if self.clam_state is None else self.clam_state.numel() * self.clam_state.element_size()
+        if self.flash is not None:  # the memory's bounded state (CSM) here; its bank (host) apart
+            clam = self.flash.state_bytes
         out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": clam, "position": self.pos}
+        if self.flash is not None:
+            out["memory_bank_bytes"] = self.flash.bank_bytes
         allocated = self.cache.allocated_bytes()
         if allocated is not None:
             out["kv_allocated_bytes"] = allocated
@@ -332,7 +343,9 @@ class Narrator:
 
     def _read_memory(self) -> torch.Tensor:
         """The memory tokens (Q, D) read out of CLAM's state after the narration frame (its query side, which
-        depends on the weights only, computed once per video)."""
+        depends on the weights only, computed once per video), or out of Flash Memory."""
+        if self.flash is not None:
+            return self.flash.read().to(self.dtype)
         if self._clam_queries is None:
             self._clam_queries = self.model.clam.queries(self.dtype)
         return self.model.clam.read(self.readout_state, self._clam_queries)[0]
@@ -541,6 +554,10 @@ def advance_memories(narrators: list[Narrator], frames: list[torch.Tensor]) -> N
     happens only when a memory block is fed, from the state after the narration frame). CLAM's update is
     per-sequence arithmetic, so the batch gives each stream its state alone up to float rounding."""
     first = narrators[0]
+    if first.flash is not None:  # Flash Memory: per stream (weighted k-means on its own synopsis)
+        for nr, frame in zip(narrators, frames):
+            nr.flash.write(frame)
+        return
     clam = first.model.clam
     x = (frames[0][None] if len(frames) == 1 else torch.stack(frames)).to(first.device, first.dtype)  # (B, N, D)
     for nr in narrators:

@@ -202,7 +202,7 @@ def build_model(cfg: TrainConfig, chat: ChatTokenizer, feature_dim: int):
     torch.manual_seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     model = FlowNarForCausalLM.from_pretrained(cfg.llm_path, config=config, local_files_only=True, dtype=dtype)
-    saved = ["connector"] + (["clam"] if config.use_memory else []) + (["router"] if config.mod else [])
+    saved = ["connector"] + (["clam"] if config.uses_clam else []) + (["router"] if config.mod else [])
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

@@ -165,7 +165,7 @@ def replay_steps(narrator, s, frames):
     return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size(), narrator.clam_state
 
 
-@pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c"])
+@pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c", "flash-vstream"])
 def test_batched_streams_equal_each_stream_alone(tok, system):
     """Three streams on two narrators (so one narrator takes a second clip mid-run), one batched decoder step per
     round: each stream feeds the same tokens, gets the same logits and ends with the same cache (and CLAM state) as

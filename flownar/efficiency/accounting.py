@@ -310,7 +310,7 @@ def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
         "connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
         "clam": 0 * frames,
     }
-    if cfg.use_memory:
+    if cfg.uses_clam:  # flash-vstream: Flash Memory's k-means (host-side) is not counted
         clam = clam or clam_macs(cfg)
         out["clam"] = (
             frames * clam["update"] + memory_blocks * clam["read"] + np.minimum(memory_blocks, 1) * clam["queries"]
@@ -319,7 +319,8 @@ def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
 
 
 def stream_macs(cfg, trace: StreamTrace, clam: dict | None = None) -> dict[str, int]:
-    """MACs of a traced stream, by part (see the module docstring for the convention)."""
+    """MACs of a traced stream, by part (see the module docstring for the convention; flash-vstream: Flash Memory's
+    k-means, a data-dependent number of small iterations per frame on the host, is not counted)."""
     out = {k: int(x.sum()) for k, x in _forward_macs(cfg, trace).items()}
     out.update({k: int(x) for k, x in _input_macs(cfg, trace.frames, trace.memory_blocks, clam).items()})
     out["total"] = sum(out.values())

@@ -45,6 +45,7 @@ def _point(narrator, frames: int, base_rss: int, t_all: float) -> dict:
         "kv_bytes": st["kv_bytes"],
         "kv_allocated_bytes": st.get("kv_allocated_bytes", st["kv_bytes"]),
         "clam_state_bytes": st["clam_state_bytes"],
+        "memory_bank_bytes": st.get("memory_bank_bytes", 0),  # flash-vstream: the host-side feature bank
         "rss_bytes": rss,
         "rss_growth_bytes": rss - base_rss,
         "elapsed_s": time.perf_counter() - t_all,

@@ -109,7 +109,7 @@ def best_definition(fit: "pd.DataFrame") -> str:
 
 # ---------------------------------------------------------------------------------------------------- report
 PAPER_LLM = {"llama-3.2-1b": "1B", "llama-3.1-8b": "8B"}
-TABLE_SYSTEMS = ("videollm-online", "videollm-mod", "flownar-c", "flownar", "dcm-only")
+TABLE_SYSTEMS = ("videollm-online", "videollm-mod", "flownar-c", "flownar", "dcm-only", "flash-vstream")
 
 
 def paper_self_conditioned_efficiency() -> "pd.DataFrame":
@@ -286,13 +286,14 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
         "flownar-c": "#2ca02c",
         "flownar": "#d62728",
         "dcm-only": "#9467bd",
+        "flash-vstream": "#8c564b",
     }
     fig4 = paper_fig4()
     fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
     frames = [1, 10, 100, 1000, 10_000]
     for ax, llm in zip(axes, llms):
-        for system in ("videollm-online", "videollm-mod", "flownar-c", "flownar"):
-            fr = frames + ([100_000] if system in ("flownar-c", "flownar") else [])
+        for system in ("videollm-online", "videollm-mod", "flownar-c", "flownar", "flash-vstream"):
+            fr = frames + ([100_000] if system in ("flownar-c", "flownar", "flash-vstream") else [])
             c = memory_curve(system, llm, fr, segment_stats)
             ax.plot(
                 c["frames"],

@@ -9,6 +9,12 @@ The systems (rows of the paper's tables) differ only in these fields:
 | flownar-c       | yes                                          | 20 tokens     | 10                | no  |
 | flownar         | yes                                          | 20 tokens     | all               | no  |
 | dcm-only        | yes                                          | no            | all               | no  |
+| flash-vstream   | yes                                          | Flash Memory  | all               | no  |
+
+``flash-vstream`` is this package's adaptation (Flash-VStream answers questions; it does not narrate): FlowNar with
+its memory block read from Flash-VStream-Qwen's Flash Memory (:mod:`flownar.models.flash_memory`: a weighted k-means
+synopsis of every frame so far + the real frames nearest the heaviest clusters, non-parametric) instead of CLAM,
+at CLAM's token budget (10 centroids + 1 frame of 10 tokens = 20 tokens).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ SYSTEMS: dict[str, dict] = {
     "flownar-c": dict(dcm=True, use_memory=True, last_k_narration=10, mod=False),
     "flownar": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False),
     "dcm-only": dict(dcm=True, use_memory=False, last_k_narration=None, mod=False),
+    "flash-vstream": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False, memory="flash"),
 }
 # Display names used in tables.
 SYSTEM_NAMES = {
@@ -33,6 +40,7 @@ SYSTEM_NAMES = {
     "flownar-c": "FlowNar-C",
     "flownar": "FlowNar",
     "dcm-only": "DCM only (no CLAM)",
+    "flash-vstream": "Flash-VStream memory (ours: FlowNar with Flash Memory)",
     "world-oracle": "World oracle (reference: not learned, knows the world)",
 }
 
@@ -54,6 +62,10 @@ class FlowNarConfig(LlamaConfig):
         memory_readout: ``"segment_end"`` (read CLAM after the previous segment's last frame token: what streaming
             can see) or ``"frame_cls"`` (the original's read-out at the narration frame's first token, for its
             released checkpoints).
+        memory: which memory the ``<m>`` block reads (systems with memory): ``"clam"`` or ``"flash"`` (Flash
+            Memory; ``flash_detail_frames`` retrieved frames (default: 1 if the block has room) + ``flash_clusters``
+            CSM centroids (default: the rest of the ``num_m_tokens`` block); ``flash_low`` the low-resolution feature: ``"cls"`` or ``"mean"``);
+            from the preset unless given.
         mod_capacity, mod_every: VideoLLM-MoD: fraction of each frame's vision tokens computed in the routed layers,
             and which layers are routed (every ``mod_every``-th, starting at layer 1).
     """
@@ -80,6 +92,10 @@ class FlowNarConfig(LlamaConfig):
         clam_dropout: float = 0.1,
         clam_gate_bias_init: float | None = 5.0,
         memory_readout: str = "segment_end",
+        memory: str | None = None,
+        flash_clusters: int | None = None,
+        flash_detail_frames: int | None = None,
+        flash_low: str = "cls",
         mod_capacity: float = 0.2,
         mod_every: int = 2,
         flownar_format_version: int = FLOWNAR_FORMAT_VERSION,
@@ -109,6 +125,23 @@ class FlowNarConfig(LlamaConfig):
         if memory_readout not in ("segment_end", "frame_cls"):
             raise ValueError(f"memory_readout must be 'segment_end' or 'frame_cls', got {memory_readout!r}")
         self.memory_readout = memory_readout
+        self.memory = preset.get("memory", "clam") if memory is None else memory
+        if self.memory not in ("clam", "flash"):
+            raise ValueError(f"memory must be 'clam' or 'flash', got {self.memory!r}")
+        if flash_detail_frames is None:  # one retrieved frame when the memory block has room for it and a centroid
+            flash_detail_frames = 1 if num_m_tokens > frame_num_tokens else 0
+        if flash_clusters is None:  # the rest of the memory block after the retrieved frames
+            flash_clusters = max(1, num_m_tokens - flash_detail_frames * frame_num_tokens)
+        self.flash_clusters, self.flash_detail_frames, self.flash_low = flash_clusters, flash_detail_frames, flash_low
+        if self.use_memory and self.memory == "flash":
+            if memory_readout != "segment_end":
+                raise ValueError("Flash Memory is read after the narration frame (memory_readout='segment_end')")
+            if self.flash_config.tokens(frame_num_tokens) != num_m_tokens:
+                raise ValueError(
+                    f"Flash Memory reads out {self.flash_config.tokens(frame_num_tokens)} tokens "
+                    f"({flash_clusters} centroids + {flash_detail_frames} frames x {frame_num_tokens}) but the "
+                    f"memory block has num_m_tokens={num_m_tokens}"
+                )
         self.mod_capacity = mod_capacity
         self.mod_every = mod_every
         self.flownar_format_version = flownar_format_version
@@ -123,6 +156,23 @@ class FlowNarConfig(LlamaConfig):
     def attention_head_dim(self) -> int:
         """Per-head query/key/value width (Llama-3's configs give ``head_dim``; otherwise hidden / heads)."""
         return getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
+
+    @property
+    def flash_config(self):
+        """The :class:`~flownar.models.flash_memory.FlashMemoryConfig` of the flash fields."""
+        from .flash_memory import FlashMemoryConfig
+
+        return FlashMemoryConfig(
+            clusters=self.flash_clusters, detail_frames=self.flash_detail_frames, low=self.flash_low
+        )
+
+    @property
+    def uses_clam(self) -> bool:
+        return self.use_memory and self.memory == "clam"
+
+    @property
+    def uses_flash(self) -> bool:
+        return self.use_memory and self.memory == "flash"
 
     @property
     def routed_layers(self) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from .clam import CLAM, CLAMConfig
 from .config import FlowNarConfig
 from .dcm_attention import dcm_blocks, register
+from .flash_memory import flash_readouts
 from .hf_compat import CACHE_ARG, CACHE_FIELD, find_cache
 from .masks import additive_mask, visibility
 
@@ -158,7 +159,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
                 self.model.layers[i] = FlowNarDecoderLayer(config, i, routed=i in config.routed_layers)
         self.connector = Connector(config.vision_hidden_size, config.hidden_size)
         self.clam = None
-        if config.use_memory:
+        if config.uses_clam:
             self.clam = CLAM(
                 CLAMConfig(
                     d_model=config.vision_hidden_size,
@@ -217,16 +218,31 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             return (mem_frame_indices + 1) * n - 1  # after the last token of the previous segment's last frame
         return mem_frame_indices * n  # the original: the narration frame's CLS token
 
-    def memory_embeds(self, frames: torch.Tensor, mem_frame_indices: torch.Tensor) -> torch.Tensor:
-        """CLAM over the clip's frame tokens (frame-major), read out per memory block -> (B, Q, H)."""
-        x = frames.to(self.connector.fc1.weight.dtype).reshape(1, -1, frames.shape[-1])  # (1, F*N, D)
+    def memory_embeds(
+        self, frames: torch.Tensor, mem_frame_indices: torch.Tensor, memory_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The memory blocks' embeddings (B, Q, H): CLAM over the clip's frame tokens (frame-major), read out per
+        memory block; or Flash Memory read after each block's frame (non-parametric: ``memory_features``
+        (B, Q, D), its read-outs computed beforehand by :func:`~flownar.models.flash_memory.flash_readouts`, may be
+        passed instead of recomputing them)."""
+        dtype = self.connector.fc1.weight.dtype
+        if self.config.uses_flash:
+            if memory_features is None:
+                memory_features = flash_readouts(self.config.flash_config, frames.float(), mem_frame_indices)
+            return self.connector(memory_features.to(frames.device, dtype))  # (B, Q, D) -> (B, Q, H)
+        x = frames.to(dtype).reshape(1, -1, frames.shape[-1])  # (1, F*N, D)
         mem, _ = self.clam(x, readout_index=self.memory_readout_index(mem_frame_indices.to(x.device)))
         return self.connector(mem[0])  # (B, Q, D) -> (B, Q, H)
 
     def joint_embed(
-        self, input_ids: torch.Tensor, frames: torch.Tensor | None = None, mem_frame_indices: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        frames: torch.Tensor | None = None,
+        mem_frame_indices: torch.Tensor | None = None,
+        memory_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with ``<v>`` / ``<m>`` positions replaced by projected frames / memory."""
+        """Token embeddings with ``<v>`` / ``<m>`` positions replaced by projected frames / memory
+        (``memory_features``: see :meth:`memory_embeds`)."""
         emb = self.model.embed_tokens(input_ids.clamp(max=self.config.vocab_size - 1))
         v_mask = input_ids == self.config.v_placeholder_id
         n_v = int(v_mask.sum())
@@ -243,11 +259,11 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         m_mask = input_ids == self.config.m_placeholder_id
         n_m = int(m_mask.sum())
         if n_m:
-            if self.clam is None:
+            if not self.config.use_memory:
                 raise ValueError(f"{self.config.system}: the input holds <m> tokens but this system has no memory")
             if input_ids.shape[0] != 1:
                 raise NotImplementedError("memory (CLAM) inputs are built for one sequence at a time")
-            mem = self.memory_embeds(frames, mem_frame_indices)  # (B, Q, H)
+            mem = self.memory_embeds(frames, mem_frame_indices, memory_features)  # (B, Q, H)
             if mem.shape[0] * mem.shape[1] != n_m:
                 raise ValueError(f"{n_m} <m> tokens but {mem.shape[0]} memory blocks of {mem.shape[1]}")
             emb = emb.masked_scatter(m_mask[..., None], mem.reshape(-1, emb.shape[-1]).to(emb.dtype))
@@ -317,6 +333,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         frames=None,
         mem_frame_indices=None,
         expiry=None,
+        memory_features=None,
         attention_mask=None,
         position_ids=None,
         past_key_values=None,
@@ -332,6 +349,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             input_ids: (1, L) token ids with ``<v>``/``<m>`` placeholders (B > 1 only without memory).
             frames: (F, N, D) features of the frames whose ``<v>`` tokens appear in ``input_ids``, in order.
             mem_frame_indices: (B,) clip-relative frame after which each memory block reads CLAM.
+            memory_features: (B, Q, D) Flash Memory read-outs computed beforehand (flash-vstream; optional).
             expiry: (L,) the DCM expiry positions (:func:`flownar.models.masks.expiry_positions`); becomes the
                 4-D attention mask. None = causal.
             labels: (1, L) pre-shifted labels (``labels[i]`` is the target of position i), -100 = not learned.
@@ -339,7 +357,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         """
         past_key_values = cache if cache is not None else past_key_values
         if inputs_embeds is None:
-            inputs_embeds = self.joint_embed(input_ids, frames, mem_frame_indices)
+            inputs_embeds = self.joint_embed(input_ids, frames, mem_frame_indices, memory_features)
         if expiry is not None:
             if attention_mask is not None:
                 raise ValueError("pass either expiry or attention_mask")
