@@ -64,8 +64,8 @@ class FlowNarConfig(LlamaConfig):
             released checkpoints).
         memory: which memory the ``<m>`` block reads (systems with memory): ``"clam"`` or ``"flash"`` (Flash
             Memory; ``flash_detail_frames`` retrieved frames (default: 1 if the block has room) + ``flash_clusters``
-            CSM centroids (default: the rest of the ``num_m_tokens`` block); ``flash_low`` the low-resolution feature: ``"cls"`` or ``"mean"``);
-            from the preset unless given.
+            CSM centroids (default: the rest of the ``num_m_tokens`` block); ``flash_low`` the low-resolution
+            feature: ``"cls"`` or ``"mean"``); from the preset unless given.
         mod_capacity, mod_every: VideoLLM-MoD: fraction of each frame's vision tokens computed in the routed layers,
             and which layers are routed (every ``mod_every``-th, starting at layer 1).
     """
