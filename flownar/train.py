@@ -84,6 +84,8 @@ class TrainConfig:
     num_m_tokens: int = 20
     last_k_narration: int = -1  # -1: the system's preset
     memory_readout: str = "segment_end"
+    flash_clusters: int = -1  # flash-vstream: CSM centroids (-1: the rest of the memory block)
+    flash_detail_frames: int = -1  # flash-vstream: retrieved frames (-1: 1 if the block has room)
     # optimisation
     epochs: float = 2.0
     lr: float = 2e-4
@@ -189,6 +191,9 @@ def build_model(cfg: TrainConfig, chat: ChatTokenizer, feature_dim: int):
     overrides = dict(num_m_tokens=cfg.num_m_tokens, memory_readout=cfg.memory_readout)
     if cfg.last_k_narration != -1:
         overrides["last_k_narration"] = cfg.last_k_narration
+    for name in ("flash_clusters", "flash_detail_frames"):
+        if getattr(cfg, name) != -1:
+            overrides[name] = getattr(cfg, name)
     if not cfg.llm_path:
         torch.manual_seed(cfg.seed)
         config = config_for(cfg.system, chat, feature_dim, size=cfg.model_size, **overrides)

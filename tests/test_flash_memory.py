@@ -124,3 +124,23 @@ def test_budgets():
     assert NATIVE_LIKE.tokens(10) == 60 + 300
     with pytest.raises(ValueError):
         FlashMemoryConfig(low="max")
+
+
+def test_native_like_budget_through_the_train_config():
+    """``--set num_m_tokens=360 --set flash_clusters=60 --set flash_detail_frames=30`` gives the native-like memory."""
+    from flownar.data.chat import ChatTokenizer
+    from flownar.data.tokenizer import train_word_tokenizer
+    from flownar.train import TrainConfig, build_model
+
+    tok = train_word_tokenizer(["you take the cup"])
+    cfg = TrainConfig(
+        system="flash-vstream", model_size="micro", num_m_tokens=360, flash_clusters=60, flash_detail_frames=30
+    )
+    model, _ = build_model(cfg, ChatTokenizer(tok, 10, 360), feature_dim=8)
+    assert model.config.flash_config == NATIVE_LIKE and model.clam is None
+    with pytest.raises(ValueError, match="reads out 20 tokens"):
+        build_model(
+            TrainConfig(system="flash-vstream", model_size="micro", num_m_tokens=360, flash_clusters=10),
+            ChatTokenizer(tok, 10, 360),
+            feature_dim=8,
+        )
