@@ -232,6 +232,8 @@ def measured_table(results: list[dict]) -> "pd.DataFrame":
                 row["GPU max allocated (GiB)"] = last["cuda_max_allocated_bytes"] / 2**30
             else:
                 row["RSS change (MiB)"] = last["rss_growth_bytes"] / 2**20
+            if last.get("memory_bank_bytes"):  # flash-vstream: Flash Memory's feature bank, in host memory, grows
+                row["host memory bank (MiB) @end"] = last["memory_bank_bytes"] / 2**20
             rows.append(row)
     return pd.DataFrame(rows)
 
