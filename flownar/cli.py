@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--system", default=None, help="refuse a checkpoint of another system")
         e.add_argument("--limit", type=int, default=None, help="only the first N clips/samples")
         e.add_argument("--seed", type=int, default=0)
+        e.add_argument(
+            "--shard",
+            default=None,
+            metavar="i/N",
+            help="evaluate part i of N (0-based); the last part to finish merges (under torchrun the ranks are the "
+            "shards and rank 0 merges; see flownar.eval.shards)",
+        )
         e.add_argument("--quiet", action="store_true")
         if name == "stream":
             e.add_argument("--threshold-high", type=float, default=0.8)
@@ -353,7 +360,16 @@ def _cmd_eval_stream(args) -> int:
         max_new_tokens=args.max_new_tokens,
         threshold_high=args.threshold_high,
         threshold_low=args.threshold_low,
+        shard=args.shard,
     )
+    if "scores" not in rec:  # a shard that does not merge
+        r = rec["run"]
+        print(
+            f"shard {rec['shard']}: narrated {r['done']} clips, reused {r['reused']}"
+            + (f"; {len(rec['pending'])} clips of other shards pending" if rec.get("pending") else ""),
+            file=sys.stderr,
+        )
+        return 0
     brief = {k: {m: v for m, v in sc.items() if m not in ("per_clip", "pairs")} for k, sc in rec["scores"].items()}
     print(json.dumps(brief, indent=1, default=float))
     r = rec["run"]
@@ -382,7 +398,11 @@ def _cmd_eval_oracle(args) -> int:
         seed=args.seed,
         limit=args.limit,
         progress=not args.quiet,
+        shard=args.shard,
     )
+    if "metrics" not in rec:  # a shard that does not merge
+        print(f"shard {rec['shard']}: {len(rec['samples'])} samples evaluated", file=sys.stderr)
+        return 0
     print(json.dumps(rec["metrics"], indent=1))
     return 0
 

@@ -186,3 +186,54 @@ def test_decision_probe_reads_the_decisions_the_trigger_sees(setup):
         == pytest.approx(r0["P(speak) elsewhere"])
         == pytest.approx(r0["max P(speak)"])
     )
+
+
+def _eval_args(protocol, ckpt, data, out, limit, shard=None):
+    args = ["eval", protocol, "--checkpoint", str(ckpt), "--data", str(data.root), "--out", str(out)]
+    args += ["--limit", str(limit), "--quiet"] + (["--no-captions"] if protocol == "stream" else [])
+    return args + (["--shard", shard] if shard else [])
+
+
+def _results(out):
+    stream = json.loads((out / "metrics.json").read_text())
+    oracle = json.loads((out / "oracle.json").read_text())
+    return stream["scores"], stream["scored_clips"], oracle["metrics"], oracle["samples"]
+
+
+def test_sharded_evaluation_equals_one_process(setup, tmp_path):
+    """Both protocols split over two processes (torchrun, CPU, gloo) and over two --shard commands give the
+    single-process metrics; each shard narrates only its clips."""
+    import subprocess
+    import sys
+
+    base, data, chat, model = setup
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    chat.tok.save_pretrained(ckpt)
+    one = tmp_path / "one"
+    for protocol, limit in (("stream", 4), ("oracle", 3)):
+        assert main(_eval_args(protocol, ckpt, data, one, limit)) == 0
+    want = _results(one)
+    assert want[1] == 4 and want[2]["samples"] == 3
+
+    # --shard: part 1 first (it cannot merge: part 0 is missing), then part 0, which finds both and merges
+    manual = tmp_path / "manual"
+    for protocol, limit in (("stream", 4), ("oracle", 3)):
+        assert main(_eval_args(protocol, ckpt, data, manual, limit, "1/2")) == 0
+        assert not (manual / ("metrics.json" if protocol == "stream" else "oracle.json")).exists()
+        assert main(_eval_args(protocol, ckpt, data, manual, limit, "0/2")) == 0
+    assert len(list((manual / "predictions").glob("*.json"))) == 4
+    assert _results(manual) == want
+
+    # torchrun: two ranks, rank 0 merges after a barrier
+    ranks = tmp_path / "torchrun"
+    env = {**os.environ, "FLOWNAR_DATA_DIR": os.environ["FLOWNAR_DATA_DIR"], "OMP_NUM_THREADS": "1"}
+    for protocol, limit in (("stream", 4), ("oracle", 3)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        cmd += ["-m", "flownar.cli"] + _eval_args(protocol, ckpt, data, ranks, limit)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _results(ranks) == want
+    parts = sorted(p.name for p in ranks.glob("oracle.shard*.json"))
+    assert parts == ["oracle.shard0of2.json", "oracle.shard1of2.json"]
+    assert len(json.loads((ranks / "oracle.shard1of2.json").read_text())["samples"]) == 1  # samples 1 of 0, 1, 2

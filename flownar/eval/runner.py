@@ -93,12 +93,14 @@ def narrate_clips(
     limit: int | None = None,
     fingerprint: str | None = None,
     narrator=None,
+    shard=None,
     **narrator_kwargs,
 ) -> dict:
     """Narrate every clip of ``split`` (the first ``limit``) that has no prediction file of this clip by this
     model (``fingerprint``, see :func:`flownar.checkpoint.run_fingerprint`) yet. Returns ``{"clips": [ids],
     "done": narrated now, "reused": files kept, "redone": files replaced (another model or clip, unreadable),
-    "skipped": same as reused, "seconds": narration time}``."""
+    "skipped": same as reused, "seconds": narration time}``. ``shard`` (:class:`~flownar.eval.shards.Shard`):
+    only its part of the clips is narrated (``"clips"`` still lists them all)."""
     from ..progress import progress_bar
 
     out_dir = Path(out_dir)
@@ -109,9 +111,9 @@ def narrate_clips(
     begin_clip = getattr(narrator, "begin_clip", None)
     done = reused = redone = 0
     seconds = 0.0
-    for clip in progress_bar(
-        clips, desc=f"narrating {data.dataset}/{system or 'clips'}", enabled=progress, unit="clip"
-    ):
+    mine = clips if shard is None else shard.take(clips)
+    desc = f"narrating {data.dataset}/{system or 'clips'}" + (f" (shard {shard})" if shard is not None else "")
+    for clip in progress_bar(mine, desc=desc, enabled=progress, unit="clip"):
         path = clip_file(out_dir, clip.clip_id)
         if read_prediction(path, fingerprint, clip.clip_id) is not None:
             reused += 1
@@ -279,32 +281,37 @@ def oracle_split(
     max_num_frames: int = 1200,
     progress: bool = True,
     limit: int | None = None,
+    shard=None,
 ) -> tuple[dict, list[dict]]:
-    """Teacher-forced metrics over a split (samples built as for training, instruction seeded per sample)."""
+    """Teacher-forced metrics over a split (samples built as for training, instruction seeded per sample).
+    ``shard``: only its part of the samples (rows and metrics of that part)."""
     from ..progress import progress_bar
 
     samples = build_stream_samples(
         data, split, use_memory=model.config.use_memory, max_num_frames=max_num_frames, seed=seed
     )[:limit]
+    if shard is not None:
+        samples = shard.take(samples)
     ev = OracleEvaluator(model, chat, fps=data.fps)
     rows = []
-    for s in progress_bar(
-        samples, desc=f"oracle {data.dataset}/{model.config.system}", enabled=progress, unit="stream"
-    ):
+    desc = f"oracle {data.dataset}/{model.config.system}" + (f" (shard {shard})" if shard is not None else "")
+    for s in progress_bar(samples, desc=desc, enabled=progress, unit="stream"):
         enc = chat.encode(s)
         frames = data.load_features(s.video_uid, s.frames).float()
         rows.append({"sample_id": s.sample_id, **sample_summary(ev.sample(enc, frames), fps=data.fps)})
-    return aggregate(rows), rows
+    return (aggregate(rows) if rows else {}), rows
 
 
 # ---------------------------------------------------------------------------------------------------- runners
 # One runner per protocol: open the run (refusing another system or frames of another shape), run, write one
 # artefact. The CLI (`flownar eval stream|oracle`) and notebooks 02/03 both call these.
-def _open_run(run, data, system: str | None):
+def _open_run(run, data, system: str | None, device=None):
     from ..checkpoint import check_compatible, load_trained
 
     model, chat = load_trained(run, expect_system=system)
     check_compatible(model, data.tokens_per_frame, data.feature_dim, run, data.root)
+    if device is not None:
+        model = model.to(device)
     return model, chat
 
 
@@ -337,27 +344,77 @@ def run_teacher_forced(
     max_num_frames: int | None = None,
     limit: int | None = None,
     progress: bool = True,
+    shard=None,
 ) -> dict:
     """The oracle protocol for one trained system; writes ``out_file`` as ``{system, checkpoint,
     model_fingerprint, metrics, samples}`` and returns it. The streams are cut at ``max_num_frames``; by default
     at the run's own training cap (its ``train_config.json``), as the original evaluates with the training
-    dataset's ``max_num_frames``."""
-    model, chat = _open_run(run, data, system)
+    dataset's ``max_num_frames``.
+
+    ``shard`` (``"i/N"``, a :class:`~flownar.eval.shards.Shard`, or None: torchrun's environment if any): this
+    process evaluates its part into ``<out_file stem>.shard<i>of<N>.json``; the merging process (torchrun's rank 0
+    after all ranks; with ``--shard``, whichever finds every part written) writes ``out_file`` from the parts in
+    the split's order and returns it; the others return their part's record (``"shard"`` set, no ``"metrics"``)."""
+    from .shards import resolve
+
+    shard = resolve(shard)
+    model, chat = _open_run(run, data, system, shard.device() if shard is not None else None)
     if max_num_frames is None:
         cfg = Path(run) / "train_config.json"
         max_num_frames = json.loads(cfg.read_text()).get("max_num_frames", 1200) if cfg.is_file() else 1200
     agg, rows = oracle_split(
-        model, chat, data, split=split, seed=seed, max_num_frames=max_num_frames, progress=progress, limit=limit
+        model,
+        chat,
+        data,
+        split=split,
+        seed=seed,
+        max_num_frames=max_num_frames,
+        progress=progress,
+        limit=limit,
+        shard=shard,
     )
-    rec = {
-        "system": model.config.system,
-        "checkpoint": str(run),
-        "model_fingerprint": run_fingerprint(run),
-        "metrics": agg,
-        "samples": rows,
-    }
+    fingerprint = run_fingerprint(run)
+    rec = {"system": model.config.system, "checkpoint": str(run), "model_fingerprint": fingerprint}
+    if shard is None:
+        rec |= {"metrics": agg, "samples": rows}
+        _write_json(out_file, rec)
+        return rec
+    out_file = Path(out_file)
+    parts = [out_file.with_name(f"{out_file.stem}.shard{i}of{shard.count}.json") for i in range(shard.count)]
+    part = {**rec, "shard": str(shard), "samples": rows}
+    _atomic_write_json(parts[shard.index], part)
+    shard.wait_for_all()
+    if shard.launched and not shard.leader:
+        return part
+    found = [_read_shard_part(p, fingerprint) for p in parts]
+    if any(f is None for f in found):
+        missing = [str(p) for p, f in zip(parts, found) if f is None]
+        if shard.launched:
+            raise RuntimeError(f"teacher-forced shards missing after all ranks finished: {missing}")
+        return part  # --shard: another part is still running; the last one merges
+    merged = _interleave([f["samples"] for f in found])
+    rec |= {"metrics": aggregate(merged), "samples": merged}
     _write_json(out_file, rec)
     return rec
+
+
+def _read_shard_part(path: Path, fingerprint: str) -> dict | None:
+    """A teacher-forced part written by this model, or None (missing, unreadable, or another model's)."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict) or rec.get("model_fingerprint") != fingerprint or "samples" not in rec:
+        return None
+    return rec
+
+
+def _interleave(parts: list[list]) -> list:
+    """Undo :meth:`Shard.take`: part ``i`` holds items ``i, i + N, ...``; returns them in the original order."""
+    out = []
+    for k in range(max((len(p) for p in parts), default=0)):
+        out += [p[k] for p in parts if k < len(p)]
+    return out
 
 
 def run_self_conditioned(
@@ -372,16 +429,24 @@ def run_self_conditioned(
     progress: bool = True,
     with_captions: bool = True,
     max_new_tokens: int | None = None,
+    shard=None,
     **narrator_kwargs,
 ) -> dict:
     """The self-conditioned protocol for one trained system: narrate the clips not narrated yet by this model into
     ``predictions_dir`` (one file per clip), score them both ways, and write ``metrics_file`` (if given) as
     ``{system, checkpoint, model_fingerprint, run, timing, scores}``. Returns that record with the full scores
     (per-clip tables and caption pairs included). ``max_new_tokens`` defaults to the run's profile's cap
-    (:func:`flownar.stream.narration_cap`)."""
-    from ..stream import narration_cap
+    (:func:`flownar.stream.narration_cap`).
 
-    model, chat = _open_run(run, data, system)
+    ``shard`` (``"i/N"``, a :class:`~flownar.eval.shards.Shard`, or None: torchrun's environment if any): this
+    process narrates its part of the clips; the merging process (torchrun's rank 0 after all ranks; with
+    ``--shard``, whichever finds every clip narrated by this model) scores all of them and writes
+    ``metrics_file``; the others return ``{..., "shard", "run"}`` without ``"scores"``."""
+    from ..stream import narration_cap
+    from .shards import resolve
+
+    shard = resolve(shard)
+    model, chat = _open_run(run, data, system, shard.device() if shard is not None else None)
     if max_new_tokens is None:
         max_new_tokens = narration_cap(_run_profile(run))
     sys_name = model.config.system
@@ -397,8 +462,19 @@ def run_self_conditioned(
         limit=limit,
         fingerprint=fingerprint,
         max_new_tokens=max_new_tokens,
+        shard=shard,
         **narrator_kwargs,
     )
+    if shard is not None:
+        shard.wait_for_all()
+        part = {"system": sys_name, "checkpoint": str(run), "model_fingerprint": fingerprint, "shard": str(shard)}
+        if shard.launched and not shard.leader:
+            return {**part, "run": r}
+        pending = [c for c in r["clips"] if read_prediction(clip_file(Path(predictions_dir), c), fingerprint) is None]
+        if pending:
+            if shard.launched:
+                raise RuntimeError(f"clips not narrated after all ranks finished: {pending}")
+            return {**part, "run": r, "pending": pending}  # --shard: the last part to finish scores
     # score exactly the clips narrated here (all of the split without a limit); refuse another model's files
     scored = r["clips"] if limit is not None else None
     scores = score_clips(
