@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
 
+    cv = sub.add_parser(
+        "convert-checkpoint", help="a checkpoint of the original FlowNar code (LoRA adapter folder) -> a run"
+    )
+    cv.add_argument("src", type=Path, help="the original's checkpoint folder (adapter_config.json, adapter_model.*)")
+    cv.add_argument("--system", required=True, choices=("flownar", "flownar-c", "videollm-online"))
+    cv.add_argument("--llm", required=True, type=Path, help="the local base LLM folder (Llama-3.2-1B-Instruct)")
+    cv.add_argument("--out", required=True, type=Path, help="the run folder to write")
+    cv.add_argument("--frame-tokens", type=int, default=10, help="tokens per frame (FlowNar-Data: 10)")
+    cv.add_argument("--last-k", type=int, default=None, help="FlowNar-C's narration window (default 10)")
+    cv.set_defaults(func=_cmd_convert)
+
     ev = sub.add_parser("eval", help="evaluate a trained system (self-conditioned stream or oracle)")
     esub = ev.add_subparsers(dest="eval_command", required=True)
     for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle)):
@@ -337,6 +348,16 @@ def _cmd_bench(args) -> int:
             f"cache {r['points'][-1]['cache_tokens']} tokens ({r['points'][-1]['kv_bytes'] / 2**20:.1f} MiB)"
         )
     print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .convert import convert_checkpoint
+
+    out = convert_checkpoint(
+        args.src, args.system, args.out, args.llm, frame_num_tokens=args.frame_tokens, last_k_narration=args.last_k
+    )
+    print(f"wrote {out} (a {args.system} run on {args.llm}; CLAM read at the frame's CLS token, as the original)")
     return 0
 
 
