@@ -34,7 +34,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TORCH_EXTENSIONS_DIR := $(VENV)/torch_extensions
 
 .PHONY: help setup java test unit lint nbval lab lock test-latest data-ek100 data-ego4d data-egoexo4d reproduce-ek100 seeds-ek100 seeds-ego4d seeds-egoexo4d \
-        reproduce-ego4d reproduce-egoexo4d notebooks-smoke bench-cpu bench-cpu-engine bench-gpu clean distclean
+        reproduce-ego4d reproduce-egoexo4d notebooks-smoke bench-cpu bench-cpu-engine bench-gpu gpu-check clean distclean
 
 help:
 	@sed -n '1,6p' $(ROOT)/Makefile | sed 's/^# \{0,1\}//'
@@ -187,6 +187,13 @@ bench-gpu: $(STAMP)
 	for cfg in llama-3.2-1b llama-3.1-8b; do \
 	  $(VENV)/bin/flownar bench --systems $(BENCH_SYSTEMS) --frames 10000 --long-frames 100000 --config $$cfg \
 	    --device cuda --json $(BENCH_DIR)/bench_cuda_$$cfg.json || exit 1; done
+
+# On a borrowed GPU node (no network, its own PyTorch): the GPU tests, the real-size bench eager and captured, and
+# one LoRA step at 1B size, in one run that fits in 8 minutes and writes files (flownar/gpu_check.py says which).
+# No venv: the node's python with this checkout on PYTHONPATH. GPU_PYTHON=... picks another interpreter.
+GPU_PYTHON ?= python3
+gpu-check:
+	cd $(ROOT) && PYTHONPATH=$(ROOT) $(GPU_PYTHON) -m flownar.gpu_check --out $(BENCH_DIR)
 
 # ---------------------------------------------------------------- cleaning
 clean:

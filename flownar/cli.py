@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--compile", action="store_true", help="the compiled decoder step (torch.compile; not for VideoLLM-MoD)"
     )
+    b.add_argument(
+        "--capture",
+        action="store_true",
+        help="the static-shape step replayed as CUDA graphs on a GPU (flownar.engine.CapturedStep; not for MoD)",
+    )
+    b.add_argument(
+        "--max-seconds", type=float, default=None, help="stop each system's stream after this much wall time"
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", required=True, type=Path, help="where to write the raw results")
     b.add_argument("--quiet", action="store_true")
@@ -337,6 +345,8 @@ def _cmd_bench(args) -> int:
         progress=not args.quiet,
         streams=args.streams,
         compile=args.compile,
+        capture=args.capture,
+        max_seconds=args.max_seconds,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res))

@@ -354,20 +354,29 @@ class StepWeights:
 
     FUSE_LIMIT_BYTES = 256 * 2**20
 
-    def __init__(self, model, fuse: bool | str = "auto", compile: bool = False):
+    def __init__(self, model, fuse: bool | str = "auto", compile: bool = False, capture: bool = False):
         dec = model.model
         self.sources = [p for layer in dec.layers for p in _fusable_params(layer)]
+        if compile and capture:
+            raise ValueError("choose the compiled step or the captured one, not both")
         if fuse == "auto":
-            fuse = compile or sum(p.numel() * p.element_size() for p in self.sources) <= self.FUSE_LIMIT_BYTES
+            fuse = (
+                compile or capture or sum(p.numel() * p.element_size() for p in self.sources) <= self.FUSE_LIMIT_BYTES
+            )
         self.layers = [_Projections(layer, bool(fuse)) for layer in dec.layers]
         self.rope = _RopeTable(dec.rotary_emb)
         self.version = self._version()
-        self.compiled: CompiledStep | None = None
+        self.compiled: CompiledStep | CapturedStep | None = None  # the step that replaces the eager one
         if compile:
             why = CompiledStep.unsupported(model, self)
             if why is not None:
                 raise ValueError(f"{model.config.system}: the step cannot be compiled: {why}")
             self.compiled = CompiledStep(model, self)
+        if capture:
+            why = CapturedStep.unsupported(model, self)
+            if why is not None:
+                raise ValueError(f"{model.config.system}: the step cannot be captured: {why}")
+            self.compiled = CapturedStep(model, self)
 
     def _version(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.sources) + tuple(p.data_ptr() for p in self.sources)
@@ -423,6 +432,96 @@ class CompiledStep:
         out = self.fn(x, cos, sin, cache.keys, cache.values, start)
         cache.lengths = [start + n] * len(cache.keys)
         return out
+
+
+class CapturedStep:
+    """The decoder step with static shapes, for CUDA graphs: the new tokens' keys/values are written at a tensor of
+    slots (``index_copy_``) and attention runs over the cache's whole capacity under an additive mask (empty slots
+    and later tokens masked), so one step's kernels depend only on (new tokens, capacity), not on how many tokens
+    are cached. On a CUDA device each (new tokens, capacity, cache buffers) shape is captured once into a
+    ``torch.cuda.CUDAGraph`` (the step's few hundred kernel launches become one replay) and replayed with its
+    inputs copied into static buffers; the cache's length stays a host integer, so the only host synchronisation
+    left per frame is the narrator's speak/skip decision. Elsewhere (CPU) the same static code runs eagerly: the
+    tests hold it to the eager step there, and ``make gpu-check`` holds the replayed graphs to it on a GPU.
+
+    Capacity grows by doubling (:class:`StaticKVCache`), so a stream meets a few capacities and a few step sizes
+    (a silent frame, the frame after a narration, speaking, one decoded token): a handful of graphs per stream,
+    captured again for a new cache (each video's). Systems without routing (not VideoLLM-MoD), fused weights."""
+
+    def __init__(self, model, weights: "StepWeights", graphs: bool | None = None):
+        self.model, self.weights = model, weights
+        device = next(model.parameters()).device
+        self.graphs = device.type == "cuda" if graphs is None else graphs
+        self._captured: dict[tuple, tuple] = {}
+        self.captures = 0  # graphs captured so far (for benchmarks and tests)
+
+    unsupported = staticmethod(lambda model, weights: CompiledStep.unsupported(model, weights))
+
+    def _step(self, x, cos, sin, keys: list[torch.Tensor], values: list[torch.Tensor], slots, mask) -> torch.Tensor:
+        dec = self.model.model
+        for layer, proj, K, V in zip(dec.layers, self.weights.layers, keys, values):
+            x = _static_layer(layer, proj, x, cos, sin, K, V, slots, mask)
+        return _rms_norm(dec.norm, x)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        start, n = cache.lengths[0], x.shape[1]
+        for i in range(len(cache.keys)):
+            cache.reserve(i, start + n)
+        cap, device = cache.capacity, x.device
+        slots = torch.arange(start, start + n, device=device)  # (n,)
+        visible = torch.arange(cap, device=device)[None] <= slots[:, None]  # (n, cap): cached and causal
+        mask = torch.zeros(n, cap, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
+        args = (x, cos, sin, slots, mask)
+        if not self.graphs:
+            out = self._step(x, cos, sin, cache.keys, cache.values, slots, mask)
+        else:
+            key = (n, cap, x.dtype, cache.keys[0].data_ptr())
+            entry = self._captured.get(key)
+            if entry is None:
+                entry = self._captured[key] = self._capture(args, cache)
+            graph, static, out = entry
+            for buf, a in zip(static, args):
+                buf.copy_(a)
+            graph.replay()
+            out = out.clone()  # the graph's output buffer is reused by its next replay
+        cache.lengths = [start + n] * len(cache.keys)
+        return out
+
+    def _capture(self, args, cache: StaticKVCache):
+        """Capture the step for these shapes and this cache's buffers (after one warm-up run on a side stream, as
+        torch.cuda.graphs asks). The warm-up writes the same keys/values the replay will, so it changes nothing."""
+        static = [a.clone() for a in args]
+        x, cos, sin, slots, mask = static
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step(x, cos, sin, cache.keys, cache.values, slots, mask)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._step(x, cos, sin, cache.keys, cache.values, slots, mask)
+        self.captures += 1
+        return graph, static, out
+
+
+def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask) -> torch.Tensor:
+    """:func:`_layer` for one stream with static shapes (:class:`CapturedStep`): the ``n`` new tokens' keys/values
+    go to ``slots`` (n,) of the full-capacity buffers (1, kv_heads, capacity, hd) and attend to all of them under
+    ``mask`` (n, capacity) (additive: 0 where visible)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    n, hd = x.shape[1], attn.head_dim
+    h = _rms_norm(layer.input_layernorm, x)
+    q, k, v = proj.qkv(h)  # (1, n, q_out), (1, n, kv_out) x 2
+    heads = proj.q_out // hd
+    qk = _rope(torch.cat((q, k), dim=-1).view(1, n, -1, hd), cos, sin).transpose(1, 2)  # (1, heads + kv, n, hd)
+    keys.index_copy_(2, slots, qk[:, heads:])
+    values.index_copy_(2, slots, v.view(1, n, -1, hd).transpose(1, 2))
+    gqa = attn.num_key_value_groups != 1
+    o = F.scaled_dot_product_attention(qk[:, :heads], keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa)
+    x = x + proj.o(o.transpose(1, 2).reshape(1, n, -1))  # (1, n, heads * hd)
+    h = _rms_norm(layer.post_attention_layernorm, x)
+    gate, up = proj.gate_up(h)
+    return x + proj.down(mlp.act_fn(gate) * up)
 
 
 def _fusable_params(layer) -> list[torch.Tensor]:

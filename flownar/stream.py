@@ -136,6 +136,8 @@ class Narrator:
             ``"auto"`` fuses small models).
         compile: run the static engine's decoder step compiled (:class:`~flownar.engine.CompiledStep`; not for
             VideoLLM-MoD). Pays a compilation at the first frames of the first video.
+        capture: run the static engine's decoder step with static shapes, replayed as CUDA graphs on a GPU
+            (:class:`~flownar.engine.CapturedStep`; eager on the CPU; not for VideoLLM-MoD).
         step_weights: another narrator's :class:`~flownar.engine.StepWeights` of the same model, to share (several
             streams at once: :func:`narrators_for`).
     """
@@ -157,13 +159,15 @@ class Narrator:
         cache_capacity: int = 2048,
         fuse: bool | str = "auto",
         compile: bool = False,
+        capture: bool = False,
         step_weights: StepWeights | None = None,
     ):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if compile and engine != "static":
-            raise ValueError("compile=True needs the static engine")
+        if (compile or capture) and engine != "static":
+            raise ValueError("compile=True / capture=True need the static engine")
         self.engine, self.cache_capacity, self.fuse, self.compile = engine, cache_capacity, fuse, compile
+        self.capture = capture
         self._chunks: dict[tuple, _Chunk] = {}
         self.step_weights: StepWeights | None = step_weights
 
@@ -202,7 +206,7 @@ class Narrator:
         """Forget the current video. (The static engine's :class:`~flownar.engine.StepWeights` are rebuilt here if
         the model's weights changed in place since they were built.)"""
         if self.engine == "static" and (self.step_weights is None or self.step_weights.stale()):
-            self.step_weights = StepWeights(self.model, self.fuse, compile=self.compile)
+            self.step_weights = StepWeights(self.model, self.fuse, compile=self.compile, capture=self.capture)
         self.cache = make_kv_store(
             self.engine,
             self.cfg,
@@ -545,6 +549,7 @@ def _batchable(narrators: list[Narrator]) -> bool:
         and first.engine == "static"
         and not first.cfg.mod
         and not first.compile
+        and not first.capture
         and all(nr.model is first.model and nr.step_weights is first.step_weights for nr in narrators)
     )
 

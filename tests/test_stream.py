@@ -214,3 +214,25 @@ def test_compiled_step_equals_the_eager_step(tok):
     mod, mod_chat = micro(tok, "videollm-mod")
     with pytest.raises(ValueError, match="cannot be compiled"):
         Narrator(mod, mod_chat, compile=True)
+
+
+@pytest.mark.parametrize("system", ["videollm-online", "flownar-c"])
+def test_captured_step_equals_the_eager_step(tok, system):
+    """The static-shape step (CUDA graphs on a GPU; on the CPU the same code runs eagerly): keys/values written at a
+    tensor of slots, attention over the whole capacity under a mask. Same logits and decisions as the eager step,
+    through cache growth (a capacity of 8 doubles several times) and DCM / last-k compaction."""
+    kw = {"last_k_narration": 2} if system == "flownar-c" else {}
+    model, chat = micro(tok, system, **kw)
+    s = sample(model.config.use_memory)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(4))
+    runs = []
+    for capture in (False, True):
+        narrator = Narrator(model, chat, record_logits=True, capture=capture, cache_capacity=8)
+        replay(narrator, s, frames)
+        runs.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size(), narrator.cache))
+    assert runs[1][0] == runs[0][0] and runs[1][2] == runs[0][2]
+    assert runs[1][3].reallocations >= 2  # the capacity (a static shape of the captured step) changed on the way
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+    mod, mod_chat = micro(tok, "videollm-mod")
+    with pytest.raises(ValueError, match="cannot be captured"):
+        Narrator(mod, mod_chat, capture=True)

@@ -74,6 +74,8 @@ def run_stream_bench(
     seed: int = 0,
     streams: int = 1,
     compile: bool = False,
+    capture: bool = False,
+    max_seconds: float | None = None,
 ) -> dict:
     """Push ``n_frames`` random frames through a Narrator replaying ``schedule`` with ``text_tokens``-token
     narrations. Returns per-frame wall times and, at 1, 10, 100, ... frames, the cache and memory.
@@ -82,7 +84,9 @@ def run_stream_bench(
     round), each replaying the schedule on its own frames; ``fps`` is then all streams' frames over the wall time
     (throughput), ``fps_per_stream`` one stream's, and there are no per-frame times (a round serves every
     stream). ``compile``: the compiled decoder step (:class:`flownar.engine.CompiledStep`; its compilation is done
-    on a warm-up stream first and not timed)."""
+    on a warm-up stream first and not timed). ``capture``: the static-shape step replayed as CUDA graphs
+    (:class:`flownar.engine.CapturedStep`; graphs are captured as new shapes come, and that time is counted).
+    ``max_seconds``: stop after this much wall time (one stream); ``frames`` then says how far it got."""
     from ..progress import progress_bar
     from ..stream import Narrator
 
@@ -102,7 +106,7 @@ def run_stream_bench(
         torch.cuda.reset_peak_memory_stats()
     if streams > 1:
         return _run_streams_bench(model, chat, pool, speak, text, n_frames, engine, streams, progress)
-    narrator = Narrator(model, chat, engine=engine, compile=compile)
+    narrator = Narrator(model, chat, engine=engine, compile=compile, capture=capture)
     if compile:  # compile both step graphs (single-token and longer) before timing
         for i in range(min(n_frames, 40)):
             narrator.push(pool[i % frame_pool], speak=bool(speak[i]) if i else None, script_text=text)
@@ -113,32 +117,46 @@ def run_stream_bench(
     times = np.zeros(n_frames)
     points = []
     t_all = time.perf_counter()
+    done = n_frames
     for i in progress_bar(range(n_frames), enabled=progress, desc=f"bench {cfg.system}", leave=False, mininterval=2):
+        if max_seconds is not None and time.perf_counter() - t_all > max_seconds:
+            done = i
+            points.append(_point(narrator, i, base_rss, t_all) | _cuda_point(cuda))
+            break
         t0 = time.perf_counter()
         narrator.push(pool[i % frame_pool], speak=bool(speak[i]) if i else None, script_text=text)
         if cuda:
             torch.cuda.synchronize()
         times[i] = time.perf_counter() - t0
         if i + 1 in marks:
-            p = _point(narrator, i + 1, base_rss, t_all)
-            if cuda:
-                p["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
-                p["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
-            points.append(p)
+            points.append(_point(narrator, i + 1, base_rss, t_all) | _cuda_point(cuda))
     total = time.perf_counter() - t_all
+    step = narrator.step_weights.compiled if narrator.step_weights is not None else None
     return {
         "system": cfg.system,
         "engine": engine,
         "compile": compile,
+        "capture": capture,
+        "graphs_captured": getattr(step, "captures", None) if capture else None,
         "streams": 1,
-        "frames": n_frames,
+        "frames": done,
+        "frames_asked": n_frames,
         "total_s": total,
-        "fps": n_frames / total,
-        "fps_per_stream": n_frames / total,
+        "fps": done / total,
+        "fps_per_stream": done / total,
         "narrations": narrator.counters.narrations,
         "points": points,
-        "frame_ms": np.round(times * 1e3, 4).tolist(),
+        "frame_ms": np.round(times[:done] * 1e3, 4).tolist(),
         "reallocations": getattr(narrator.cache, "reallocations", None),
+    }
+
+
+def _cuda_point(cuda: bool) -> dict:
+    if not cuda:
+        return {}
+    return {
+        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "cuda_allocated_bytes": torch.cuda.memory_allocated(),
     }
 
 
@@ -214,6 +232,8 @@ def run_bench(
     count_macs: bool = True,
     streams: int = 1,
     compile: bool = False,
+    capture: bool = False,
+    max_seconds: float | None = None,
 ) -> dict:
     """``flownar bench``: for each system, one stream of ``max(frames)`` frames (or per-system lengths when
     ``frames`` is a dict), the same schedule for all. Returns a JSON-able dict of raw results."""
@@ -234,6 +254,7 @@ def run_bench(
         "engine": engine,
         "streams": streams,
         "compile": compile,
+        "capture": capture,
         "segment_stats_s": list(segment_stats),
         "text_tokens": text_tokens,
         "seed": seed,
@@ -257,6 +278,8 @@ def run_bench(
             seed=seed,
             streams=streams,
             compile=compile and not cfg.mod,  # MoD's routed layers run eager
+            capture=capture and not cfg.mod,
+            max_seconds=max_seconds,
         )
         res["params"] = sum(p.numel() for p in model.parameters())
         res["kv_bytes_per_token"] = kv_bytes_per_token(cfg, torch.finfo(dt).bits // 8)

@@ -1,0 +1,54 @@
+"""GPU-only checks (skipped without CUDA; `make gpu-check` runs them on a GPU machine): the captured step's CUDA
+graphs against the eager engine, and the streaming engine against the teacher-forced pass, on the device."""
+
+import pytest
+import torch
+from test_stream import D, micro, replay, sample, tok  # noqa: F401  (tok is a fixture)
+
+from flownar.models.masks import expiry_positions
+from flownar.stream import Narrator
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _run(model, chat, s, frames, **kw):
+    narrator = Narrator(model, chat, record_logits=True, **kw)
+    replay(narrator, s, frames)
+    return narrator
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+def test_captured_graphs_equal_the_eager_step_on_gpu(tok, dtype, tol):  # noqa: F811
+    model, chat = micro(tok, "flownar-c", last_k_narration=2)
+    model = model.to("cuda", dtype)
+    s = sample(True)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(5))
+    frames = frames.to("cuda", dtype)
+    eager = _run(model, chat, s, frames)
+    captured = _run(model, chat, s, frames, capture=True, cache_capacity=8)
+    step = captured.step_weights.compiled
+    assert step.graphs and step.captures >= 3  # several shapes were captured and replayed
+    assert captured.fed_ids == eager.fed_ids and captured.state_size() == eager.state_size()
+    torch.testing.assert_close(torch.cat(captured.fed_logits), torch.cat(eager.fed_logits), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_streaming_equals_teacher_forced_on_gpu(tok, capture):  # noqa: F811
+    model, chat = micro(tok, "flownar")
+    model = model.to("cuda")
+    s = sample(True)
+    enc = chat.encode(s)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1)).cuda()
+    cfg = model.config
+    expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration).cuda()
+    with torch.no_grad():
+        ref = model(
+            input_ids=enc.input_ids[None].cuda(),
+            frames=frames,
+            mem_frame_indices=enc.mem_frame_indices.cuda(),
+            expiry=expiry,
+        ).logits[0]
+    narrator = _run(model, chat, s, frames, capture=capture)
+    L = len(enc.input_ids)
+    assert narrator.fed_ids == enc.input_ids[: L - 1].tolist()
+    torch.testing.assert_close(torch.cat(narrator.fed_logits), ref[: L - 1], atol=2e-4, rtol=1e-4)
