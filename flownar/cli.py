@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "100 at paper, as the original; 32 on the embedded profiles)",
             )
             e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")
+            e.add_argument(
+                "--predictions", type=Path, default=None, help="per-clip prediction folder (default: OUT/predictions)"
+            )
         e.set_defaults(func=func)
 
     b = sub.add_parser("bench", help="speed and memory of the streaming engine (random weights, replayed schedule)")
@@ -381,7 +384,7 @@ def _cmd_eval_stream(args) -> int:
     rec = run_self_conditioned(
         args.checkpoint,
         data,
-        args.out / "predictions",
+        args.predictions or args.out / "predictions",
         args.out / "metrics.json",
         system=args.system,
         split=args.split,

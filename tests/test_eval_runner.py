@@ -237,3 +237,22 @@ def test_sharded_evaluation_equals_one_process(setup, tmp_path):
     parts = sorted(p.name for p in ranks.glob("oracle.shard*.json"))
     assert parts == ["oracle.shard0of2.json", "oracle.shard1of2.json"]
     assert len(json.loads((ranks / "oracle.shard1of2.json").read_text())["samples"]) == 1  # samples 1 of 0, 1, 2
+
+
+def test_notebook_multi_gpu_narration_fills_the_files_the_runner_reuses(setup, tmp_path, monkeypatch):
+    """Notebook 03 at the paper profile: one torchrun rank per GPU narrates into the notebook's prediction folder
+    (two CPU ranks stand in for two GPUs here), then run_self_conditioned reuses every file."""
+    from flownar.eval.runner import run_self_conditioned
+    from flownar.eval.shards import narrate_on_gpus
+
+    base, data, chat, model = setup
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    chat.tok.save_pretrained(ckpt)
+    preds = tmp_path / "predictions" / "flownar-c"
+    assert not narrate_on_gpus(ckpt, data, preds, system="flownar-c", gpus=1)  # one GPU: nothing to split
+    assert narrate_on_gpus(ckpt, data, preds, system="flownar-c", gpus=2, threshold_high=0.8)
+    n_clips = len(data.eval_clips("val"))
+    assert len(list(preds.glob("*.json"))) == n_clips
+    rec = run_self_conditioned(ckpt, data, preds, system="flownar-c", progress=False, with_captions=False)
+    assert rec["run"]["done"] == 0 and rec["run"]["reused"] == n_clips

@@ -84,3 +84,31 @@ def resolve(shard: "Shard | str | None") -> "Shard | None":
     if shard is None:
         shard = Shard.from_env()
     return None if shard is None or shard.count == 1 else shard
+
+
+def narrate_on_gpus(
+    run, data, predictions_dir, *, system: str, gpus: int | None = None, quiet: bool = True, **options
+) -> bool:
+    """Narrate a split's clips with one torchrun rank per visible GPU (``gpus``: how many; default all) into
+    ``predictions_dir``, the per-clip files that :func:`~flownar.eval.runner.run_self_conditioned` then reuses
+    (notebook 03 at the paper profile). ``options``: ``threshold_high``, ``threshold_low``, ``max_new_tokens``,
+    as the runner's. Returns False (and does nothing) with fewer than two GPUs."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    n = torch.cuda.device_count() if gpus is None else gpus
+    if n < 2:
+        return False
+    with tempfile.TemporaryDirectory() as scratch:  # rank 0's metrics: the notebook scores again, in process
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
+        cmd += ["-m", "flownar.cli", "eval", "stream", "--checkpoint", str(run), "--data", str(data.root)]
+        cmd += ["--dataset", data.dataset, "--out", scratch, "--predictions", str(predictions_dir)]
+        cmd += ["--system", system, "--no-captions"] + (["--quiet"] if quiet else [])
+        for name in ("threshold_high", "threshold_low", "max_new_tokens"):
+            if options.get(name) is not None:
+                cmd += ["--" + name.replace("_", "-"), str(options[name])]
+        subprocess.run(cmd, check=True)
+    return True
