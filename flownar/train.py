@@ -283,6 +283,19 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def _settings_diff(old: dict, cfg: "TrainConfig") -> dict:
+    """The settings in which a saved ``train_config.json`` (``old``) differs from ``cfg``: ``{field: (saved,
+    now)}``, launch-only fields aside. A field the saved run does not record (added to TrainConfig after it was
+    trained) counts as its default: a run trained before the field existed is the run the default describes."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    mine = asdict(cfg)
+    return {
+        k: (old.get(k, defaults.get(k)), v)
+        for k, v in mine.items()
+        if k not in _LAUNCH_ONLY and old.get(k, defaults.get(k)) != v
+    }
+
+
 def _check_run_folder(run: Path, cfg: "TrainConfig", resume: bool) -> bool:
     """Before anything is written: may ``cfg`` be trained into ``run``? Returns True when ``run`` already holds
     this very run, finished (nothing to do). A folder holding a run of other settings is never touched: the error
@@ -291,12 +304,11 @@ def _check_run_folder(run: Path, cfg: "TrainConfig", resume: bool) -> bool:
     if not saved.is_file():
         return False
     old = json.loads(saved.read_text())
-    mine = asdict(cfg)
     if old.get("system") != cfg.system:
         raise CheckpointError(
             f"{run}: a {old.get('system')!r} run, but {cfg.system!r} was asked for; train into another folder (--out)"
         )
-    diff = {k: (old.get(k), v) for k, v in mine.items() if k not in _LAUNCH_ONLY and old.get(k) != v}
+    diff = _settings_diff(old, cfg)
     if diff:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise CheckpointError(
@@ -642,11 +654,7 @@ def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
     saved = run / "train_config.json"
     done = (run / "train_summary.json").is_file() and saved.is_file()
     if saved.is_file():
-        old = json.loads(saved.read_text())
-        mine = asdict(cfg)
-        same = {k: v for k, v in old.items() if k not in _LAUNCH_ONLY} == {
-            k: v for k, v in mine.items() if k not in _LAUNCH_ONLY
-        }
+        same = not _settings_diff(json.loads(saved.read_text()), cfg)
         if same and done:
             return run
         if not same:  # trained with other settings: keep it beside, train this one into a fresh folder

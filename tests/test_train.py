@@ -298,3 +298,18 @@ def test_ensure_trained_reuses_a_run_launched_with_deepspeed(env):
     (run / "train_summary.json").write_text("{}")
     assert ensure_trained(cfg, num_gpus=0) == run
     assert not (run / "train_log.csv").exists()  # not retrained
+
+
+def test_a_run_saved_before_a_field_existed_still_matches_its_settings():
+    """A train_config.json without a field added to TrainConfig since (at its default) describes the same run, so
+    finished runs are reused after an upgrade; a field it records with another value still differs."""
+    from dataclasses import asdict
+
+    from flownar.train import TrainConfig, _settings_diff
+
+    cfg = TrainConfig(system="flownar")
+    old = asdict(cfg)
+    del old["flash_clusters"], old["flash_detail_frames"]
+    assert _settings_diff(old, cfg) == {}
+    assert _settings_diff(old, TrainConfig(system="flownar", flash_clusters=4)) == {"flash_clusters": (-1, 4)}
+    assert _settings_diff({**old, "lr": 1.0}, cfg) == {"lr": (1.0, cfg.lr)}
