@@ -233,3 +233,35 @@ def test_extract_features_refuses_another_feature_size_and_a_corrupt_metadata(tm
     meta.write_text("{broken")
     with pytest.raises(FlowNarError, match=f"{meta}: not valid JSON"):
         extract_features(videos, towers[16], root, progress=False)
+
+
+def test_two_processes_preparing_the_embedded_data_at_once(tmp_path, monkeypatch):
+    """Parallel trainings that find the embedded dataset missing at the same moment: one writes it while the other
+    waits (before, both cleared and wrote the same folder, and one crashed on a file the other had removed). Here
+    the test holds the writers' lock: a process asked to prepare the data must wait for it, then find it written."""
+    import multiprocessing as mp
+    import time
+
+    from filelock import FileLock
+
+    from flownar import paths
+
+    monkeypatch.setenv("FLOWNAR_DATA_DIR", str(tmp_path / "data"))
+    root = paths.embedded_data_root("ek100", "smoke")
+    root.parent.mkdir(parents=True)
+    lock = FileLock(str(root.parent / f".{root.name}.lock"))
+    ctx = mp.get_context("spawn")
+    with lock, ctx.Pool(1) as pool:
+        pending = pool.apply_async(_prepare_smoke, ("ek100",))
+        time.sleep(8)  # long enough for the child to start and reach the lock
+        assert not pending.ready()  # it waits while another writer holds the lock
+        assert not (root / "flownar_synthetic.json").exists()
+        lock.release()
+        assert pending.get(timeout=120) == str(root)
+    assert (root / "flownar_synthetic.json").is_file()
+
+
+def _prepare_smoke(dataset: str) -> str:
+    from flownar.data.prepare import prepare_dataset
+
+    return str(prepare_dataset(dataset, None, "smoke", 0, progress=False).root)

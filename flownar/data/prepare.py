@@ -56,5 +56,14 @@ def prepare_dataset(
 
     root = paths.embedded_data_root(layout, profile)
     if not _card_matches(root, layout, profile, seed):
-        write_synthetic_dataset(root, layout=layout, profile=profile, seed=seed, overwrite=True, progress=progress)
+        from filelock import FileLock  # a dependency of torch and transformers (in the lock)
+
+        # several processes (parallel training) may find the same folder stale at once: one writes it, the others
+        # wait for the lock and then find it written
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root.parent / f".{root.name}.lock")):
+            if not _card_matches(root, layout, profile, seed):
+                write_synthetic_dataset(
+                    root, layout=layout, profile=profile, seed=seed, overwrite=True, progress=progress
+                )
     return FlowNarData(root, layout)

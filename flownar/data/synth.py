@@ -905,7 +905,7 @@ def _clear_previous(out: Path) -> None:
         old = get_layout(json.loads(card_path.read_text()).get("layout", ""))
     except (ValueError, OSError, AttributeError):
         old = None
-    card_path.unlink()
+    card_path.unlink(missing_ok=True)
     (out / METADATA_FILE).unlink(missing_ok=True)
     if old is not None:
         shutil.rmtree(old.feature_dir(out), ignore_errors=True)
