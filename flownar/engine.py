@@ -455,7 +455,10 @@ class CapturedStep:
         self._captured: dict[tuple, tuple] = {}
         self.captures = 0  # graphs captured so far (for benchmarks and tests)
 
-    unsupported = staticmethod(lambda model, weights: CompiledStep.unsupported(model, weights))
+    @staticmethod
+    def unsupported(model, weights: "StepWeights") -> str | None:
+        """Why this model cannot run captured (None if it can): the compiled step's conditions."""
+        return CompiledStep.unsupported(model, weights)
 
     def _step(self, x, cos, sin, keys: list[torch.Tensor], values: list[torch.Tensor], slots, mask) -> torch.Tensor:
         dec = self.model.model

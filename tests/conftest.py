@@ -57,3 +57,23 @@ def ek100_root(tmp_path):
         "val": {"P02_01": nar((2.0, "You cut the onion."), (5.5, "You put down the knife."))},
     }
     return write_dataset(tmp_path / "ek100", "ek100", {"P01_01": 12, "P01_02": 9, "P02_01": 14}, ann)
+
+
+def write_tiny_llama(path: Path, tok, hidden: int = 64, intermediate: int = 128) -> Path:
+    """A local Llama folder (random weights, seed 0) with ``tok`` saved beside it, as a paper-scale ``--llm``. The
+    placeholders <m>, <v> lie beyond its vocabulary, as with Llama-3 (they are clamped, then replaced)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok) - 2,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=intermediate,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import write_tiny_llama
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from flownar.checkpoint import CheckpointError, load_trained
 from flownar.cli import main
@@ -50,19 +50,7 @@ def original_name(ours: str) -> str:
 def source(tmp_path_factory):
     base = tmp_path_factory.mktemp("convert")
     tok = train_word_tokenizer(["you take the cup", "you open the fridge", "you wash the knife"])
-    llm = base / "tiny-llama"
-    cfg = LlamaConfig(
-        vocab_size=len(tok) - 2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(llm)
-    tok.save_pretrained(llm)
+    llm = write_tiny_llama(base / "tiny-llama", tok, hidden=32, intermediate=64)
     chat = ChatTokenizer(tok, N, M)
     tcfg = TrainConfig(system="flownar", llm_path=str(llm), lora_r=4, lora_alpha=8, num_m_tokens=M)
     tcfg.memory_readout = "frame_cls"

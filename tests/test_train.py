@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import write_tiny_llama
+from transformers import LlamaForCausalLM
 
 from flownar.cli import main
 from flownar.data.prepare import prepare_dataset
@@ -115,20 +116,7 @@ def test_lora_on_a_tiny_random_llama(env):
     """Paper-scale path: a local Llama directory (random weights) + its tokenizer, LoRA, connector/CLAM in full."""
     data = prepare_dataset("ek100", None, "smoke", 0, progress=False)
     tok = build_tokenizer(data)
-    llm = env / "tiny-llama"
-    # the placeholders <m>, <v> lie beyond the LLM's vocabulary, as with Llama-3 (they are clamped, then replaced)
-    cfg = LlamaConfig(
-        vocab_size=len(tok) - 2,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(llm)
-    tok.save_pretrained(llm)
+    llm = write_tiny_llama(env / "tiny-llama", tok)
     out = env / "lora_run"
     tcfg = train_config(
         "flownar", "smoke", out=str(out), llm_path=str(llm), max_steps=2, progress=False, lora_r=8, lora_alpha=16
