@@ -12,7 +12,7 @@ from .data.chat import ChatTokenizer
 from .data.samples import build_stream_samples
 from .models import FlowNarConfig
 from .models.flash_memory import flash_readouts
-from .models.masks import expiry_positions
+from .models.masks import sample_expiry
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -49,9 +49,7 @@ class StreamDataset(torch.utils.data.Dataset):
         s = self.samples[i]
         enc = self.chat.encode(s)
         frames = self.features(s.video_uid)[s.frames.start : s.frames.stop].float()  # (F, N, D)
-        expiry = None
-        if self.config.dcm or self.config.last_k_narration is not None:
-            expiry = expiry_positions(len(enc.input_ids), enc.spans, self.config.dcm, self.config.last_k_narration)
+        expiry = sample_expiry(enc, self.config)
         item = dict(
             input_ids=enc.input_ids[None],
             labels=enc.labels[None],

@@ -15,6 +15,11 @@ Llama forward does with sdpa attention: a test holds its logits to the teacher-f
 bookkeeping only: no mask factory, no per-call cache objects, one additive mask shared by all layers of a step
 (none for single-token steps). VideoLLM-MoD's routed layers cache only the tokens they compute, so each layer
 keeps its own length.
+
+Contiguous positions (streaming-vlm: every token's position is its index in the cache, re-indexed after each
+eviction, as StreamingVLM): the cache holds un-rotated keys, and each step rotates the cached keys at their slots
+(0, 1, ...) and its queries at theirs (``start`` must then be the cache's length). One extra elementwise pass over
+a bounded window per layer; exact, with no rotation error piling up over re-indexings.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models.dcm_attention import rotate
 
 
 class StaticKVCache:
@@ -141,23 +148,27 @@ class StaticKVCache:
 
 
 class SlotTags:
-    """What each cached token is (kind code, segment id, narration id): numpy arrays that grow and compact with the
-    cache, so DCM's deletions are vectorised rather than Python loops over the cache."""
+    """What each cached token is (kind code, segment id, narration id, frame index): numpy arrays that grow and
+    compact with the cache, so the cache policies' deletions are vectorised rather than Python loops over the
+    cache."""
 
     KINDS = ("other", "frames", "memory", "narration")
+    FIELDS = ("kind", "segment", "narration", "frame")
 
     def __init__(self, capacity: int = 1024):
         self.kind = np.zeros(capacity, np.int8)
         self.segment = np.full(capacity, -1, np.int64)
         self.narration = np.full(capacity, -1, np.int64)
+        self.frame = np.full(capacity, -1, np.int64)  # the frame being fed when the token came (read for "frames")
         self.n = 0
 
-    def add_codes(self, kinds: np.ndarray, segments, narrations) -> None:
-        """Append tags: ``kinds`` as codes (indices into :attr:`KINDS`), one segment and narration id per token."""
+    def add_codes(self, kinds: np.ndarray, segments, narrations, frames=-1) -> None:
+        """Append tags: ``kinds`` as codes (indices into :attr:`KINDS`), one segment, narration id and frame per
+        token (scalars broadcast)."""
         m = len(kinds)
         if self.n + m > self.kind.size:
             cap = max(self.n + m, 2 * self.kind.size)
-            for name in ("kind", "segment", "narration"):
+            for name in self.FIELDS:
                 old = getattr(self, name)
                 new = np.full(cap, -1 if name != "kind" else 0, old.dtype)
                 new[: self.n] = old[: self.n]
@@ -166,19 +177,25 @@ class SlotTags:
         self.kind[sl] = kinds
         self.segment[sl] = segments
         self.narration[sl] = narrations
+        self.frame[sl] = frames
         self.n += m
 
-    def keep_mask(self, *, segment: int | None = None, narration: int | None = None) -> np.ndarray:
+    def keep_mask(
+        self, *, segment: int | None = None, narration: int | None = None, frames_upto: int | None = None
+    ) -> np.ndarray:
+        """Everything but the tokens of ``segment``, of ``narration``, and of the frames ``<= frames_upto``."""
         keep = np.ones(self.n, bool)
         if segment is not None:
             keep &= self.segment[: self.n] != segment
         if narration is not None:
             keep &= self.narration[: self.n] != narration
+        if frames_upto is not None:
+            keep &= ~((self.kind[: self.n] == 1) & (self.frame[: self.n] <= frames_upto))
         return keep
 
     def compact(self, keep: np.ndarray) -> None:
         m = int(keep.sum())
-        for name in ("kind", "segment", "narration"):
+        for name in self.FIELDS:
             arr = getattr(self, name)
             arr[:m] = arr[: self.n][keep]
         self.n = m
@@ -412,6 +429,8 @@ class CompiledStep:
     @staticmethod
     def unsupported(model, weights: "StepWeights") -> str | None:
         """Why this model cannot run compiled (None if it can)."""
+        if model.config.contiguous_positions:
+            return "contiguous positions re-rotate the cached keys at every step (not built into this step)"
         if any(getattr(layer, "router", None) is not None for layer in model.model.layers):
             return "MoD's routed layers select tokens data-dependently"
         if not all(p.fused for p in weights.layers):
@@ -527,6 +546,11 @@ def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask) -> torch.
     return x + proj.down(mlp.act_fn(gate) * up)
 
 
+def _rope_from(dec, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (1, m, hd) of positions 0..m-1 from the decoder's rotary embedding."""
+    return dec.rotary_emb(x, torch.arange(m, device=x.device)[None])
+
+
 def _fusable_params(layer) -> list[torch.Tensor]:
     attn, mlp = layer.self_attn, layer.mlp
     mods = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
@@ -561,6 +585,7 @@ def _layer(
     cos: torch.Tensor,
     sin: torch.Tensor,
     streams: list[tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor | None]],
+    key_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One Llama decoder layer on new tokens ``x`` (1, N, H) of one or more streams, one after the other along N.
 
@@ -569,14 +594,20 @@ def _layer(
     (``mask``: additive (n, start + n), or None = every earlier token, the new ones causally). Norms, projections
     and the MLP run on all N rows at once; the attention is per stream. A pure function of tensors (no cache
     bookkeeping): the eager step, the compiled one (:class:`CompiledStep`) and the batched one
-    (:func:`forward_batch`) all run this code."""
+    (:func:`forward_batch`) all run this code.
+
+    ``key_rope``: contiguous positions: (cos, sin) (1, M, hd) of positions 0..M-1; the new keys are cached
+    un-rotated and each stream's cached keys are rotated at their slots for its attention (``cos``/``sin`` then
+    rotate the queries only, at their slots)."""
     attn, mlp = layer.self_attn, layer.mlp
     N, hd = x.shape[1], attn.head_dim
     h = _rms_norm(layer.input_layernorm, x)
     q, k, v = proj.qkv(h)  # (1, N, q_out), (1, N, kv_out) x 2
     heads = proj.q_out // hd
-    # rotate q and k together: (1, N, heads + kv_heads, hd)
-    qk = _rope(torch.cat((q, k), dim=-1).view(1, N, -1, hd), cos, sin)
+    if key_rope is None:  # rotate q and k together: (1, N, heads + kv_heads, hd)
+        qk = _rope(torch.cat((q, k), dim=-1).view(1, N, -1, hd), cos, sin)
+    else:  # contiguous positions: the queries only; keys are cached un-rotated
+        qk = torch.cat((_rope(q.view(1, N, -1, hd), cos, sin), k.view(1, N, -1, hd)), dim=2)
     v = v.view(1, N, -1, hd)
     gqa = attn.num_key_value_groups != 1  # a module constant: static under torch.compile
     qk, v = qk.transpose(1, 2), v.transpose(1, 2)  # (1, heads + kv_heads, N, hd), (1, kv_heads, N, hd) views
@@ -585,6 +616,8 @@ def _layer(
         keys[:, :, start : start + n] = qk[:, heads:, a : a + n]  # (1, kv_heads, n, hd)
         values[:, :, start : start + n] = v[:, :, a : a + n]
         K, V = keys[:, :, : start + n], values[:, :, : start + n]  # (1, kv_heads, start + n, hd) views
+        if key_rope is not None:  # every cached key at its slot
+            K = rotate(K, key_rope[0][:, : start + n], key_rope[1][:, : start + n])
         if mask is None and n > 1:
             mask = tail_causal_mask(n, start + n, x.dtype, x.device)
         q_s = qk[:, :heads, a : a + n]  # (1, heads, n, hd)
@@ -597,11 +630,13 @@ def _layer(
     return x + proj.down(mlp.act_fn(gate) * up)
 
 
-def _attend(layer, x, cos, sin, cache: StaticKVCache, i: int, mask, proj: _Projections) -> torch.Tensor:
+def _attend(
+    layer, x, cos, sin, cache: StaticKVCache, i: int, mask, proj: _Projections, key_rope=None
+) -> torch.Tensor:
     """:func:`_layer` on layer ``i`` of one stream's ``cache``: make room, run it, count the new tokens."""
     start, n = cache.lengths[i], x.shape[1]
     cache.reserve(i, start + n)
-    x = _layer(layer, proj, x, cos, sin, [(cache.keys[i], cache.values[i], start, n, mask)])
+    x = _layer(layer, proj, x, cos, sin, [(cache.keys[i], cache.values[i], start, n, mask)], key_rope)
     cache.lengths[i] = start + n
     return x
 
@@ -641,7 +676,14 @@ def forward_step(
     ``position_ids`` may be None and the RoPE table is sliced instead of computed)."""
     dec = model.model
     n = embeds.shape[1]
-    if start is not None and weights is not None:
+    key_rope = None
+    if model.config.contiguous_positions:  # positions = cache slots: a table from 0, the queries at the tail
+        start = cache.lengths[0]
+        if position_ids is not None or mask is not None or len(set(cache.lengths)) != 1:
+            raise ValueError("contiguous positions: the new tokens sit at the cache's end (no position_ids or mask)")
+        key_rope = weights.rope(embeds, 0, start + n) if weights is not None else _rope_from(dec, embeds, start + n)
+        cos, sin = key_rope[0][:, start:], key_rope[1][:, start:]
+    elif start is not None and weights is not None:
         cos, sin = weights.rope(embeds, start, n)
     else:
         if position_ids is None:
@@ -655,6 +697,7 @@ def forward_step(
     if (
         weights is not None
         and weights.compiled is not None
+        and key_rope is None
         and mask is None
         and routing_log is None
         and len(set(cache.lengths)) == 1
@@ -666,7 +709,7 @@ def forward_step(
             x = _routed(layer, x, cos, sin, cache, i, frame_positions, routing_log, proj)
         else:
             m = shared if shared is not None and cache.lengths[i] + n == shared.shape[1] else None
-            x = _attend(layer, x, cos, sin, cache, i, m, proj)
+            x = _attend(layer, x, cos, sin, cache, i, m, proj, key_rope)
     return _rms_norm(dec.norm, x)
 
 
@@ -688,8 +731,14 @@ def forward_batch(
     ns = [e.shape[1] for e, _, _ in steps]
     x = torch.cat([e for e, _, _ in steps], dim=1)  # (1, N, H)
     device = x.device
-    pos = torch.cat([torch.arange(s, s + n, device=device) for (_, s, _), n in zip(steps, ns)])[None]  # (1, N)
-    cos, sin = dec.rotary_emb(x, pos)  # (1, N, hd)
+    key_rope = None
+    if model.config.contiguous_positions:  # positions = cache slots (each stream's new tokens at its end)
+        steps = [(e, c.lengths[0], c) for e, _, c in steps]
+        key_rope = _rope_from(dec, x, max(s + n for (_, s, _), n in zip(steps, ns)))
+        cos, sin = (torch.cat([t[:, s : s + n] for (_, s, _), n in zip(steps, ns)], dim=1) for t in key_rope)
+    else:
+        pos = torch.cat([torch.arange(s, s + n, device=device) for (_, s, _), n in zip(steps, ns)])[None]  # (1, N)
+        cos, sin = dec.rotary_emb(x, pos)  # (1, N, hd)
     projections = weights.layers if weights is not None else [_Projections(layer, False) for layer in dec.layers]
     starts = []
     for (_, _, cache), n in zip(steps, ns):
@@ -701,7 +750,7 @@ def forward_batch(
     masks = [None if n == 1 else tail_causal_mask(n, s + n, x.dtype, device) for s, n in zip(starts, ns)]
     for i, (layer, proj) in enumerate(zip(dec.layers, projections)):
         streams = [(c.keys[i], c.values[i], s, n, m) for (_, _, c), s, n, m in zip(steps, starts, ns, masks)]
-        x = _layer(layer, proj, x, cos, sin, streams)
+        x = _layer(layer, proj, x, cos, sin, streams, key_rope)
     for (_, _, cache), s, n in zip(steps, starts, ns):
         cache.lengths = [s + n] * len(cache.keys)
     return list(_rms_norm(dec.norm, x).split(ns, dim=1))

@@ -99,7 +99,7 @@ def lora_step(out: Path, device: str, llm: str, frames: int) -> dict:
     from .batches import model_inputs
     from .data.samples import Narration, NarrationStream, VideoInfo, make_stream_sample
     from .efficiency.accounting import bench_chat, bench_config, bench_model
-    from .models.masks import expiry_positions
+    from .models.masks import sample_expiry
     from .train import lora_target_modules
 
     chat = bench_chat()
@@ -118,7 +118,7 @@ def lora_step(out: Path, device: str, llm: str, frames: int) -> dict:
     stream = NarrationStream("v", "v", narrations)
     s = make_stream_sample(stream, VideoInfo("v", seconds, Path("x")), 2.0, use_memory=True, seed=None)
     enc = chat.encode(s)
-    expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration)
+    expiry = sample_expiry(enc, cfg)
     batch = dict(
         input_ids=enc.input_ids[None],
         labels=enc.labels[None],

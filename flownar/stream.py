@@ -197,8 +197,10 @@ class Narrator:
         self.record_logits = record_logits
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        if self.cfg.mod and (self.cfg.dcm or self.cfg.last_k_narration is not None):
-            raise NotImplementedError("MoD routing together with cache pruning (DCM, last-k) is not supported")
+        if self.cfg.mod and self.cfg.evicts:
+            raise NotImplementedError("MoD routing together with cache pruning (DCM, last-k, a window) is not supported")
+        if self.cfg.contiguous_positions and engine != "static":
+            raise ValueError(f"{self.cfg.system}: contiguous positions run on the static engine only (engine='static')")
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -324,7 +326,9 @@ class Narrator:
         for all of them) can run the same narrator code."""
         n = len(chunk.ids)
         memory = self.memory if chunk.m is not None else None
-        hidden = yield StepRequest(self, chunk, self.pos, frame, memory, advance)
+        # contiguous positions (streaming-vlm): the new tokens sit at the cache's end, whatever left it before
+        start = self.tags.n if self.cfg.contiguous_positions else self.pos
+        hidden = yield StepRequest(self, chunk, start, frame, memory, advance)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
             self.fed_logits.append(logits[0])
@@ -332,6 +336,7 @@ class Narrator:
             chunk.kind,
             np.where(chunk.seg_owned, self.segment, PERMANENT),
             np.where(chunk.nar_owned, narration, PERMANENT),
+            self.frame,  # kept for "frames" tokens only (the vision window)
         )
         self.pos += n
         self.fed_ids += chunk.ids
@@ -451,6 +456,9 @@ class Narrator:
         self.frame += 1
         self.counters.frames += 1
         i = self.frame
+        window = self.cfg.vision_window
+        if window is not None and i >= window:  # streaming-vlm: frame i - window leaves as frame i arrives
+            self._delete(self.tags.keep_mask(frames_upto=i - window))
         if i == 0:
             return (yield from self._prompt(frame, script_text))
         if self.pending_eos:

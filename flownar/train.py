@@ -86,6 +86,7 @@ class TrainConfig:
     memory_readout: str = "segment_end"
     flash_clusters: int = -1  # flash-vstream: CSM centroids (-1: the rest of the memory block)
     flash_detail_frames: int = -1  # flash-vstream: retrieved frames (-1: 1 if the block has room)
+    vision_window: int = -1  # streaming-vlm: frames kept in the cache (-1: the preset's 32)
     # optimisation
     epochs: float = 2.0
     lr: float = 2e-4
@@ -191,7 +192,7 @@ def build_model(cfg: TrainConfig, chat: ChatTokenizer, feature_dim: int):
     overrides = dict(num_m_tokens=cfg.num_m_tokens, memory_readout=cfg.memory_readout)
     if cfg.last_k_narration != -1:
         overrides["last_k_narration"] = cfg.last_k_narration
-    for name in ("flash_clusters", "flash_detail_frames"):
+    for name in ("flash_clusters", "flash_detail_frames", "vision_window"):
         if getattr(cfg, name) != -1:
             overrides[name] = getattr(cfg, name)
     if not cfg.llm_path:

@@ -70,7 +70,7 @@ def test_kv_bytes_per_token_of_llama_3_2_1b(chat):
     assert kv_bytes_per_token(cfg8, 2) == 2 * 32 * 8 * 128 * 2
 
 
-@pytest.mark.parametrize("system", ["videollm-online", "videollm-mod", "flownar"])
+@pytest.mark.parametrize("system", ["videollm-online", "videollm-mod", "flownar", "streaming-vlm"])
 def test_mac_formulas_match_the_flop_counter(chat, system):
     """The analytic MACs of a traced stream equal what torch's flop counter sees when the engine runs it (sdpa
     forced to its math backend, whose matmuls the counter sees). Not flash-vstream: its memory's k-means takes a

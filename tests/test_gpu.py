@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_stream import D, micro, replay, sample, tok  # noqa: F401  (tok is a fixture)
 
-from flownar.models.masks import expiry_positions
+from flownar.models.masks import sample_expiry
 from flownar.stream import Narrator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,7 +40,7 @@ def test_streaming_equals_teacher_forced_on_gpu(tok, capture):  # noqa: F811
     enc = chat.encode(s)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1)).cuda()
     cfg = model.config
-    expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration).cuda()
+    expiry = sample_expiry(enc, cfg).cuda()
     with torch.no_grad():
         ref = model(
             input_ids=enc.input_ids[None].cuda(),

@@ -12,7 +12,7 @@ from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
 from flownar.models import SYSTEMS, CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for
-from flownar.models.masks import expiry_positions, render_visibility, visibility
+from flownar.models.masks import expiry_positions, render_visibility, sample_expiry, visibility
 
 TEXTS = [
     "You open the fridge.",
@@ -45,9 +45,7 @@ def batch_for(model, chat, sample, seed=0):
     g = torch.Generator().manual_seed(seed)
     frames = torch.randn(sample.num_frames, chat.frame_num_tokens, D, generator=g)
     cfg = model.config
-    expiry = None
-    if cfg.dcm or cfg.last_k_narration is not None:
-        expiry = expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration)
+    expiry = sample_expiry(enc, cfg)
     return dict(
         input_ids=enc.input_ids[None],
         labels=enc.labels[None],
@@ -285,3 +283,44 @@ def test_dcm_block_attention_equals_the_dense_mask(tok, system, kw):
         q, k, v, attn_mask=additive_mask(visibility(expiry), torch.float32), enable_gqa=True
     )
     torch.testing.assert_close(dcm_sdpa(q, k, v, dcm_blocks(expiry)), dense, atol=1e-5, rtol=1e-5)
+
+
+def test_contiguous_block_attention_equals_the_definition(tok):
+    """streaming-vlm's block attention with contiguous positions equals the per-query definition (each token at
+    its index among the tokens the query sees), with grouped-query heads."""
+    from flownar.models.dcm_attention import contiguous_reference, dcm_blocks, dcm_sdpa
+
+    model, chat = micro_model(tok, "streaming-vlm", vision_window=3, last_k_narration=1)
+    batch, enc = batch_for(model, chat, make_sample(False))
+    expiry = batch["expiry"]
+    L = expiry.shape[0]
+    assert int((expiry < L).sum()) > L // 4  # frames and narrations do leave
+    rope = model.model.rotary_emb(torch.zeros(1, 1), torch.arange(L)[None])
+    q, k, v = torch.randn(1, 4, L, 8), torch.randn(1, 2, L, 8), torch.randn(1, 2, L, 8)
+    rope = tuple(t[..., :8] for t in rope)
+    got = dcm_sdpa(q, k, v, dcm_blocks(expiry), rope=rope)
+    torch.testing.assert_close(got, contiguous_reference(q, k, v, expiry, rope), atol=1e-5, rtol=1e-5)
+
+
+def test_vision_window_expiry_follows_the_frame_steps(tok):
+    """Frame f's tokens (its separator, its <v> run, a run's closing token) expire where frame f + W's step starts:
+    its ',' or, after a narration, that narration's EOS."""
+    from flownar.models.masks import frame_steps
+
+    model, chat = micro_model(tok, "streaming-vlm", vision_window=2, last_k_narration=None)
+    enc = chat.encode(make_sample(False))
+    steps = frame_steps(enc.spans, enc.frame_positions)
+    until = sample_expiry(enc, model.config)
+    ids = enc.input_ids
+    for f, (step, first, stop) in enumerate(steps):
+        assert int(ids[first]) in (chat.silent_id, chat.open_id)
+        assert bool((ids[first + 1 : first + 1 + chat.frame_num_tokens] == chat.v_id).all())
+        if f:
+            assert int(ids[step]) in (chat.silent_id, chat.eos_id)
+        expected = steps[f + 2][0] if f + 2 < len(steps) else len(ids)
+        assert bool((until[first:stop] == expected).all())
+    # only frame tokens expire without a narration window
+    owned = torch.zeros(len(ids), dtype=torch.bool)
+    for _, first, stop in steps:
+        owned[first:stop] = True
+    assert bool((until[~owned] == len(ids)).all())

@@ -10,6 +10,7 @@ from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
+from flownar.stream import Narrator
 from flownar.eval.oracle import OracleEvaluator, aggregate, sample_summary, turn_metrics
 from flownar.models import FlowNarForCausalLM, config_for
 
@@ -97,7 +98,7 @@ class AlwaysSilent(torch.nn.Module):
         return out
 
 
-@pytest.mark.parametrize("system", ["videollm-online", "videollm-mod", "flownar-c", "flownar"])
+@pytest.mark.parametrize("system", ["videollm-online", "videollm-mod", "flownar-c", "flownar", "streaming-vlm"])
 def test_look_ahead_on_models(system):
     tok = train_word_tokenizer(TEXTS)
     chat = ChatTokenizer(tok, frame_num_tokens=10 if system == "videollm-mod" else 3, num_m_tokens=4)
@@ -133,11 +134,11 @@ def test_teacher_forcing_table_labels_the_papers_dataset():
     assert not any(c.startswith("paper:") for c in t.columns)
 
 
-def _sample_for(system, frame_num_tokens=3):
+def _sample_for(system, frame_num_tokens=3, **kw):
     tok = train_word_tokenizer(TEXTS)
     chat = ChatTokenizer(tok, frame_num_tokens=frame_num_tokens, num_m_tokens=4)
     torch.manual_seed(0)
-    model = FlowNarForCausalLM(config_for(system, chat, 16, size="micro", clam_dropout=0.0)).eval()
+    model = FlowNarForCausalLM(config_for(system, chat, 16, size="micro", clam_dropout=0.0, **kw)).eval()
     stream = NarrationStream("v", "v", [Narration(t, x) for t, x in zip((1.0, 3.0, 4.0, 7.0), TEXTS[:4])])
     s = make_stream_sample(stream, VideoInfo("v", 20.0, Path("x")), 2.0, use_memory=model.config.use_memory, seed=None)
     enc = chat.encode(s)
@@ -183,3 +184,26 @@ def test_look_ahead_equals_a_teacher_forced_pass_of_the_silent_stream(system):
         ref = model(input_ids=torch.tensor([ids]), frames=f).logits[0]
     last = [last_v + (j + 1) * (n + 1) for j in range(m)]
     torch.testing.assert_close(logits, ref[last].float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_look_ahead_with_contiguous_positions_equals_the_silent_stream(turn):
+    """streaming-vlm (a 3-frame window, so frames leave and positions are re-indexed during the look-ahead): the
+    look-ahead's decision logits are those of the streaming engine that stays silent where the turn's narration
+    was, frame for frame."""
+    model, chat, enc, frames = _sample_for("streaming-vlm", vision_window=3, last_k_narration=1)
+    stream = NarrationStream("v", "v", [Narration(t, x) for t, x in zip((1.0, 3.0, 4.0, 7.0), TEXTS[:4])])
+    s = make_stream_sample(stream, VideoInfo("v", 20.0, Path("x")), 2.0, use_memory=False, seed=None)
+    ev = OracleEvaluator(model, chat)
+    plan, logits = ev.look_ahead_logits(enc, frames, turn)
+    m = plan.frame_tokens.shape[0]
+    assert m >= 1
+    at = dict(zip(s.narration_frames, [x.content for x in s.messages if x.role == "assistant"]))
+    removed = s.narration_frames[turn]  # the turn's own narration is not there
+    nr = Narrator(model, chat, record_logits=True)
+    for i in range(removed + 1 + m):
+        speak = i in at and i < removed  # the GT schedule before the turn's narration, silent from there
+        nr.push(frames[i], speak=speak if i else None, script_text=at.get(i) if speak else None)
+    got = torch.stack([fl[-1] for fl in nr.fed_logits[-m:]])
+    torch.testing.assert_close(logits, got, rtol=1e-4, atol=1e-4)
+    assert nr.counters.deleted_tokens > 0

@@ -11,7 +11,7 @@ from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
 from flownar.models import SYSTEMS, FlowNarForCausalLM, config_for
-from flownar.models.masks import expiry_positions
+from flownar.models.masks import sample_expiry
 from flownar.stream import Narrator, drive_streams, narrators_for
 
 TEXTS = [
@@ -60,11 +60,13 @@ def replay(narrator, s, frames):
         narrator.push(frames[i], speak=(i in at) if i else None, script_text=at.get(i))
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS) + ["flownar-c-k1", "flownar-frame-cls"])
+@pytest.mark.parametrize("system", sorted(SYSTEMS) + ["flownar-c-k1", "flownar-frame-cls", "streaming-vlm-w3"])
 def test_streaming_logits_equal_teacher_forced(tok, system):
     kw = {}
     if system == "flownar-c-k1":
         system, kw = "flownar-c", {"last_k_narration": 1}
+    if system == "streaming-vlm-w3":  # windows small enough that frames and narrations leave mid-stream
+        system, kw = "streaming-vlm", {"vision_window": 3, "last_k_narration": 2}
     if system == "flownar-frame-cls":
         system, kw = "flownar", {"memory_readout": "frame_cls"}
     model, chat = micro(tok, system, n=10 if system == "videollm-mod" else 3, **kw)
@@ -72,11 +74,7 @@ def test_streaming_logits_equal_teacher_forced(tok, system):
     enc = chat.encode(s)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1))
     cfg = model.config
-    expiry = (
-        expiry_positions(len(enc.input_ids), enc.spans, cfg.dcm, cfg.last_k_narration)
-        if (cfg.dcm or cfg.last_k_narration is not None)
-        else None
-    )
+    expiry = sample_expiry(enc, cfg)
     with torch.no_grad():
         ref = model(
             input_ids=enc.input_ids[None], frames=frames, mem_frame_indices=enc.mem_frame_indices, expiry=expiry
@@ -165,12 +163,13 @@ def replay_steps(narrator, s, frames):
     return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size(), narrator.clam_state
 
 
-@pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c", "flash-vstream"])
+@pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c", "flash-vstream", "streaming-vlm"])
 def test_batched_streams_equal_each_stream_alone(tok, system):
     """Three streams on two narrators (so one narrator takes a second clip mid-run), one batched decoder step per
     round: each stream feeds the same tokens, gets the same logits and ends with the same cache (and CLAM state) as
-    alone."""
-    model, chat = micro(tok, system)
+    alone. (streaming-vlm with a 3-frame window: the streams' caches are re-indexed at different moments.)"""
+    kw = {"vision_window": 3, "last_k_narration": 2} if system == "streaming-vlm" else {}
+    model, chat = micro(tok, system, **kw)
     s = sample(model.config.use_memory)
     clips = [
         torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(k))

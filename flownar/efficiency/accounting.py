@@ -135,7 +135,7 @@ class StreamTrace:
 
 def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
     """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for ``system`` flags of ``cfg`` (dcm,
-    use_memory, last_k_narration, mod) without a model. Narrations happen at ``schedule`` frames (0 is forced),
+    use_memory, last_k_narration, vision_window, mod) without a model. Narrations happen at ``schedule`` frames (0 is forced),
     each ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish`` forces one at the
     last frame, as ``Narrator.finish`` does."""
     N, Q = layout_.frame_tokens, layout_.memory_tokens
@@ -144,13 +144,16 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
     state = {"perm": 0, "perm_r": 0}  # tokens never deleted (all layers / routed layers)
     seg: list[int] = [0, 0]  # current segment's tokens (unrouted, routed): deleted by DCM
     narr: list[list[int]] = []  # FlowNar-C: per kept narration [tokens, routed tokens]
+    window = cfg.vision_window
+    frames: dict[int, list[int]] = {}  # a vision window's frames: frame -> [tokens, routed tokens]
+    frame = [0]  # the frame being fed
     peak = [0]
 
     def total():
-        return state["perm"] + seg[0] + sum(x[0] for x in narr)
+        return state["perm"] + seg[0] + sum(x[0] for x in narr) + sum(x[0] for x in frames.values())
 
     def total_r():
-        return state["perm_r"] + seg[1] + sum(x[1] for x in narr)
+        return state["perm_r"] + seg[1] + sum(x[1] for x in narr) + sum(x[1] for x in frames.values())
 
     def feed(parts):
         """One forward of tagged parts [(tokens, of which <v>, kind)]; kind: 'perm', 'seg' or 'narr' (the
@@ -163,7 +166,11 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
         tr.cached_routed.append(total_r())
         for pn, pv, kind in parts:
             nr = pn - pv + (pv // N) * k_sel
-            if kind == "seg":
+            if kind == "seg" and window is not None:  # the frame's own tokens, dropped by the window
+                x = frames.setdefault(frame[0], [0, 0])
+                x[0] += pn
+                x[1] += nr
+            elif kind == "seg":
                 seg[0] += pn
                 seg[1] += nr
             elif kind == "narr" and cfg.last_k_narration is not None:
@@ -202,6 +209,10 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
     pending = False
     last = -1
     for i in range(n_frames):
+        frame[0] = i
+        if window is not None and i >= window:  # frame i - window leaves as frame i arrives
+            for f in [f for f in frames if f <= i - window]:
+                del frames[f]
         peak[0] = total()
         if i == 0:
             run = layout_.prompt_frame_run

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..data.chat import IGNORE_INDEX
 from ..engine import StaticKVCache, forward_step
-from ..models.masks import additive_mask, expiry_positions, visibility
+from ..models.masks import additive_mask, frame_steps, sample_expiry, visibility
 from ..trigger import TriggerRule
 
 
@@ -101,6 +101,14 @@ class LookAhead:
     position_ids: torch.Tensor  # (m * (N + 1),) position ids of the appended tokens
 
 
+def frame_owner(enc, length: int) -> np.ndarray:
+    """(L,) the frame each token belongs to (:func:`flownar.models.masks.frame_steps`), -1 for other tokens."""
+    owner = np.full(length, -1, np.int64)
+    for f, (_, first, stop) in enumerate(frame_steps(enc.spans, enc.frame_positions)):
+        owner[first:stop] = f
+    return owner
+
+
 def look_ahead_plan(
     enc, until: torch.Tensor, turns: list[tuple[int, int]], t: int, last_v: int, n_v: int
 ) -> LookAhead | None:
@@ -136,12 +144,15 @@ class OracleEvaluator:
         cfg = self.cfg
         ids = enc.input_ids.to(self.device)
         L = ids.numel()
-        until = expiry_positions(L, enc.spans, cfg.dcm, cfg.last_k_narration)
+        expiry = sample_expiry(enc, cfg)
+        until = expiry if expiry is not None else torch.full((L,), L, dtype=torch.long)
         frames = frames.to(self.device)
         mem_idx = enc.mem_frame_indices.to(self.device)
         emb = self.model.joint_embed(ids[None], frames, mem_idx)
-        use_expiry = cfg.dcm or cfg.last_k_narration is not None
-        out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=until if use_expiry else None, use_cache=False)
+        # contiguous positions: the look-ahead continues from the pass's own (un-rotated) keys and values
+        kv_out = {} if cfg.contiguous_positions and expiry is not None else None
+        extra = {"dcm_kv_out": kv_out} if kv_out is not None else {}
+        out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=expiry, use_cache=False, **extra)
         logits = out.logits[0].float()
         labels = enc.labels.to(self.device)
         pred = logits.argmax(-1)
@@ -155,7 +166,7 @@ class OracleEvaluator:
             if plan is None:
                 return 0
             if not stream_kv:
-                stream_kv.append(self._stream_kv(enc, emb[0], until if use_expiry else None))
+                stream_kv.append(self._stream_kv(enc, emb[0], expiry, kv_out))
             return self._look_ahead(plan, emb[0], *stream_kv[0])
 
         results = []
@@ -169,11 +180,17 @@ class OracleEvaluator:
             )
         return results
 
-    def _stream_kv(self, enc, emb: torch.Tensor, until: torch.Tensor | None):
+    def _stream_kv(self, enc, emb: torch.Tensor, until: torch.Tensor | None, kv_out: dict | None = None):
         """Keys/values of the whole stream under the system's mask, and the full-sequence index of every cached
-        token per layer (a MoD-routed layer caches only the tokens it computed)."""
+        token per layer (a MoD-routed layer caches only the tokens it computed). ``kv_out``: the teacher-forced
+        pass's own keys/values (contiguous positions: un-rotated), used as they are."""
         L = emb.shape[0]
         kv = StaticKVCache.for_model(self.cfg, capacity=L, device=self.device, dtype=emb.dtype)
+        if kv_out is not None:
+            for li in range(len(self.model.model.layers)):
+                kv.append(li, *kv_out[li])
+            self._frame_owner = frame_owner(enc, L)
+            return kv, [torch.arange(L, device=self.device)] * len(self.model.model.layers)
         mask = None if until is None else additive_mask(visibility(until.cpu()), emb.dtype)[0, 0].to(self.device)
         fp = enc.frame_positions.to(self.device) if self.cfg.mod else None
         routed: dict[int, torch.Tensor] = {}  # layer -> the tokens it computed (and cached)
@@ -208,6 +225,8 @@ class OracleEvaluator:
             )
         silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
         new_emb = torch.cat([piece for j in range(m) for piece in (silent, emb[plan.frame_tokens[j].to(self.device)])])
+        if self.cfg.contiguous_positions:
+            return self._look_ahead_window(plan, new_emb, sub)
         fpos = None
         if self.cfg.mod:  # where each appended frame's <v> tokens are among the new tokens
             fpos = torch.stack([torch.arange(j * (n + 1) + 1, (j + 1) * (n + 1)) for j in range(m)]).to(self.device)
@@ -215,12 +234,34 @@ class OracleEvaluator:
         last = torch.tensor([(j + 1) * (n + 1) - 1 for j in range(m)], device=self.device)
         return self.model.lm_head(hidden[0, last]).float()
 
+    def _look_ahead_window(self, plan: LookAhead, new_emb: torch.Tensor, sub: StaticKVCache) -> torch.Tensor:
+        """The look-ahead of a system with contiguous positions (streaming-vlm): one frame at a time, as the
+        stream that stayed silent would feed them, each after its vision window has let the oldest frame go (the
+        positions are re-indexed, so the frames cannot be fed as one block)."""
+        n = self.cfg.frame_num_tokens
+        window = self.cfg.vision_window
+        owner = self._frame_owner[np.asarray(plan.alive)]  # frame of each cached token (-1: not a frame's)
+        first = int(self._frame_owner[plan.alive[-1]]) + 1  # the appended frames continue the turn's last one
+        out = []
+        for j in range(plan.frame_tokens.shape[0]):
+            f = first + j
+            if window is not None and f >= window:
+                keep = (owner < 0) | (owner > f - window)
+                sub.compact(keep)
+                owner = owner[keep]
+            hidden = forward_step(self.model, new_emb[None, j * (n + 1) : (j + 1) * (n + 1)], None, sub)
+            owner = np.concatenate([owner, np.full(n + 1, f)])
+            out.append(self.model.lm_head(hidden[0, -1:]).float())
+        return torch.cat(out)
+
     @torch.no_grad()
     def look_ahead_logits(self, enc, frames: torch.Tensor, t: int) -> tuple[LookAhead, torch.Tensor] | None:
         """The look-ahead of turn ``t`` of one sample on its own (for tests and inspection): its plan and logits."""
         cfg = self.cfg
         ids = enc.input_ids.to(self.device)
-        until = expiry_positions(ids.numel(), enc.spans, cfg.dcm, cfg.last_k_narration)
+        expiry = sample_expiry(enc, cfg)
+        L = ids.numel()
+        until = expiry if expiry is not None else torch.full((L,), L, dtype=torch.long)
         emb = self.model.joint_embed(ids[None], frames.to(self.device), enc.mem_frame_indices.to(self.device))[0]
         turns = _turns(ids, self.chat.eos_id)
         a, b = turns[t]
@@ -228,8 +269,11 @@ class OracleEvaluator:
         plan = look_ahead_plan(enc, until, turns, t, dec[-1], len(dec))
         if plan is None:
             return None
-        use_expiry = cfg.dcm or cfg.last_k_narration is not None
-        kv, cached = self._stream_kv(enc, emb, until if use_expiry else None)
+        kv_out = None
+        if cfg.contiguous_positions and expiry is not None:
+            kv_out = {}
+            self.model(input_ids=ids[None], inputs_embeds=emb[None], expiry=expiry, use_cache=False, dcm_kv_out=kv_out)
+        kv, cached = self._stream_kv(enc, emb, expiry, kv_out)
         return plan, self._look_ahead_logits(plan, emb, kv, cached)
 
 

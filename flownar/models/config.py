@@ -10,11 +10,21 @@ The systems (rows of the paper's tables) differ only in these fields:
 | flownar         | yes                                          | 20 tokens     | all               | no  |
 | dcm-only        | yes                                          | no            | all               | no  |
 | flash-vstream   | yes                                          | Flash Memory  | all               | no  |
+| streaming-vlm   | no: a window of the last 32 frames instead   | no            | 10                | no  |
 
 ``flash-vstream`` is this package's adaptation (Flash-VStream answers questions; it does not narrate): FlowNar with
 its memory block read from Flash-VStream-Qwen's Flash Memory (:mod:`flownar.models.flash_memory`: a weighted k-means
 synopsis of every frame so far + the real frames nearest the heaviest clusters, non-parametric) instead of CLAM,
 at CLAM's token budget (10 centroids + 1 frame of 10 tokens = 20 tokens).
+
+``streaming-vlm`` is this package's adaptation of StreamingVLM's cache (Xu et al., arXiv 2510.09608; it is not in the
+FlowNar paper): attention sinks (the prompt: system line, frame 0's neighbours, the instruction; never dropped) +
+a window of the most recent ``vision_window`` frames (32 = StreamingVLM's 16 one-second chunks at FlowNar-Data's
+2 fps) + a window of recent text (the last ``last_k_narration`` = 10 narrations, FlowNar-C's window: StreamingVLM
+counts 512 text tokens; whole narrations here, so the window never cuts a sentence and the system differs from
+FlowNar-C only in its visual context), nothing pruned at narrations, and *contiguous* positions
+(``contiguous_positions``: the kept tokens are re-indexed 0, 1, 2, ... after every eviction, StreamingVLM's
+``pos_mode="shrink"``): keys are cached un-rotated and rotated at their current index at every step.
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ SYSTEMS: dict[str, dict] = {
     "flownar": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False),
     "dcm-only": dict(dcm=True, use_memory=False, last_k_narration=None, mod=False),
     "flash-vstream": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False, memory="flash"),
+    "streaming-vlm": dict(
+        dcm=False, use_memory=False, last_k_narration=10, mod=False, vision_window=32, contiguous_positions=True
+    ),
 }
 # Display names used in tables.
 SYSTEM_NAMES = {
@@ -41,6 +54,7 @@ SYSTEM_NAMES = {
     "flownar": "FlowNar",
     "dcm-only": "DCM only (no CLAM)",
     "flash-vstream": "Flash-VStream memory (ours: FlowNar with Flash Memory)",
+    "streaming-vlm": "StreamingVLM-style cache (ours: sinks + recent frames + recent text)",
     "world-oracle": "World oracle (reference: not learned, knows the world)",
 }
 
@@ -66,6 +80,10 @@ class FlowNarConfig(LlamaConfig):
             Memory; ``flash_detail_frames`` retrieved frames (default: 1 if the block has room) + ``flash_clusters``
             CSM centroids (default: the rest of the ``num_m_tokens`` block); ``flash_low`` the low-resolution
             feature: ``"cls"`` or ``"mean"``); from the preset unless given.
+        vision_window: keep the frame tokens of only the most recent ``vision_window`` frames (a frame's tokens
+            leave the cache when frame ``f + vision_window`` arrives; None = no window); from the preset unless given.
+        contiguous_positions: RoPE positions are the tokens' current indices in the cache (re-indexed after every
+            eviction, StreamingVLM) instead of positions that keep counting; from the preset unless given.
         mod_capacity, mod_every: VideoLLM-MoD: fraction of each frame's vision tokens computed in the routed layers,
             and which layers are routed (every ``mod_every``-th, starting at layer 1).
     """
@@ -96,6 +114,8 @@ class FlowNarConfig(LlamaConfig):
         flash_clusters: int | None = None,
         flash_detail_frames: int | None = None,
         flash_low: str = "cls",
+        vision_window: int | None = -1,
+        contiguous_positions: bool | None = None,
         mod_capacity: float = 0.2,
         mod_every: int = 2,
         flownar_format_version: int = FLOWNAR_FORMAT_VERSION,
@@ -142,6 +162,14 @@ class FlowNarConfig(LlamaConfig):
                     f"({flash_clusters} centroids + {flash_detail_frames} frames x {frame_num_tokens}) but the "
                     f"memory block has num_m_tokens={num_m_tokens}"
                 )
+        self.vision_window = preset.get("vision_window") if vision_window == -1 else vision_window
+        if self.vision_window is not None and int(self.vision_window) < 1:
+            raise ValueError(f"vision_window must be >= 1 frames (or None), got {self.vision_window!r}")
+        self.contiguous_positions = (
+            preset.get("contiguous_positions", False) if contiguous_positions is None else bool(contiguous_positions)
+        )
+        if self.vision_window is not None and self.dcm:
+            raise ValueError("a vision window and DCM are two cache policies: choose one")
         self.mod_capacity = mod_capacity
         self.mod_every = mod_every
         self.flownar_format_version = flownar_format_version
@@ -173,6 +201,12 @@ class FlowNarConfig(LlamaConfig):
     @property
     def uses_flash(self) -> bool:
         return self.use_memory and self.memory == "flash"
+
+    @property
+    def evicts(self) -> bool:
+        """Whether anything ever leaves the cache (DCM, a narration window or a vision window): then a
+        teacher-forced pass needs the expiry positions (:func:`flownar.models.masks.sample_expiry`)."""
+        return self.dcm or self.last_k_narration is not None or self.vision_window is not None
 
     @property
     def routed_layers(self) -> tuple[int, ...]:

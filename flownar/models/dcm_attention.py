@@ -6,6 +6,11 @@ whose expiry is after ``a``) plus the block itself. Each block gathers those key
 tail-causal mask. The result equals masked attention with ``visibility(until)`` (tested), at a cost of
 sum(block x visible) instead of L^2, and without materialising an L x L mask (which on CPU made the DCM systems
 train 5-12x slower than VideoLLM-online).
+
+Contiguous positions (streaming-vlm, StreamingVLM's re-indexing after evictions): q and k arrive un-rotated
+(the model runs with all position ids 0), and each block rotates its gathered keys at 0, 1, ..., m - 1 and its
+queries at their indices among them, which is what the streaming engine does with the keys it caches un-rotated
+(:func:`contiguous_reference` is the per-query definition the tests hold this to).
 """
 
 from __future__ import annotations
@@ -26,8 +31,18 @@ def dcm_blocks(until: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
     return blocks
 
 
-def dcm_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks, scale: float | None = None) -> torch.Tensor:
-    """q (B, H, L, d), k/v (B, H_kv, L, d) -> (B, H, L, d): attention restricted to each block's visible keys."""
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding of ``x`` (B, H, n, d) at the positions whose cos/sin are (1, n, d)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rot * sin[:, None]
+
+
+def dcm_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks, scale: float | None = None, rope=None
+) -> torch.Tensor:
+    """q (B, H, L, d), k/v (B, H_kv, L, d) -> (B, H, L, d): attention restricted to each block's visible keys.
+    ``rope``: (cos, sin) (1, M, d) of positions 0..M-1 for contiguous positions (q, k un-rotated), else None."""
     gqa = q.shape[1] != k.shape[1]
     outs = []
     for a, b, keys in blocks:
@@ -35,16 +50,33 @@ def dcm_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks, scale: f
         n, m = b - a, keys.numel()
         mask = torch.zeros(n, m, dtype=q.dtype, device=q.device)  # (n, m): all earlier keys, the block causally
         mask[:, m - n :] = torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        qb, kb = q[:, :, a:b], k.index_select(2, keys)
+        if rope is not None:  # the visible keys at 0..m-1, the block's queries at m-n..m-1
+            cos, sin = rope
+            qb = rotate(qb, cos[:, m - n : m], sin[:, m - n : m])
+            kb = rotate(kb, cos[:, :m], sin[:, :m])
         outs.append(
             F.scaled_dot_product_attention(
-                q[:, :, a:b],
-                k.index_select(2, keys),
-                v.index_select(2, keys),
-                attn_mask=mask,
-                scale=scale,
-                enable_gqa=gqa,
+                qb, kb, v.index_select(2, keys), attn_mask=mask, scale=scale, enable_gqa=gqa
             )
         )  # (B, H, n, d)
+    return torch.cat(outs, dim=2)
+
+
+def contiguous_reference(q, k, v, until: torch.Tensor, rope, scale: float | None = None) -> torch.Tensor:
+    """The definition, one query at a time: query i sees ``V(i) = {j <= i : until[j] > i}``, and every token takes
+    its index in ``V(i)`` as its position (the query the last one). q (B, H, L, d), k/v (B, H_kv, L, d)
+    un-rotated. Slow; for tests."""
+    cos, sin = rope
+    groups = q.shape[1] // k.shape[1]
+    outs = []
+    for i in range(q.shape[2]):
+        vis = [j for j in range(i + 1) if int(until[j]) > i]
+        m = len(vis)
+        qi = rotate(q[:, :, i : i + 1], cos[:, m - 1 : m], sin[:, m - 1 : m])
+        ki = rotate(k[:, :, vis], cos[:, :m], sin[:, :m]).repeat_interleave(groups, dim=1)
+        w = torch.softmax((qi @ ki.transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5), dim=-1)
+        outs.append(w @ v[:, :, vis].repeat_interleave(groups, dim=1))
     return torch.cat(outs, dim=2)
 
 
@@ -57,18 +89,26 @@ def _attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     dcm_blocks=None,
+    dcm_rope=None,
+    dcm_kv_out: dict | None = None,
     **kwargs,
 ):
-    """transformers attention function ``flownar_dcm``: block attention when ``dcm_blocks`` is given, sdpa else."""
+    """transformers attention function ``flownar_dcm``: block attention when ``dcm_blocks`` is given, sdpa else.
+    ``dcm_kv_out``: a dict that receives each layer's keys and values as attention got them (layer index ->
+    (k, v), (B, H_kv, L, d); un-rotated with contiguous positions): the oracle's look-ahead continues from them."""
+    if dcm_kv_out is not None:
+        dcm_kv_out[module.layer_idx] = (key.detach(), value.detach())
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if dcm_blocks is None:
+        if dcm_rope is not None:
+            raise ValueError("contiguous positions need the block attention (expiry positions)")
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     if dropout:
         raise NotImplementedError("attention dropout is not supported by the DCM block attention")
-    out = dcm_sdpa(query, key, value, dcm_blocks, scale=scaling)  # (B, H, L, d)
+    out = dcm_sdpa(query, key, value, dcm_blocks, scale=scaling, rope=dcm_rope)  # (B, H, L, d)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -12,6 +12,10 @@ Rules (``L`` = sequence length, "narration g" = the ``Assistant ... <eos>`` span
 * with ``last_k_narration = k``, narration j (and the newline after its EOS) expires at the EOS of narration
   j + k: after a narration is produced, k narrations remain, and the cache stays bounded.
 
+* with ``vision_window = W`` (streaming-vlm), frame f's tokens (its ``,`` or ``[``, its ``<v>`` run and, for the
+  last frame of a run, the run-closing token) expire where the step of frame ``f + W`` starts: its ``,``, or the
+  EOS of the narration before it when it opens a new run (the engine feeds ``<eos>\n[V`` as one step).
+
 Deviations from the original training mask (reference 4.2 and 11.2), made so training matches streaming:
 the original lets the ``<eos> \\n [ <m>... ]\\n`` rows after a narration still see the segment that just ended
 (and the previous memory block), and its last-k window lets frame rows see k + 1 narrations. Here both follow
@@ -25,9 +29,64 @@ import torch
 from ..data.chat import Span
 
 
-def expiry_positions(length: int, spans: list[Span], dcm: bool, last_k_narration: int | None) -> torch.Tensor:
-    """``until`` (L,) long: the first query position that may no longer see each token."""
+def frame_steps(spans: list[Span], frame_positions: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Per frame of a sample, ``(step, first, stop)``: where the streaming step that feeds it starts (its ``,``, or
+    the EOS of the narration before it for the first frame of a run; 0 for a run no narration precedes: the prompt)
+    and the token range the frame owns (its ``,`` / ``[``, its ``<v>`` tokens, and the run-closing token after the
+    last frame of a run). ``frame_positions``: (F, N) positions of each frame's ``<v>`` tokens."""
+    fp = frame_positions
+    eos = [s.stop - 1 for s in spans if s.kind == "narration"]
+    out = []
+    for run in (s for s in spans if s.kind == "frames"):
+        inside = [f for f in range(fp.shape[0]) if run.start <= int(fp[f, 0]) < run.stop]
+        for a, f in enumerate(inside):
+            first = int(fp[f, 0]) - 1  # "," or "["
+            stop = int(fp[inside[a + 1], 0]) - 1 if a + 1 < len(inside) else run.stop
+            if a:
+                step = first
+            else:
+                before = [e for e in eos if e < run.start]
+                step = before[-1] if before else 0
+            out.append((step, first, stop))
+    if len(out) != fp.shape[0]:
+        raise ValueError(f"{fp.shape[0]} frames but {len(out)} found inside the frame runs")
+    return out
+
+
+def sample_expiry(enc, cfg) -> torch.Tensor | None:
+    """The expiry positions of an encoded sample under ``cfg``'s cache policy (None when nothing ever leaves the
+    cache: plain causal attention). The one call every teacher-forced pass makes (training, oracle, tests)."""
+    if not cfg.evicts:
+        return None
+    return expiry_positions(
+        len(enc.input_ids),
+        enc.spans,
+        cfg.dcm,
+        cfg.last_k_narration,
+        vision_window=cfg.vision_window,
+        frame_positions=enc.frame_positions,
+    )
+
+
+def expiry_positions(
+    length: int,
+    spans: list[Span],
+    dcm: bool,
+    last_k_narration: int | None,
+    vision_window: int | None = None,
+    frame_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``until`` (L,) long: the first query position that may no longer see each token (``frame_positions`` (F, N)
+    is needed with a ``vision_window``)."""
     until = torch.full((length,), length, dtype=torch.long)
+    if vision_window is not None:
+        if frame_positions is None:
+            raise ValueError("a vision window needs the frames' token positions")
+        steps = frame_steps(spans, frame_positions)
+        W = int(vision_window)
+        for f, (_, first, stop) in enumerate(steps):
+            if f + W < len(steps):
+                until[first:stop] = steps[f + W][0]
     narrations = [s for s in spans if s.kind == "narration"]
     eos = [s.stop - 1 for s in narrations]  # the EOS is the last token of a narration span
     if dcm:

@@ -350,8 +350,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             frames: (F, N, D) features of the frames whose ``<v>`` tokens appear in ``input_ids``, in order.
             mem_frame_indices: (B,) clip-relative frame after which each memory block reads CLAM.
             memory_features: (B, Q, D) Flash Memory read-outs computed beforehand (flash-vstream; optional).
-            expiry: (L,) the DCM expiry positions (:func:`flownar.models.masks.expiry_positions`); becomes the
-                4-D attention mask. None = causal.
+            expiry: (L,) the expiry positions of the system's cache policy (:func:`flownar.models.masks.
+                sample_expiry`): exact block attention, or a 4-D mask for MoD. None = causal. With contiguous
+                positions (streaming-vlm) the positions follow from it (each token's index among the visible ones).
             labels: (1, L) pre-shifted labels (``labels[i]`` is the target of position i), -100 = not learned.
             cache / past_key_values: a transformers ``Cache`` (either name; see :mod:`flownar.models.hf_compat`).
         """
@@ -368,7 +369,22 @@ class FlowNarForCausalLM(LlamaForCausalLM):
                 and past_key_values is None
             ):
                 # exact block attention over each query block's visible keys (no L x L mask)
-                kwargs["dcm_blocks"] = dcm_blocks(expiry.cpu())
+                kwargs["dcm_blocks"] = blocks = dcm_blocks(expiry.cpu())
+                if self.config.contiguous_positions:
+                    # positions are indices among the visible tokens: all position ids 0 (no rotation in the
+                    # layers), each block rotates its gathered keys and queries (dcm_attention.dcm_sdpa)
+                    if position_ids is not None:
+                        raise ValueError("contiguous positions are derived from the expiry; pass no position_ids")
+                    L = inputs_embeds.shape[1]
+                    position_ids = torch.zeros(1, L, dtype=torch.long, device=inputs_embeds.device)
+                    most = max(keys.numel() for _, _, keys in blocks)
+                    table = torch.arange(most, device=inputs_embeds.device)[None]
+                    kwargs["dcm_rope"] = self.model.rotary_emb(inputs_embeds, table)  # (1, most, hd) x 2
+            elif self.config.contiguous_positions:
+                raise NotImplementedError(
+                    f"{self.config.system}: contiguous positions need sdpa (the block attention), one sequence, no "
+                    "cache"
+                )
             else:
                 attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
         if use_cache is None and past_key_values is None:
