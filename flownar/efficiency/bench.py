@@ -277,8 +277,9 @@ def run_bench(
             progress=progress,
             seed=seed,
             streams=streams,
-            compile=compile and not cfg.mod,  # MoD's routed layers run eager
-            capture=capture and not cfg.mod,
+            # MoD's routed layers and streaming-vlm's re-rotated keys run eager (CompiledStep.unsupported)
+            compile=compile and not (cfg.mod or cfg.contiguous_positions),
+            capture=capture and not (cfg.mod or cfg.contiguous_positions),
             max_seconds=max_seconds,
         )
         res["params"] = sum(p.numel() for p in model.parameters())

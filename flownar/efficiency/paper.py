@@ -109,7 +109,16 @@ def best_definition(fit: "pd.DataFrame") -> str:
 
 # ---------------------------------------------------------------------------------------------------- report
 PAPER_LLM = {"llama-3.2-1b": "1B", "llama-3.1-8b": "8B"}
-TABLE_SYSTEMS = ("videollm-online", "videollm-mod", "flownar-c", "flownar", "dcm-only", "flash-vstream")
+TABLE_SYSTEMS = (
+    "videollm-online",
+    "videollm-mod",
+    "flownar-c",
+    "flownar",
+    "dcm-only",
+    "flash-vstream",
+    "streaming-vlm",
+)
+BOUNDED_SYSTEMS = ("flownar-c", "flownar", "flash-vstream", "streaming-vlm")  # drawn out to 10^5 frames
 
 
 def paper_self_conditioned_efficiency() -> "pd.DataFrame":
@@ -289,13 +298,14 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
         "flownar": "#d62728",
         "dcm-only": "#9467bd",
         "flash-vstream": "#8c564b",
+        "streaming-vlm": "#e377c2",
     }
     fig4 = paper_fig4()
     fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
     frames = [1, 10, 100, 1000, 10_000]
     for ax, llm in zip(axes, llms):
-        for system in ("videollm-online", "videollm-mod", "flownar-c", "flownar", "flash-vstream"):
-            fr = frames + ([100_000] if system in ("flownar-c", "flownar", "flash-vstream") else [])
+        for system in ("videollm-online", "videollm-mod", *BOUNDED_SYSTEMS):
+            fr = frames + ([100_000] if system in BOUNDED_SYSTEMS else [])
             c = memory_curve(system, llm, fr, segment_stats)
             ax.plot(
                 c["frames"],
