@@ -20,7 +20,10 @@ speaking                       ``]\\n`` -> segment; ``Assistant:`` and each deco
 What is kept (:func:`dropped_after_narration`): once the narration of segment ``s`` is decoded, DCM drops the
 pieces owned by segment ``s`` (its frame run and the memory block before it); with ``last_k_narration = k`` the
 pieces of the narration ``k`` narrations older go too (its text, EOS and newline). Without DCM a segment's pieces
-stay for good. Nothing else is ever dropped, and position ids keep counting.
+stay for good, except with a vision window (streaming-vlm, ``vision_window = W``): as frame ``i`` arrives, before
+its step, the "frames" tokens fed with frame ``i - W`` leave (its ``,`` or ``[``, its ``<v>`` run, and the ``]\n``
+fed when speaking at it). Nothing else is ever dropped. Position ids keep counting, except with contiguous
+positions (streaming-vlm), where a token's position is its current index in the cache.
 
 The teacher-forced mask (:func:`flownar.models.masks.expiry_positions`) is the image of this rule over a whole
 conversation: a token expires at the EOS of the narration that drops it. The parity tests hold the three to each

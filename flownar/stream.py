@@ -19,6 +19,9 @@ Cache policy (what DCM means at inference): right after a narration is decoded, 
 delete the KV entries of the segment's frame run (``[`` ... ``]\\n``) and of the memory block before it; FlowNar-C
 also deletes the oldest narration (``Assistant`` ... ``<eos>``) when more than ``last_k_narration`` remain.
 VideoLLM-online and -MoD keep everything. Position ids keep counting (RoPE positions are never reused).
+streaming-vlm drops nothing at a narration: as frame i arrives, frame i - ``vision_window``'s tokens leave; its
+narration window works as FlowNar-C's; its positions are the tokens' indices in the cache (the static engine
+re-rotates the cached keys at every step, :mod:`flownar.engine`).
 CLAM runs online: its fixed-size state is updated as each frame arrives (flash-vstream: Flash Memory takes in each
 frame, and the memory block is its read-out after the narration frame).
 

@@ -212,3 +212,18 @@ def test_paper_fit_picks_a_definition_that_predicts_the_other_columns():
         abs(rows["pred VideoLLM-online"] - rows["paper VideoLLM-online"]) / rows["paper VideoLLM-online"] < 0.01
     ).all()
     assert rows["mean_abs_err_pct"].mean() < fit.groupby("definition")["mean_abs_err_pct"].mean().median()
+
+
+def test_streaming_vlm_cache_is_bounded_over_a_long_stream(chat):
+    """streaming-vlm's cache stops growing: after 10^4 frames it holds the prompt, at most the window's frames and
+    the narration window (plus the narration being written), and it is as large late in the stream as early."""
+    cfg = bench_config("streaming-vlm", "micro", chat, vision_dim=16)
+    lay = Layout.from_chat(chat, TEXT)
+    n = 10_000
+    tr = simulate_stream(cfg, lay, narration_schedule(n, 3.83, 7.95, seed=0), n, finish=False)
+    per_narration = lay.assistant + TEXT + 2  # "Assistant:", the text, EOS and newline
+    bound = lay.prompt_head - lay.prompt_frame_run + cfg.vision_window * (lay.frame_tokens + 2)
+    bound += (cfg.last_k_narration + 1) * per_narration
+    assert max(tr.frame_tokens_peak) <= bound
+    late, early = max(tr.frame_tokens_peak[n // 2 :]), max(tr.frame_tokens_peak[n // 10 : n // 2])
+    assert abs(late - early) <= 0.02 * early  # flat (the peaks vary only with how long the segments are)
