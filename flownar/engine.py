@@ -630,9 +630,7 @@ def _layer(
     return x + proj.down(mlp.act_fn(gate) * up)
 
 
-def _attend(
-    layer, x, cos, sin, cache: StaticKVCache, i: int, mask, proj: _Projections, key_rope=None
-) -> torch.Tensor:
+def _attend(layer, x, cos, sin, cache: StaticKVCache, i: int, mask, proj: _Projections, key_rope=None) -> torch.Tensor:
     """:func:`_layer` on layer ``i`` of one stream's ``cache``: make room, run it, count the new tokens."""
     start, n = cache.lengths[i], x.shape[1]
     cache.reserve(i, start + n)

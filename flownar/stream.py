@@ -201,7 +201,9 @@ class Narrator:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         if self.cfg.mod and self.cfg.evicts:
-            raise NotImplementedError("MoD routing together with cache pruning (DCM, last-k, a window) is not supported")
+            raise NotImplementedError(
+                "MoD routing together with cache pruning (DCM, last-k, a window) is not supported"
+            )
         if self.cfg.contiguous_positions and engine != "static":
             raise ValueError(f"{self.cfg.system}: contiguous positions run on the static engine only (engine='static')")
         self.reset()

@@ -10,9 +10,9 @@ from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
-from flownar.stream import Narrator
 from flownar.eval.oracle import OracleEvaluator, aggregate, sample_summary, turn_metrics
 from flownar.models import FlowNarForCausalLM, config_for
+from flownar.stream import Narrator
 
 S, SPEAK = 7, 9  # silent and speak ids for the hand cases
 

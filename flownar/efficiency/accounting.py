@@ -135,9 +135,9 @@ class StreamTrace:
 
 def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
     """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for ``system`` flags of ``cfg`` (dcm,
-    use_memory, last_k_narration, vision_window, mod) without a model. Narrations happen at ``schedule`` frames (0 is forced),
-    each ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish`` forces one at the
-    last frame, as ``Narrator.finish`` does."""
+    use_memory, last_k_narration, vision_window, mod) without a model. Narrations happen at ``schedule`` frames
+    (0 is forced), each ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish``
+    forces one at the last frame, as ``Narrator.finish`` does."""
     N, Q = layout_.frame_tokens, layout_.memory_tokens
     k_sel = cfg.mod_tokens_per_frame
     tr = StreamTrace()

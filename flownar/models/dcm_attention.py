@@ -56,9 +56,7 @@ def dcm_sdpa(
             qb = rotate(qb, cos[:, m - n : m], sin[:, m - n : m])
             kb = rotate(kb, cos[:, :m], sin[:, :m])
         outs.append(
-            F.scaled_dot_product_attention(
-                qb, kb, v.index_select(2, keys), attn_mask=mask, scale=scale, enable_gqa=gqa
-            )
+            F.scaled_dot_product_attention(qb, kb, v.index_select(2, keys), attn_mask=mask, scale=scale, enable_gqa=gqa)
         )  # (B, H, n, d)
     return torch.cat(outs, dim=2)
 
