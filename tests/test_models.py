@@ -73,6 +73,24 @@ def test_presets_differ_only_in_their_fields(tok):
     assert config_for("flownar", chat, D, "micro", last_k_narration=3).last_k_narration == 3
     with pytest.raises(ValueError, match="unknown system"):
         FlowNarConfig(system="gpt")
+    svlm = config_for("streaming-vlm", chat, D, "micro")
+    flc = config_for("flownar-c", chat, D, "micro")
+    d1, d2 = svlm.to_dict(), flc.to_dict()
+    # streaming-vlm differs from FlowNar-C only in its visual context: a window instead of DCM + CLAM, positions
+    assert {k for k in d1 if d1[k] != d2.get(k)} == {
+        "system",
+        "dcm",
+        "use_memory",
+        "vision_window",
+        "contiguous_positions",
+    }
+    assert (svlm.vision_window, svlm.last_k_narration, svlm.contiguous_positions) == (32, 10, True)
+    with pytest.raises(ValueError, match="two cache policies"):
+        config_for("flownar", chat, D, "micro", vision_window=8)
+    with pytest.raises(ValueError, match="no memory blocks"):
+        config_for("streaming-vlm", chat, D, "micro", use_memory=True)
+    with pytest.raises(ValueError, match="contiguous positions with MoD"):
+        config_for("videollm-mod", chat, D, "micro", contiguous_positions=True)
 
 
 def test_dcm_mask_token_by_token(tok):

@@ -170,8 +170,14 @@ class FlowNarConfig(LlamaConfig):
         )
         if self.vision_window is not None and self.dcm:
             raise ValueError("a vision window and DCM are two cache policies: choose one")
+        if self.vision_window is not None and self.use_memory:
+            raise ValueError("a vision window has no memory blocks (they belong to DCM's segments): use_memory=False")
         self.mod_capacity = mod_capacity
         self.mod_every = mod_every
+        if self.contiguous_positions and self.mod:
+            raise ValueError(
+                "contiguous positions with MoD's routed layers (each with its own cache) are not supported"
+            )
         self.flownar_format_version = flownar_format_version
         super().__init__(**kwargs)
 
