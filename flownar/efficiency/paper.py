@@ -300,6 +300,8 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
         "flash-vstream": "#8c564b",
         "streaming-vlm": "#e377c2",
     }
+    # the adaptations' curves lie on FlowNar's / FlowNar-C's: dashed and dotted, so those stay visible under them
+    styles = {"flash-vstream": "--", "streaming-vlm": ":"}
     fig4 = paper_fig4()
     fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
     frames = [1, 10, 100, 1000, 10_000]
@@ -310,8 +312,9 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
             ax.plot(
                 c["frames"],
                 (c["weights"] + c["kv"]) / 1e9,
-                "-",
+                styles.get(system, "-"),
                 color=colors[system],
+                lw=2 if system in styles else 1.5,
                 label=f"{SYSTEM_NAMES[system]} (analytic)",
             )
             pts = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == SYSTEM_NAMES[system])]
@@ -336,9 +339,10 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
             title=f"{llm}: weights + KV cache (bf16)",
         )
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend for the memory panels, below them
+    fig.legend(handles, labels, loc="lower left", ncol=3, fontsize=7, frameon=False)
     ax = axes[-1]
-    systems = ["videollm-online", "videollm-mod", "flownar-c", "flownar"]
+    systems = [s for s in TABLE_SYSTEMS if s != "dcm-only"]
     groups = [
         (
             "paper 1B (H100)",
@@ -364,14 +368,9 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
         base = fps[SYSTEM_NAMES["videollm-online"]]
         vals = [fps.get(SYSTEM_NAMES[s], np.nan) / base for s in systems]
         ax.bar(np.arange(len(systems)) + g * width, vals, width, label=label, alpha=0.85)
-    ax.set_xticks(
-        np.arange(len(systems)) + width * (len(groups) - 1) / 2,
-        [SYSTEM_NAMES[s] for s in systems],
-        rotation=15,
-        fontsize=8,
-    )
+    ax.set_xticks(np.arange(len(systems)) + width * (len(groups) - 1) / 2, systems, rotation=25, fontsize=8)
     ax.set(ylabel="frames/s relative to VideoLLM-online", title="speed (same narration schedule)")
     ax.axhline(1, color="k", lw=0.5)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     return fig
