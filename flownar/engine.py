@@ -732,7 +732,8 @@ def forward_batch(
     key_rope = None
     if model.config.contiguous_positions:  # positions = cache slots (each stream's new tokens at its end)
         steps = [(e, c.lengths[0], c) for e, _, c in steps]
-        key_rope = _rope_from(dec, x, max(s + n for (_, s, _), n in zip(steps, ns)))
+        m = max(s + n for (_, s, _), n in zip(steps, ns))
+        key_rope = weights.rope(x, 0, m) if weights is not None else _rope_from(dec, x, m)
         cos, sin = (torch.cat([t[:, s : s + n] for (_, s, _), n in zip(steps, ns)], dim=1) for t in key_rope)
     else:
         pos = torch.cat([torch.arange(s, s + n, device=device) for (_, s, _), n in zip(steps, ns)])[None]  # (1, N)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..models import SYSTEMS
 from .accounting import (
     EK100_SEGMENT_STATS,
     Layout,
@@ -109,15 +110,7 @@ def best_definition(fit: "pd.DataFrame") -> str:
 
 # ---------------------------------------------------------------------------------------------------- report
 PAPER_LLM = {"llama-3.2-1b": "1B", "llama-3.1-8b": "8B"}
-TABLE_SYSTEMS = (
-    "videollm-online",
-    "videollm-mod",
-    "flownar-c",
-    "flownar",
-    "dcm-only",
-    "flash-vstream",
-    "streaming-vlm",
-)
+TABLE_SYSTEMS = tuple(SYSTEMS)  # every system, in the presets' order
 BOUNDED_SYSTEMS = ("flownar-c", "flownar", "flash-vstream", "streaming-vlm")  # drawn out to 10^5 frames
 
 

@@ -182,15 +182,15 @@ class OracleEvaluator:
 
     def _stream_kv(self, enc, emb: torch.Tensor, until: torch.Tensor | None, kv_out: dict | None = None):
         """Keys/values of the whole stream under the system's mask, and the full-sequence index of every cached
-        token per layer (a MoD-routed layer caches only the tokens it computed). ``kv_out``: the teacher-forced
-        pass's own keys/values (contiguous positions: un-rotated), used as they are."""
+        token per layer (a MoD-routed layer caches only the tokens it computed), and the frame each token belongs
+        to (:func:`frame_owner`; contiguous positions only, else None). ``kv_out``: the teacher-forced pass's own
+        keys/values (contiguous positions: un-rotated), used as they are."""
         L = emb.shape[0]
         kv = StaticKVCache.for_model(self.cfg, capacity=L, device=self.device, dtype=emb.dtype)
         if kv_out is not None:
             for li in range(len(self.model.model.layers)):
                 kv.append(li, *kv_out[li])
-            self._frame_owner = frame_owner(enc, L)
-            return kv, [torch.arange(L, device=self.device)] * len(self.model.model.layers)
+            return kv, [torch.arange(L, device=self.device)] * len(self.model.model.layers), frame_owner(enc, L)
         mask = None if until is None else additive_mask(visibility(until.cpu()), emb.dtype)[0, 0].to(self.device)
         fp = enc.frame_positions.to(self.device) if self.cfg.mod else None
         routed: dict[int, torch.Tensor] = {}  # layer -> the tokens it computed (and cached)
@@ -198,19 +198,21 @@ class OracleEvaluator:
             self.model, emb[None], torch.arange(L, device=self.device)[None], kv, fp, mask=mask, routing_log=routed
         )
         cached = [routed.get(i, torch.arange(L, device=self.device)) for i in range(len(self.model.model.layers))]
-        return kv, cached
+        return kv, cached, None
 
-    def _look_ahead(self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor]) -> int:
+    def _look_ahead(
+        self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor], owner
+    ) -> int:
         """Frames (negative) until the model would speak if the GT narration of the turn were not there."""
-        decisions = self._look_ahead_logits(plan, emb, kv, cached).argmax(-1)
+        decisions = self._look_ahead_logits(plan, emb, kv, cached, owner).argmax(-1)
         speak = (decisions != self.chat.silent_id).nonzero().flatten()
         m = plan.frame_tokens.shape[0]
         return -(int(speak[0]) + 1) if speak.numel() else -m
 
     def _look_ahead_logits(
-        self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor]
+        self, plan: LookAhead, emb: torch.Tensor, kv: StaticKVCache, cached: list[torch.Tensor], owner=None
     ) -> torch.Tensor:
-        """(m, V) logits at the last ``<v>`` of each appended frame."""
+        """(m, V) logits at the last ``<v>`` of each appended frame (``owner``: see :meth:`_stream_kv`)."""
         n = self.cfg.frame_num_tokens
         m = plan.frame_tokens.shape[0]
         alive = torch.tensor(plan.alive, device=self.device)
@@ -226,7 +228,7 @@ class OracleEvaluator:
         silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
         new_emb = torch.cat([piece for j in range(m) for piece in (silent, emb[plan.frame_tokens[j].to(self.device)])])
         if self.cfg.contiguous_positions:
-            return self._look_ahead_window(plan, new_emb, sub)
+            return self._look_ahead_window(plan, new_emb, sub, owner)
         fpos = None
         if self.cfg.mod:  # where each appended frame's <v> tokens are among the new tokens
             fpos = torch.stack([torch.arange(j * (n + 1) + 1, (j + 1) * (n + 1)) for j in range(m)]).to(self.device)
@@ -234,14 +236,16 @@ class OracleEvaluator:
         last = torch.tensor([(j + 1) * (n + 1) - 1 for j in range(m)], device=self.device)
         return self.model.lm_head(hidden[0, last]).float()
 
-    def _look_ahead_window(self, plan: LookAhead, new_emb: torch.Tensor, sub: StaticKVCache) -> torch.Tensor:
+    def _look_ahead_window(
+        self, plan: LookAhead, new_emb: torch.Tensor, sub: StaticKVCache, frame_of: np.ndarray
+    ) -> torch.Tensor:
         """The look-ahead of a system with contiguous positions (streaming-vlm): one frame at a time, as the
         stream that stayed silent would feed them, each after its vision window has let the oldest frame go (the
         positions are re-indexed, so the frames cannot be fed as one block)."""
         n = self.cfg.frame_num_tokens
         window = self.cfg.vision_window
-        owner = self._frame_owner[np.asarray(plan.alive)]  # frame of each cached token (-1: not a frame's)
-        first = int(self._frame_owner[plan.alive[-1]]) + 1  # the appended frames continue the turn's last one
+        owner = frame_of[np.asarray(plan.alive)]  # frame of each cached token (-1: not a frame's)
+        first = int(frame_of[plan.alive[-1]]) + 1  # the appended frames continue the turn's last one
         out = []
         for j in range(plan.frame_tokens.shape[0]):
             f = first + j
@@ -273,8 +277,7 @@ class OracleEvaluator:
         if cfg.contiguous_positions and expiry is not None:
             kv_out = {}
             self.model(input_ids=ids[None], inputs_embeds=emb[None], expiry=expiry, use_cache=False, dcm_kv_out=kv_out)
-        kv, cached = self._stream_kv(enc, emb, expiry, kv_out)
-        return plan, self._look_ahead_logits(plan, emb, kv, cached)
+        return plan, self._look_ahead_logits(plan, emb, *self._stream_kv(enc, emb, expiry, kv_out))
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
