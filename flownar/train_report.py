@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,33 +63,53 @@ def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
     return pd.DataFrame(rows).set_index("system")
 
 
+def short_name(name: str) -> str:
+    """A system's display name without the explanation after a colon: "Flash-VStream memory (ours: FlowNar with
+    Flash Memory)" -> "Flash-VStream memory (ours)"; names without one are unchanged."""
+    return re.sub(r":[^()]*\)", ")", name)
+
+
 def plot_training_curves(runs: dict[str, Path], title: str = "", auc: dict[str, float] | None = None):
     """Loss per optimizer step, one line per system (total, narration-LM and frame-decision panels); with ``auc``
     (system -> validation decision AUC, :func:`flownar.eval.oracle.decision_probe`) a fourth panel beside them
-    shows whether each system learned *when* to speak."""
+    shows whether each system learned *when* to speak, and its bars (in the curves' colours) are the legend.
+
+    Each curve is a centred rolling mean over 2% of the steps (the raw per-step loss of a batch is too noisy to
+    tell seven systems apart); the raw losses stay in each run's ``train_log.csv`` and ``fig_loss``. Systems are
+    named in :func:`short_name` form."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as mticker
     import pandas as pd
     import seaborn as sns
 
     from .models import SYSTEM_NAMES
 
-    df = pd.concat(
-        [pd.read_csv(Path(r) / "train_log.csv").assign(system=SYSTEM_NAMES.get(s, s)) for s, r in runs.items()]
-    )
-    fig, axes = plt.subplots(1, 4 if auc else 3, figsize=(16 if auc else 12, 3.4))
-    for ax, col, name in zip(
-        axes,
-        ("loss", "lm_loss", "stream_loss"),
-        ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)"),
-    ):
-        sns.lineplot(df, x="step", y=col, hue="system", ax=ax, legend=ax is axes[0])
-        ax.set_title(name)
+    def name(s: str) -> str:
+        return short_name(SYSTEM_NAMES.get(s, s))
+
+    cols = ("loss", "lm_loss", "stream_loss")
+    frames = []
+    for s, r in runs.items():
+        log = pd.read_csv(Path(r) / "train_log.csv")
+        window = max(1, len(log) // 50)
+        log[list(cols)] = log[list(cols)].rolling(window, center=True, min_periods=1).mean()
+        frames.append(log.assign(system=name(s)))
+    df = pd.concat(frames)
+    palette = dict(zip(df["system"].unique(), sns.color_palette(n_colors=len(runs))))
+    # constrained layout: each panel gets the room its own labels need (tight_layout gives every gap the widest)
+    fig, axes = plt.subplots(1, 4 if auc else 3, figsize=(16 if auc else 12, 3.6), layout="constrained")
+    for ax, col, panel in zip(axes, cols, ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)")):
+        sns.lineplot(df, x="step", y=col, hue="system", palette=palette, ax=ax, legend=not auc and ax is axes[0], lw=1)
+        ax.set_title(panel)
         ax.set_yscale("log")
-        ax.set_ylabel("cross-entropy")
+        ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+        ax.set_ylabel("cross-entropy (rolling mean)" if ax is axes[0] else "")
     if auc:
         ax = axes[3]
-        names = [SYSTEM_NAMES.get(s, s) for s in auc]
-        ax.barh(names, list(auc.values()), color=sns.color_palette(n_colors=len(auc)))
+        names = [name(s) for s in auc]
+        ax.barh(names, list(auc.values()), color=[palette.get(n, "grey") for n in names])
         ax.axvline(0.5, color="grey", ls=":", lw=1)
         ax.set_xlim(0.4, 1.0)
         ax.invert_yaxis()
@@ -97,5 +118,4 @@ def plot_training_curves(runs: dict[str, Path], title: str = "", auc: dict[str, 
             ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
