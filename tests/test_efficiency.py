@@ -82,7 +82,10 @@ def test_mac_formulas_match_the_flop_counter(chat, system):
         _replay(model, chat, set(sched), n)
     tr = simulate_stream(model.config, Layout.from_chat(chat, TEXT), sched, n, finish=False)
     macs = stream_macs(model.config, tr)
-    assert fc.get_total_flops() == 2 * macs["total"], (fc.get_total_flops() / 2, macs)
+    # Building the RoPE cos/sin table is not model compute (the formula leaves it out); transformers < 5.2x builds
+    # it with a matmul (inv_freq @ positions) that the counter sees, later versions with a product it does not.
+    rope = sum(sum(c.values()) for name, c in fc.get_flop_counts().items() if "rotary" in name.lower())
+    assert fc.get_total_flops() - rope == 2 * macs["total"], (fc.get_total_flops() / 2, rope / 2, macs)
 
 
 def test_real_config_is_llama_3_2_1b_sized(chat):
