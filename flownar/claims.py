@@ -6,6 +6,10 @@ seed of ``SEEDS`` and then this) reads each seed's output folder (``table_self_c
 writes ``table_claims.{csv,md,tex}``: the paper's figure (read from the paper's tables in ``flownar/resources``,
 never computed), ours as mean +- std over seeds, and a verdict.
 
+The last rows compare our adaptations (issue 15: Flash-VStream's memory in FlowNar's narrator, a StreamingVLM-style
+cache) with the systems they are built from; the paper has no claim about them, so their verdict says only whether
+there is a difference beyond the seed spread.
+
 Verdict rule, the same for every comparison of two systems: the difference counts only if its mean is more than
 two seed-to-seed standard deviations from zero (``reproduced`` when its sign is the paper's, ``opposite`` when
 not); otherwise ``no difference beyond the seed spread``. With one seed there is no spread and the verdict says
@@ -48,13 +52,17 @@ def _per_seed(dirs: list[Path]) -> dict[str, list[float]]:
 
     for d in dirs:
         sc = _read(d, "table_self_conditioned_corrected")
-        f1 = {s: _get(sc, N[s], "F1") for s in ("videollm-online", "videollm-mod", "flownar", "flownar-c", "dcm-only")}
+        f1 = {s: _get(sc, N[s], "F1") for s in N}
         put("dcm_f1", f1["flownar"] - np.nanmax([f1["videollm-online"], f1["videollm-mod"]]))
         put("dcmonly_f1", f1["dcm-only"] - f1["videollm-online"])
         put("c_vs_full_f1", f1["flownar-c"] - f1["flownar"])
         mem = _read(d, "table_memory_gap")
         col = "memory: object correct (%)"
         put("clam_memory", _get(mem, N["flownar"], col) - _get(mem, N["dcm-only"], col))
+        # our adaptations (issue 15): the same narrator with only the memory swapped, and pruning vs a window
+        put("swap_f1", f1["flownar"] - f1["flash-vstream"])
+        put("swap_memory", _get(mem, N["flownar"], col) - _get(mem, N["flash-vstream"], col))
+        put("window_f1", f1["flownar-c"] - f1["streaming-vlm"])
         tf = _read(d, "table_teacher_forcing")
         put("tf_ppl", _get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"))
         put(
@@ -100,6 +108,7 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
             f"{ds} cache, Llama-3.2-1B",
         ),
         "speed_ratio": (float("nan"), "Fig. 4 (H100)"),
+        **{k: (float("nan"), "our adaptation, not in the paper") for k in ("swap_f1", "swap_memory", "window_f1")},
     }
 
 
@@ -163,6 +172,29 @@ CLAIMS = [
         1,
         "ratio",
     ),
+    # Comparisons with our adaptations (no paper claim, so no expected sign: the verdict says only whether there is
+    # a difference beyond the seed spread; the sign of "ours" says which way).
+    (
+        "swap_f1",
+        "Same narrator, memory swapped: CLAM vs Flash Memory (FlowNar - Flash-VStream memory, ours), F1",
+        "F1 points",
+        0,
+        "compare",
+    ),
+    (
+        "swap_memory",
+        "Same narrator, memory swapped: object accuracy on memory segments (FlowNar - Flash-VStream memory, ours)",
+        "points",
+        0,
+        "compare",
+    ),
+    (
+        "window_f1",
+        "Bounded by pruning at narrations vs by a sliding window (FlowNar-C - StreamingVLM-style cache, ours), F1",
+        "F1 points",
+        0,
+        "compare",
+    ),
 ]
 
 
@@ -174,6 +206,12 @@ def _verdict(values: np.ndarray, sign: int, kind: str) -> str:
     if kind == "ratio":
         return "reproduced" if mean > 1.0 else "not reproduced"
     sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    if kind == "compare":
+        if np.isnan(sd):
+            return "one seed: no spread to judge"
+        if abs(mean) > 2.0 * sd:
+            return "difference beyond the seed spread"
+        return f"no difference beyond the seed spread (positive in {int((v > 0).sum())} of {len(v)} seeds)"
     if np.isnan(sd):
         if kind == "same":
             return "one seed: no spread to judge"

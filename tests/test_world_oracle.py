@@ -85,3 +85,24 @@ def test_claims_verdicts_count_only_beyond_the_seed_spread(tmp_path):
     assert one["verdict"] == "one seed: direction only (as the paper)" and one["seeds"] == 1
     # a claim whose table is missing is not testable, never made up
     assert (t.loc[t.index.str.startswith("CLAM helps"), "verdict"] == "not testable here").all()
+
+
+def test_adaptation_comparisons_have_no_paper_side(tmp_path):
+    """The rows about our adaptations: no paper figure, no expected sign; a difference only beyond the spread."""
+    from flownar.claims import claims_table
+
+    base = {"videollm-online": 20.0, "videollm-mod": 21.0, "flownar-c": 30.0, "dcm-only": 25.0, "flownar": 30.0}
+    apart = [
+        _seed_dir(tmp_path / f"a{i}", {**base, "flash-vstream": 20.0 + i, "streaming-vlm": 31.0 - 2 * i})
+        for i in range(3)
+    ]
+    t = claims_table(apart, "ek100")
+    swap = t.loc[t.index.str.startswith("Same narrator, memory swapped: CLAM vs Flash Memory")].iloc[0]
+    assert swap["paper"] == "n/a (our adaptation, not in the paper)"
+    assert swap["ours (mean +- std)"] == "+9.00 +- 1.00" and swap["verdict"] == "difference beyond the seed spread"
+    window = t.loc[t.index.str.startswith("Bounded by pruning")].iloc[0]  # -1, +1, +3
+    assert window["verdict"] == "no difference beyond the seed spread (positive in 2 of 3 seeds)"
+    assert t.loc[t.index.str.contains("object accuracy on memory segments \\(FlowNar - Flash"), "verdict"].iloc[0] == (
+        "not testable here"
+    )
+    assert claims_table(apart[:1], "ek100").loc[swap.name, "verdict"] == "one seed: no spread to judge"
