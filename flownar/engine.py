@@ -83,7 +83,10 @@ class StaticKVCache:
         self.compact(keep)
 
     def _empty(self, capacity: int) -> torch.Tensor:
-        return torch.empty(1, self.kv_heads, capacity, self.head_dim, device=self.device, dtype=self.dtype)
+        """A zero-filled buffer. Not ``torch.empty``: the captured step attends over the whole capacity with the
+        unused slots masked, and a masked slot holding a NaN bit pattern still poisons the output (its softmax weight
+        is 0, and 0 x NaN = NaN)."""
+        return torch.zeros(1, self.kv_heads, capacity, self.head_dim, device=self.device, dtype=self.dtype)
 
     @property
     def capacity(self) -> int:
@@ -426,16 +429,14 @@ class CompiledStep:
         self.model, self.weights = model, weights
         self.fn = torch.compile(self._step, dynamic=True, fullgraph=True)
 
+    handles_contiguous = False  # contiguous positions (streaming-vlm) stay on the eager step
+
     @staticmethod
     def unsupported(model, weights: "StepWeights") -> str | None:
         """Why this model cannot run compiled (None if it can)."""
         if model.config.contiguous_positions:
             return "contiguous positions re-rotate the cached keys at every step (not built into this step)"
-        if any(getattr(layer, "router", None) is not None for layer in model.model.layers):
-            return "MoD's routed layers select tokens data-dependently"
-        if not all(p.fused for p in weights.layers):
-            return "the projections are not plain nn.Linear (LoRA?) or fuse=False"
-        return None
+        return _static_step_unsupported(model, weights)
 
     def _step(self, x, cos, sin, keys: list[torch.Tensor], values: list[torch.Tensor], start: int) -> torch.Tensor:
         dec = self.model.model
@@ -453,6 +454,15 @@ class CompiledStep:
         return out
 
 
+def _static_step_unsupported(model, weights: "StepWeights") -> str | None:
+    """What keeps a model off the compiled and the captured step (None if nothing)."""
+    if any(getattr(layer, "router", None) is not None for layer in model.model.layers):
+        return "MoD's routed layers select tokens data-dependently"
+    if not all(p.fused for p in weights.layers):
+        return "the projections are not plain nn.Linear (LoRA?) or fuse=False"
+    return None
+
+
 class CapturedStep:
     """The decoder step with static shapes, for CUDA graphs: the new tokens' keys/values are written at a tensor of
     slots (``index_copy_``) and attention runs over the cache's whole capacity under an additive mask (empty slots
@@ -465,10 +475,18 @@ class CapturedStep:
 
     Capacity grows by doubling (:class:`StaticKVCache`), so a stream meets a few capacities and a few step sizes
     (a silent frame, the frame after a narration, speaking, one decoded token): a handful of graphs per stream,
-    captured again for a new cache (each video's). Systems without routing (not VideoLLM-MoD), fused weights."""
+    captured again for a new cache (each video's). Systems without routing (not VideoLLM-MoD), fused weights.
+
+    Contiguous positions (streaming-vlm) fit the static shapes too: keys are cached un-rotated as in the eager step,
+    and each step rotates the whole capacity at its slots 0..capacity-1 (a RoPE table that depends only on the
+    capacity, copied into the graph's inputs); slots past the cached length are masked as always. The queries sit
+    at the cache's end, as in the eager step."""
+
+    handles_contiguous = True
 
     def __init__(self, model, weights: "StepWeights", graphs: bool | None = None):
         self.model, self.weights = model, weights
+        self.contiguous = bool(model.config.contiguous_positions)
         device = next(model.parameters()).device
         self.graphs = device.type == "cuda" if graphs is None else graphs
         self._captured: dict[tuple, tuple] = {}
@@ -476,13 +494,16 @@ class CapturedStep:
 
     @staticmethod
     def unsupported(model, weights: "StepWeights") -> str | None:
-        """Why this model cannot run captured (None if it can): the compiled step's conditions."""
-        return CompiledStep.unsupported(model, weights)
+        """Why this model cannot run captured (None if it can): the compiled step's conditions, contiguous
+        positions allowed."""
+        return _static_step_unsupported(model, weights)
 
-    def _step(self, x, cos, sin, keys: list[torch.Tensor], values: list[torch.Tensor], slots, mask) -> torch.Tensor:
+    def _step(
+        self, x, cos, sin, keys: list[torch.Tensor], values: list[torch.Tensor], slots, mask, *key_rope
+    ) -> torch.Tensor:
         dec = self.model.model
         for layer, proj, K, V in zip(dec.layers, self.weights.layers, keys, values):
-            x = _static_layer(layer, proj, x, cos, sin, K, V, slots, mask)
+            x = _static_layer(layer, proj, x, cos, sin, K, V, slots, mask, key_rope or None)
         return _rms_norm(dec.norm, x)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -494,8 +515,10 @@ class CapturedStep:
         visible = torch.arange(cap, device=device)[None] <= slots[:, None]  # (n, cap): cached and causal
         mask = torch.zeros(n, cap, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
         args = (x, cos, sin, slots, mask)
+        if self.contiguous:  # cos/sin of every slot 0..cap-1, for the cached (un-rotated) keys
+            args += self.weights.rope(x, 0, cap)
         if not self.graphs:
-            out = self._step(x, cos, sin, cache.keys, cache.values, slots, mask)
+            out = self._step(x, cos, sin, cache.keys, cache.values, *args[3:])
         else:
             key = (n, cap, x.dtype, cache.keys[0].data_ptr())
             entry = self._captured.get(key)
@@ -513,33 +536,39 @@ class CapturedStep:
         """Capture the step for these shapes and this cache's buffers (after one warm-up run on a side stream, as
         torch.cuda.graphs asks). The warm-up writes the same keys/values the replay will, so it changes nothing."""
         static = [a.clone() for a in args]
-        x, cos, sin, slots, mask = static
+        x, cos, sin, *rest = static  # rest: slots, mask (and the keys' cos/sin with contiguous positions)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(x, cos, sin, cache.keys, cache.values, slots, mask)
+            self._step(x, cos, sin, cache.keys, cache.values, *rest)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._step(x, cos, sin, cache.keys, cache.values, slots, mask)
+            out = self._step(x, cos, sin, cache.keys, cache.values, *rest)
         self.captures += 1
         return graph, static, out
 
 
-def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask) -> torch.Tensor:
+def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask, key_rope=None) -> torch.Tensor:
     """:func:`_layer` for one stream with static shapes (:class:`CapturedStep`): the ``n`` new tokens' keys/values
     go to ``slots`` (n,) of the full-capacity buffers (1, kv_heads, capacity, hd) and attend to all of them under
-    ``mask`` (n, capacity) (additive: 0 where visible)."""
+    ``mask`` (n, capacity) (additive: 0 where visible). ``key_rope``: contiguous positions: (cos, sin)
+    (1, capacity, hd) of slots 0..capacity-1; the new keys are cached un-rotated and the whole buffer is rotated
+    for the attention (``cos``/``sin`` then rotate the queries only)."""
     attn, mlp = layer.self_attn, layer.mlp
     n, hd = x.shape[1], attn.head_dim
     h = _rms_norm(layer.input_layernorm, x)
     q, k, v = proj.qkv(h)  # (1, n, q_out), (1, n, kv_out) x 2
     heads = proj.q_out // hd
-    qk = _rope(torch.cat((q, k), dim=-1).view(1, n, -1, hd), cos, sin).transpose(1, 2)  # (1, heads + kv, n, hd)
+    if key_rope is None:
+        qk = _rope(torch.cat((q, k), dim=-1).view(1, n, -1, hd), cos, sin).transpose(1, 2)  # (1, heads + kv, n, hd)
+    else:  # the queries only; keys are cached un-rotated
+        qk = torch.cat((_rope(q.view(1, n, -1, hd), cos, sin), k.view(1, n, -1, hd)), dim=2).transpose(1, 2)
     keys.index_copy_(2, slots, qk[:, heads:])
     values.index_copy_(2, slots, v.view(1, n, -1, hd).transpose(1, 2))
+    K = keys if key_rope is None else rotate(keys, *key_rope)  # (1, kv_heads, capacity, hd)
     gqa = attn.num_key_value_groups != 1
-    o = F.scaled_dot_product_attention(qk[:, :heads], keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa)
+    o = F.scaled_dot_product_attention(qk[:, :heads], K, values, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa)
     x = x + proj.o(o.transpose(1, 2).reshape(1, n, -1))  # (1, n, heads * hd)
     h = _rms_norm(layer.post_attention_layernorm, x)
     gate, up = proj.gate_up(h)
@@ -695,7 +724,7 @@ def forward_step(
     if (
         weights is not None
         and weights.compiled is not None
-        and key_rope is None
+        and (key_rope is None or weights.compiled.handles_contiguous)
         and mask is None
         and routing_log is None
         and len(set(cache.lengths)) == 1

@@ -94,6 +94,21 @@ def test_real_config_is_llama_3_2_1b_sized(chat):
     assert abs(llm - 1.236e9) / 1.236e9 < 0.01  # Llama-3.2-1B: 1.24 B parameters (tied embeddings)
 
 
+def test_static_cache_buffers_start_as_zeros():
+    """The captured step attends over the whole capacity (unused slots masked), so a fresh or grown buffer must
+    hold finite numbers: zeros, not whatever memory it was given (a freed NaN-filled block of the same size is
+    offered first, which ``torch.empty`` would hand back as it is)."""
+    for _ in range(3):
+        junk = torch.full((1, 2, 64, 8), float("nan"))
+        del junk
+        c = StaticKVCache(1, 2, 8, capacity=64)
+        assert (c.keys[0] == 0).all() and (c.values[0] == 0).all()
+        junk = torch.full((1, 2, 128, 8), float("nan"))
+        del junk
+        c.reserve(0, 65)  # grows by doubling: a new buffer, the old slots copied in
+        assert c.capacity == 128 and (c.keys[0] == 0).all() and (c.values[0] == 0).all()
+
+
 def test_static_cache_compaction_in_place():
     c = StaticKVCache(2, 1, 2, capacity=4)
     vals = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 1, 10, 2)

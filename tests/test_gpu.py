@@ -17,14 +17,21 @@ def _run(model, chat, s, frames, **kw):
     return narrator
 
 
+SYSTEMS = {  # streaming-vlm with a 3-frame window, so that frames leave (and keys are re-rotated) mid-clip
+    "flownar-c": {"last_k_narration": 2},
+    "streaming-vlm": {"last_k_narration": 2, "vision_window": 3},
+}
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
-def test_captured_graphs_equal_the_eager_step_on_gpu(tok, dtype, tol):  # noqa: F811
-    model, chat = micro(tok, "flownar-c", last_k_narration=2)
+def test_captured_graphs_equal_the_eager_step_on_gpu(tok, dtype, tol, system):  # noqa: F811
+    model, chat = micro(tok, system, **SYSTEMS[system])
     model = model.to("cuda", dtype)
-    s = sample(True)
+    s = sample(model.config.use_memory)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(5))
     frames = frames.to("cuda", dtype)
-    eager = _run(model, chat, s, frames)
+    eager = _run(model, chat, s, frames, cache_capacity=8)  # the same capacities (state_size counts them)
     captured = _run(model, chat, s, frames, capture=True, cache_capacity=8)
     step = captured.step_weights.compiled
     assert step.graphs and step.captures >= 3  # several shapes were captured and replayed
@@ -32,11 +39,12 @@ def test_captured_graphs_equal_the_eager_step_on_gpu(tok, dtype, tol):  # noqa: 
     torch.testing.assert_close(torch.cat(captured.fed_logits), torch.cat(eager.fed_logits), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("system", ["flownar", "streaming-vlm"])
 @pytest.mark.parametrize("capture", [False, True])
-def test_streaming_equals_teacher_forced_on_gpu(tok, capture):  # noqa: F811
-    model, chat = micro(tok, "flownar")
+def test_streaming_equals_teacher_forced_on_gpu(tok, capture, system):  # noqa: F811
+    model, chat = micro(tok, system, **SYSTEMS.get(system, {}))
     model = model.to("cuda")
-    s = sample(True)
+    s = sample(model.config.use_memory)
     enc = chat.encode(s)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1)).cuda()
     cfg = model.config

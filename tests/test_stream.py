@@ -215,12 +215,15 @@ def test_compiled_step_equals_the_eager_step(tok):
         Narrator(mod, mod_chat, compile=True)
 
 
-@pytest.mark.parametrize("system", ["videollm-online", "flownar-c"])
+@pytest.mark.parametrize("system", ["videollm-online", "flownar-c", "streaming-vlm"])
 def test_captured_step_equals_the_eager_step(tok, system):
     """The static-shape step (CUDA graphs on a GPU; on the CPU the same code runs eagerly): keys/values written at a
     tensor of slots, attention over the whole capacity under a mask. Same logits and decisions as the eager step,
-    through cache growth (a capacity of 8 doubles several times) and DCM / last-k compaction."""
-    kw = {"last_k_narration": 2} if system == "flownar-c" else {}
+    through cache growth (a capacity of 8 doubles several times) and DCM / last-k / window compaction; for
+    streaming-vlm with its keys re-rotated at their slots after every eviction (a 3-frame window)."""
+    kw = {"videollm-online": {}, "flownar-c": {"last_k_narration": 2}}.get(system, {"last_k_narration": 2})
+    if system == "streaming-vlm":
+        kw["vision_window"] = 3
     model, chat = micro(tok, system, **kw)
     s = sample(model.config.use_memory)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(4))
