@@ -141,7 +141,7 @@ def lora_step(out: Path, device: str, llm: str, frames: int) -> dict:
         "llm": llm,
         "tokens": len(enc.input_ids),
         "frames": s.num_frames,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         "step_s": time.perf_counter() - t0,
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
