@@ -480,15 +480,26 @@ class CapturedStep:
     Contiguous positions (streaming-vlm) fit the static shapes too: keys are cached un-rotated as in the eager step,
     and each step rotates the whole capacity at its slots 0..capacity-1 (a RoPE table that depends only on the
     capacity, copied into the graph's inputs); slots past the cached length are masked as always. The queries sit
-    at the cache's end, as in the eager step."""
+    at the cache's end, as in the eager step.
+
+    Attention: sdpa over the whole capacity under the additive mask, or, when flash-attn is installed and the model
+    is on a GPU in bf16/fp16, ``flash_attn_with_kvcache`` on the same buffers (seen as (1, capacity, kv_heads, hd))
+    with ``cache_seqlens`` = the cached length after the step and ``causal=True`` (flash-attn aligns the causal mask
+    to the end of the cached keys, which is where the new tokens were written): the kernel then reads only the
+    cached slots instead of masking the rest. ``flash`` holds that function (None: sdpa). The flash path is held
+    to the eager step on the CPU with a stand-in written from flash-attn's documented semantics
+    (tests/test_stream.py); the real kernel runs in tests/test_gpu.py where flash-attn is installed."""
 
     handles_contiguous = True
 
     def __init__(self, model, weights: "StepWeights", graphs: bool | None = None):
         self.model, self.weights = model, weights
         self.contiguous = bool(model.config.contiguous_positions)
-        device = next(model.parameters()).device
+        param = next(model.parameters())
+        device = param.device
         self.graphs = device.type == "cuda" if graphs is None else graphs
+        half = param.dtype in (torch.bfloat16, torch.float16)
+        self.flash = _flash_kvcache() if device.type == "cuda" and half else None
         self._captured: dict[tuple, tuple] = {}
         self.captures = 0  # graphs captured so far (for benchmarks and tests)
 
@@ -503,7 +514,7 @@ class CapturedStep:
     ) -> torch.Tensor:
         dec = self.model.model
         for layer, proj, K, V in zip(dec.layers, self.weights.layers, keys, values):
-            x = _static_layer(layer, proj, x, cos, sin, K, V, slots, mask, key_rope or None)
+            x = _static_layer(layer, proj, x, cos, sin, K, V, slots, mask, key_rope or None, self.flash)
         return _rms_norm(dec.norm, x)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -512,8 +523,11 @@ class CapturedStep:
             cache.reserve(i, start + n)
         cap, device = cache.capacity, x.device
         slots = torch.arange(start, start + n, device=device)  # (n,)
-        visible = torch.arange(cap, device=device)[None] <= slots[:, None]  # (n, cap): cached and causal
-        mask = torch.zeros(n, cap, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
+        if self.flash is not None:  # the cached length after this step (flash-attn masks the rest itself)
+            mask = torch.full((1,), start + n, dtype=torch.int32, device=device)
+        else:
+            visible = torch.arange(cap, device=device)[None] <= slots[:, None]  # (n, cap): cached and causal
+            mask = torch.zeros(n, cap, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
         args = (x, cos, sin, slots, mask)
         if self.contiguous:  # cos/sin of every slot 0..cap-1, for the cached (un-rotated) keys
             args += self.weights.rope(x, 0, cap)
@@ -549,12 +563,13 @@ class CapturedStep:
         return graph, static, out
 
 
-def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask, key_rope=None) -> torch.Tensor:
+def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask, key_rope=None, flash=None) -> torch.Tensor:
     """:func:`_layer` for one stream with static shapes (:class:`CapturedStep`): the ``n`` new tokens' keys/values
     go to ``slots`` (n,) of the full-capacity buffers (1, kv_heads, capacity, hd) and attend to all of them under
     ``mask`` (n, capacity) (additive: 0 where visible). ``key_rope``: contiguous positions: (cos, sin)
     (1, capacity, hd) of slots 0..capacity-1; the new keys are cached un-rotated and the whole buffer is rotated
-    for the attention (``cos``/``sin`` then rotate the queries only)."""
+    for the attention (``cos``/``sin`` then rotate the queries only). ``flash``: flash-attn's
+    ``flash_attn_with_kvcache``; ``mask`` is then the cached length after the step, (1,) int32."""
     attn, mlp = layer.self_attn, layer.mlp
     n, hd = x.shape[1], attn.head_dim
     h = _rms_norm(layer.input_layernorm, x)
@@ -567,12 +582,33 @@ def _static_layer(layer, proj, x, cos, sin, keys, values, slots, mask, key_rope=
     keys.index_copy_(2, slots, qk[:, heads:])
     values.index_copy_(2, slots, v.view(1, n, -1, hd).transpose(1, 2))
     K = keys if key_rope is None else rotate(keys, *key_rope)  # (1, kv_heads, capacity, hd)
-    gqa = attn.num_key_value_groups != 1
-    o = F.scaled_dot_product_attention(qk[:, :heads], K, values, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa)
-    x = x + proj.o(o.transpose(1, 2).reshape(1, n, -1))  # (1, n, heads * hd)
+    if flash is not None:  # flash-attn's layout: (batch, seq, heads, hd) views of the same buffers
+        o = flash(
+            qk[:, :heads].transpose(1, 2),
+            K.transpose(1, 2),
+            values.transpose(1, 2),
+            cache_seqlens=mask,
+            softmax_scale=attn.scaling,
+            causal=True,
+        )  # (1, n, heads, hd)
+    else:
+        gqa = attn.num_key_value_groups != 1
+        o = F.scaled_dot_product_attention(
+            qk[:, :heads], K, values, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
+        ).transpose(1, 2)  # (1, n, heads, hd)
+    x = x + proj.o(o.reshape(1, n, -1))  # (1, n, heads * hd)
     h = _rms_norm(layer.post_attention_layernorm, x)
     gate, up = proj.gate_up(h)
     return x + proj.down(mlp.act_fn(gate) * up)
+
+
+def _flash_kvcache():
+    """flash-attn's ``flash_attn_with_kvcache`` when the package is installed and loads, else None."""
+    try:
+        from flash_attn import flash_attn_with_kvcache
+    except Exception:  # not installed, or built for another torch / CUDA: sdpa instead
+        return None
+    return flash_attn_with_kvcache
 
 
 def _rope_from(dec, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -238,3 +238,35 @@ def test_captured_step_equals_the_eager_step(tok, system):
     mod, mod_chat = micro(tok, "videollm-mod")
     with pytest.raises(ValueError, match="cannot be captured"):
         Narrator(mod, mod_chat, capture=True)
+
+
+@pytest.mark.parametrize("system", ["flownar-c", "streaming-vlm"])
+def test_captured_step_with_flash_attention_equals_the_eager_step(tok, system):
+    """The captured step's flash-attn path (used on a GPU in bf16/fp16 when flash-attn is installed): the cache's
+    buffers handed over as (1, capacity, kv_heads, hd) views with the cached length, instead of sdpa under a mask.
+    Held to the eager step through cache growth and compaction (a 3-frame window for streaming-vlm), with a
+    stand-in written from flash-attn's documented semantics (tests/flash_standin.py)."""
+    from flash_standin import flash_attn_with_kvcache
+
+    kw = {"last_k_narration": 2, **({"vision_window": 3} if system == "streaming-vlm" else {})}
+    model, chat = micro(tok, system, **kw)
+    s = sample(model.config.use_memory)
+    frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(6))
+    calls = []
+
+    def flash(*args, **kwargs):
+        calls.append(kwargs["cache_seqlens"].item())
+        return flash_attn_with_kvcache(*args, **kwargs)
+
+    runs = []
+    for use_flash in (False, True):
+        narrator = Narrator(model, chat, record_logits=True, capture=use_flash, cache_capacity=8)
+        if use_flash:
+            step = narrator.step_weights.compiled
+            assert step.flash is None  # CPU, float32: sdpa unless told
+            step.flash = flash
+        replay(narrator, s, frames)
+        runs.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size()))
+    assert runs[1][0] == runs[0][0] and runs[1][2] == runs[0][2]
+    assert len(calls) > 10 and max(calls) > 8  # every step went through it, past the first capacity
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
