@@ -2,6 +2,9 @@
 GPU machine)."""
 
 import json
+import os
+import subprocess
+import sys
 
 from flownar import gpu_check
 
@@ -32,10 +35,6 @@ def test_gpu_check_runs_without_the_packages_a_gpu_node_lacks(tmp_path):
     DeepSpeed, flash-attn or the notebook stack (and no network to fetch them): the script and the GPU tests it runs
     must not import them. A sitecustomize on PYTHONPATH makes each of them fail to import, in the pytest
     subprocess too."""
-    import os
-    import subprocess
-    import sys
-
     blocked = ["datasets", "pycocoevalcap", "papermill", "ipykernel", "ipywidgets", "av", "nbval", "jupyterlab"]
     blocked += ["deepspeed", "flash_attn"]
     site = tmp_path / "site"

@@ -3,15 +3,12 @@ notebook's stderr, which nbval compares)."""
 
 import warnings
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from flownar.models import SYSTEMS  # noqa: E402
-from flownar.report import save_figure  # noqa: E402
-from flownar.train_report import plot_training_curves, short_name  # noqa: E402
+from flownar.models import SYSTEMS
+from flownar.report import save_figure
+from flownar.train_report import plot_training_curves, short_name
 
 
 def fake_runs(tmp_path):

@@ -138,7 +138,9 @@ def run_stream_bench(
         "compile": compile,
         "capture": capture,
         "graphs_captured": getattr(step, "captures", None) if capture else None,
-        "attention": ("flash-attn" if getattr(step, "flash", None) is not None else "sdpa") if capture else "sdpa",
+        "attention": "flash-attn"
+        if getattr(step, "flash", None) is not None
+        else "sdpa",  # only a captured step has it
         "streams": 1,
         "frames": done,
         "frames_asked": n_frames,
