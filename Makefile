@@ -112,8 +112,12 @@ notebooks-smoke: $(STAMP)
 	  TQDM_DISABLE=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=1800 $$nb || exit 1; done
 
+# LAB_ARGS: extra arguments for jupyter lab (e.g. LAB_ARGS="--no-browser --port 8890"). As root (a container)
+# Jupyter refuses to start unless told --allow-root, so it is added then, with a line saying so.
+LAB_ARGS ?=
 lab: $(STAMP)
-	cd $(ROOT)/notebooks && $(VENV)/bin/jupyter lab
+	@if [ "$$(id -u)" = 0 ]; then echo "make lab: running as root (a container?): passing --allow-root to jupyter lab"; fi
+	cd $(ROOT)/notebooks && $(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # ---------------------------------------------------------------- data
 data-ek100 data-ego4d data-egoexo4d: data-%: $(STAMP)
