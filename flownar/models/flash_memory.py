@@ -28,6 +28,23 @@ Positions: the original gives each memory entry the temporal M-RoPE index of its
 fed as a contiguous block, like CLAM's; only its order (DAM, then CSM, each by time) carries time. This is a
 deviation: what AM-RoPE's positions add is not reproduced.
 
+Other deviations from the original (Flash-VStream-Qwen, ``models/compress_functions.py`` and
+``models/vstream_qwen2vl_realtime.py``), all deliberate:
+
+* DAM frames are in time order; the original lays them out heaviest cluster first, and their AM-RoPE positions
+  carry the time. With a contiguous block the order is what carries time here.
+* A cluster's time is the weighted mean of its members' frame times. The original computes that, then replaces it
+  by the plain mean of its members' row indices among [old centroids; new unit] before sorting; we keep the former.
+* The low-resolution feature is one token of the frame's own encoding (FlowNar-Data stores 10 tokens per frame);
+  the original encodes a 2x2-pooled copy of the frames with a second vision pass and clusters that whole map.
+  A unit is one frame here, two in the original (Qwen2-VL's temporal patch).
+* Training uses the same streaming update as inference (narration is streaming throughout); the original's
+  training and offline evaluation cluster each clip once (weights 1), its realtime build streams as here.
+* k-means details: the original draws its initial centroids among distinct rows with the unseeded global
+  generator, stops when the *sum* of the centroid shifts is below ``tol`` (here the largest), does not re-assign
+  after the last update, and with fewer distinct rows than clusters returns those rows with weights reset to 1
+  (here coinciding rows simply share a cluster).
+
 The read-out sizes are settings: :data:`EQUAL_TO_CLAM` (10 centroids + 1 retrieved frame of 10 tokens = CLAM's 20
 tokens) for the narration system ``flash-vstream``, and :data:`NATIVE_LIKE` (60 centroids + 30 retrieved frames: the
 original's default counts of units, 60 + 300 tokens with our 1-token low and 10-token high resolution).
