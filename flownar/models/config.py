@@ -20,11 +20,13 @@ at CLAM's token budget (10 centroids + 1 frame of 10 tokens = 20 tokens).
 ``streaming-vlm`` is this package's adaptation of StreamingVLM's cache (Xu et al., arXiv 2510.09608; it is not in the
 FlowNar paper): attention sinks (the prompt: system line, frame 0's neighbours, the instruction; never dropped) +
 a window of the most recent ``vision_window`` frames (32 = StreamingVLM's 16 one-second chunks at FlowNar-Data's
-2 fps) + a window of recent text (the last ``last_k_narration`` = 10 narrations, FlowNar-C's window: StreamingVLM
-counts 512 text tokens; whole narrations here, so the window never cuts a sentence and the system differs from
-FlowNar-C only in its visual context), nothing pruned at narrations, and *contiguous* positions
-(``contiguous_positions``: the kept tokens are re-indexed 0, 1, 2, ... after every eviction, StreamingVLM's
-``pos_mode="shrink"``): keys are cached un-rotated and rotated at their current index at every step.
+2 fps) + a window of recent text (the last ``last_k_narration`` = 10 narrations, FlowNar-C's window: whole
+narrations, so the window never cuts a sentence and the system differs from FlowNar-C only in its visual context),
+nothing pruned at narrations, and *contiguous* positions (``contiguous_positions``: the kept tokens are re-indexed
+0, 1, 2, ... after every eviction, StreamingVLM's ``pos_mode="shrink"``): keys are cached un-rotated and rotated at
+their current index at every step. StreamingVLM's own cache differs: it also keeps the first 512 tokens of its old
+replies as a text sink, the replies of the last 16 s in place plus the 512 most recent older tokens, drops the
+instruction with the first round, and uses Qwen2.5-VL's 3-D positions (the README lists every difference).
 """
 
 from __future__ import annotations
