@@ -115,9 +115,10 @@ notebooks-smoke: $(STAMP)
 # LAB_ARGS: extra arguments for jupyter lab (e.g. LAB_ARGS="--no-browser --port 8890"). As root (a container)
 # Jupyter refuses to start unless told --allow-root, so it is added then, with a line saying so.
 LAB_ARGS ?=
+AS_ROOT = $(filter 0,$(shell id -u))
 lab: $(STAMP)
-	@if [ "$$(id -u)" = 0 ]; then echo "make lab: running as root (a container?): passing --allow-root to jupyter lab"; fi
-	cd $(ROOT)/notebooks && $(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(if $(AS_ROOT),@echo "make lab: running as root (a container?): passing --allow-root to jupyter lab")
+	cd $(ROOT)/notebooks && $(VENV)/bin/jupyter lab $(if $(AS_ROOT),--allow-root) $(LAB_ARGS)
 
 # ---------------------------------------------------------------- data
 data-ek100 data-ego4d data-egoexo4d: data-%: $(STAMP)
