@@ -14,7 +14,7 @@ SEED ?= 0
 # where make reproduce-* writes tables and figures (<FIG_DIR>/<dataset>/<profile>)
 FIG_DIR ?= $(ROOT)/paper_figures
 # make seeds-<dataset>: the seeds of the seed-to-seed spread (seed 0 is the ordinary run)
-SEEDS ?= 0 1 2
+SEEDS ?= 0 1 2 3 4
 DATA_ROOT ?=
 LLM_PATH ?=
 

@@ -27,8 +27,11 @@ class StreamDataset(torch.utils.data.Dataset):
         max_num_frames: int,
         seed: int = 0,
         cache_features: bool = True,
+        content_weight: float = 1.0,
     ):
         self.data, self.chat, self.config = data, chat, config
+        self.content_weight = content_weight
+        self.content_ids = content_token_ids(chat, data) if content_weight != 1.0 else None
         self.samples = build_stream_samples(
             data, split, use_memory=config.use_memory, max_num_frames=max_num_frames, seed=seed
         )
@@ -58,11 +61,33 @@ class StreamDataset(torch.utils.data.Dataset):
             expiry=expiry,
             sample_id=s.sample_id,
         )
+        if self.content_ids is not None:
+            item["label_weights"] = content_weights(enc.labels, self.content_ids, self.content_weight)[None]
         if self.config.uses_flash:  # Flash Memory is non-parametric: its read-outs are computed once per sample
             if i not in self.flash:
                 self.flash[i] = flash_readouts(self.config.flash_config, frames, enc.mem_frame_indices)
             item["memory_features"] = self.flash[i]
         return item
+
+
+def content_token_ids(chat: ChatTokenizer, data) -> torch.Tensor:
+    """The token ids of the words that name an action in the embedded world: every word of its verbs and nouns
+    (the synthetic card's vocabulary), as the tokenizer splits them after a space. Real data has no such list."""
+    card = data.synthetic_card
+    if not card or "vocabulary" not in card:
+        raise ValueError(
+            f"{data.root}: a content-word loss weight needs the synthetic world's vocabulary (embedded data only)"
+        )
+    words = {w for v in card["vocabulary"]["verbs"] for w in v.split()} | set(card["vocabulary"]["nouns"])
+    ids = {i for w in sorted(words) for i in chat.tok(" " + w, add_special_tokens=False)["input_ids"]}
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def content_weights(labels: torch.Tensor, content_ids: torch.Tensor, weight: float) -> torch.Tensor:
+    """(L,) loss weights: ``weight`` where the label is a content word, 1 elsewhere (unlearned positions too)."""
+    w = torch.ones(labels.shape, dtype=torch.float32)
+    w[torch.isin(labels, content_ids)] = weight
+    return w
 
 
 def model_inputs(batch: dict, device) -> dict:

@@ -2,35 +2,148 @@
 
 ``flownar claims --dataset ek100 --dirs DIR [DIR ...]`` (``make seeds-ek100`` runs the default pipeline once per
 seed of ``SEEDS`` and then this) reads each seed's output folder (``table_self_conditioned_corrected.csv``,
-``table_teacher_forcing.csv``, ``table_memory_gap.csv``, ``table_position.csv``, ``table_efficiency*.csv``) and
-writes ``table_claims.{csv,md,tex}``: the paper's figure (read from the paper's tables in ``flownar/resources``,
-never computed), ours as mean +- std over seeds, and a verdict.
+``table_teacher_forcing.csv``, ``content_rates.csv``, ``table_position.csv``, ``table_efficiency*.csv``) and writes
+``table_claims.{csv,md,tex}``: the paper's figure (read from the paper's tables in ``flownar/resources``, never
+computed), ours as mean +- std over seeds, and a verdict. Tables are joined by system key, never by display name.
 
-The last rows compare our adaptations (issue 15: Flash-VStream's memory in FlowNar's narrator, a StreamingVLM-style
-cache) with the systems they are built from; the paper has no claim about them, so their verdict says only whether
-there is a difference beyond the seed spread.
+**The verdict rules.** For a quantity measured per seed, our interval is ``mean +- 2 sd`` (sd: the seed-to-seed
+standard deviation): a difference counts only beyond the seed spread. ``x`` below is the difference signed so that
+positive is the claim's side.
 
-Verdict rule, the same for every comparison of two systems: the difference counts only if its mean is more than
-two seed-to-seed standard deviations from zero (``reproduced`` when its sign is the paper's, ``opposite`` when
-not); otherwise ``no difference beyond the seed spread``. With one seed there is no spread and the verdict says
-``one seed: direction only``. Ratios of analytic or measured efficiency do not vary with the seed and are judged
-by direction (a bounded cache: ratio > 1).
+* *better* (the paper claims an improvement): **reproduced** when the interval lies above 0; **opposite** when it
+  lies below 0; otherwise **not reproduced** when the paper's figure lies above the interval (its effect is
+  excluded and ours is not distinguishable from none), else **inconclusive at n seeds** (the interval holds 0 and
+  the paper's figure, or the paper gives none). Monotone: a larger ``x`` never reads worse, and matching the paper's
+  figure can never read *not reproduced*.
+* *no worse* (the paper says "on par" / "keeps the quality"): **not reproduced** only when the interval lies below
+  both 0 and the paper's figure (worse beyond the spread, and worse than the paper found); otherwise
+  **reproduced**, saying whether ours is on par (the interval holds 0), better beyond the spread, or a loss no
+  larger than the paper's.
+* *ratio* (efficiency: a bounded cache, a faster stream): above 1 is the claim's side. An analytic ratio does not
+  depend on the seed: one value, no spread, judged by direction; a measured one is judged like *better* around 1.
+* *compare* (our adaptations against the systems they are built from; the paper says nothing about them, so there
+  is no expected sign): **difference beyond the seed spread** or **no difference beyond the seed spread**.
+
+"The paper's sign in k of n seeds" is said only where the paper has a figure; "the claimed direction" where it
+claims one without a number. With one seed there is no spread: the verdict says so.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .errors import FlowNarError
 from .eval.tables import PAPER_DATASET, paper_self_conditioned, paper_teacher_forcing
 from .models import SYSTEM_NAMES
 from .report import read_table_csv
 
 N = SYSTEM_NAMES
+#: the content scores the memory rows read (notebook 05: flownar.eval.content.rates)
+CONTENT_RATES = "content_rates"
 
 
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    text: str  # the claim, in the paper's own terms where it has them
+    unit: str
+    kind: str  # "better" | "no worse" | "ratio" | "compare"
+    sign: int = 1  # which way of ours is the claim's side (+1: larger, -1: smaller); unused by "compare"
+    analytic: bool = False  # seed-independent: one value, no spread
+
+
+CLAIMS = [
+    Claim(
+        "dcm_f1",
+        "DCM improves self-conditioned temporal F1 over VideoLLM-online / MoD (FlowNar - best of them)",
+        "F1 points",
+        "better",
+    ),
+    Claim(
+        "dcmonly_f1",
+        "DCM alone (no CLAM) improves F1 over VideoLLM-online (DCM-only - VideoLLM-online)",
+        "F1 points",
+        "better",
+    ),
+    Claim(
+        "c_vs_full_f1",
+        "FlowNar-C keeps FlowNar's quality with a bounded cache (FlowNar-C - FlowNar)",
+        "F1 points",
+        "no worse",
+    ),
+    Claim(
+        "clam_memory",
+        "CLAM helps narrations that need long-range memory (FlowNar - DCM-only, object named right on memory segments)",
+        "points",
+        "better",
+    ),
+    Claim(
+        "tf_ppl",
+        "Teacher forcing: FlowNar on par with VideoLLM-online in LM-PPL (FlowNar - VideoLLM-online; lower is better)",
+        "PPL",
+        "no worse",
+        sign=-1,
+    ),
+    Claim(
+        "tf_corr",
+        "Teacher forcing: FlowNar on par with VideoLLM-online in LM-Correctness (FlowNar - VideoLLM-online)",
+        "points",
+        "no worse",
+    ),
+    Claim(
+        "beyond_cap",
+        "Past the training length FlowNar degrades less than VideoLLM-online "
+        "(F1 beyond 1x cap minus F1 0-1x, FlowNar - VideoLLM-online)",
+        "F1 points",
+        "better",
+    ),
+    Claim(
+        "cache_ratio",
+        "KV cache of FlowNar-C far below VideoLLM-online's (reduction, analytic at Llama-3.2-1B)",
+        "x",
+        "ratio",
+        analytic=True,
+    ),
+    Claim(
+        "speed_ratio",
+        "FlowNar-C streams faster than VideoLLM-online (frames/s ratio, measured in each seed's run, mini model, CPU)",
+        "x",
+        "ratio",
+    ),
+    # our adaptations (no paper claim, no expected sign: the sign of "ours" says which way)
+    Claim(
+        "swap_f1",
+        "Same narrator, memory swapped: CLAM vs Flash Memory (FlowNar - Flash-VStream memory, ours), F1",
+        "F1 points",
+        "compare",
+    ),
+    Claim(
+        "swap_memory",
+        "Same narrator, memory swapped: object named right on memory segments (FlowNar - Flash-VStream memory, ours)",
+        "points",
+        "compare",
+    ),
+    Claim(
+        "window_f1",
+        "Bounded by pruning at narrations vs by a sliding window (FlowNar-C - StreamingVLM-style cache, ours), F1",
+        "F1 points",
+        "compare",
+    ),
+    Claim(
+        "window_memory",
+        "Pruning vs a window: object named right on memory segments (FlowNar-C - StreamingVLM-style cache, ours)",
+        "points",
+        "compare",
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- reading
 def _read(d: Path, name: str) -> pd.DataFrame | None:
     p = Path(d) / f"{name}.csv"
     return read_table_csv(p) if p.is_file() else None
@@ -41,6 +154,33 @@ def _get(df: pd.DataFrame | None, row: str, col: str) -> float:
         return float(df.loc[row, col])
     except (AttributeError, KeyError, TypeError, ValueError):
         return float("nan")
+
+
+def memory_accuracy(d: Path) -> dict[str, float]:
+    """Per system key: the percentage of narrations closing a memory segment that name its object (the content
+    scores' ``memory`` / ``noun`` row); empty when the folder has none (real data, or not yet scored)."""
+    p = Path(d) / f"{CONTENT_RATES}.csv"
+    if not p.is_file():
+        return {}
+    df = pd.read_csv(p, comment="#")
+    sel = df[(df.group == "memory") & (df.metric == "noun")]
+    return {str(s): 100.0 * float(r) for s, r in zip(sel.system, sel.rate)}
+
+
+def check_dirs(dirs: list[Path], dataset: str) -> None:
+    """Every seed folder exists and, where it records one (``provenance.json``), is of ``dataset``."""
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise FlowNarError(f"seed folder(s) not found: {', '.join(missing)}")
+    for d in dirs:
+        prov = d / "provenance.json"
+        if prov.is_file():
+            try:
+                got = json.loads(prov.read_text()).get("dataset")
+            except (OSError, ValueError) as e:
+                raise FlowNarError(f"{prov}: unreadable ({e})") from e
+            if got and got != dataset:
+                raise FlowNarError(f"{d}: a {got} folder (provenance.json), but the claims are for {dataset}")
 
 
 def _per_seed(dirs: list[Path]) -> dict[str, list[float]]:
@@ -56,13 +196,13 @@ def _per_seed(dirs: list[Path]) -> dict[str, list[float]]:
         put("dcm_f1", f1["flownar"] - np.nanmax([f1["videollm-online"], f1["videollm-mod"]]))
         put("dcmonly_f1", f1["dcm-only"] - f1["videollm-online"])
         put("c_vs_full_f1", f1["flownar-c"] - f1["flownar"])
-        mem = _read(d, "table_memory_gap")
-        col = "memory: object correct (%)"
-        put("clam_memory", _get(mem, N["flownar"], col) - _get(mem, N["dcm-only"], col))
-        # our adaptations (issue 15): the same narrator with only the memory swapped, and pruning vs a window
+        mem = memory_accuracy(d)
+        acc = {s: mem.get(s, float("nan")) for s in N}
+        put("clam_memory", acc["flownar"] - acc["dcm-only"])
         put("swap_f1", f1["flownar"] - f1["flash-vstream"])
-        put("swap_memory", _get(mem, N["flownar"], col) - _get(mem, N["flash-vstream"], col))
+        put("swap_memory", acc["flownar"] - acc["flash-vstream"])
         put("window_f1", f1["flownar-c"] - f1["streaming-vlm"])
+        put("window_memory", acc["flownar-c"] - acc["streaming-vlm"])
         tf = _read(d, "table_teacher_forcing")
         put("tf_ppl", _get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"))
         put(
@@ -92,15 +232,16 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
     def f1(s):
         return _get(sc, N[s], "F1")
 
+    ours = (float("nan"), "our adaptation, not in the paper")
     return {
         "dcm_f1": (f1("flownar") - max(f1("videollm-online"), f1("videollm-mod")), f"{ds} F1"),
         "dcmonly_f1": (float("nan"), "no DCM-only row"),
         "c_vs_full_f1": (f1("flownar-c") - f1("flownar"), f"{ds} F1"),
         "clam_memory": (float("nan"), "qualitative (Fig. 6)"),
-        "tf_ppl": (_get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"), "Ego4D"),
+        "tf_ppl": (_get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"), "Ego4D; 'on par'"),
         "tf_corr": (
             _get(tf, N["flownar"], "LM-Correctness (%)") - _get(tf, N["videollm-online"], "LM-Correctness (%)"),
-            "Ego4D",
+            "Ego4D; 'on par'",
         ),
         "beyond_cap": (float("nan"), "claimed in the text, no number"),
         "cache_ratio": (
@@ -108,148 +249,107 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
             f"{ds} cache, Llama-3.2-1B",
         ),
         "speed_ratio": (float("nan"), "Fig. 4 (H100)"),
-        **{k: (float("nan"), "our adaptation, not in the paper") for k in ("swap_f1", "swap_memory", "window_f1")},
+        "swap_f1": ours,
+        "swap_memory": ours,
+        "window_f1": ours,
+        "window_memory": ours,
     }
 
 
-#: (key, claim, unit, expected sign of ours, kind)
-CLAIMS = [
-    (
-        "dcm_f1",
-        "DCM improves self-conditioned temporal F1 over VideoLLM-online / MoD (FlowNar - best of them)",
-        "F1 points",
-        1,
-        "diff",
-    ),
-    (
-        "dcmonly_f1",
-        "DCM alone (no CLAM) improves F1 over VideoLLM-online (DCM-only - VideoLLM-online)",
-        "F1 points",
-        1,
-        "diff",
-    ),
-    (
-        "c_vs_full_f1",
-        "FlowNar-C keeps FlowNar's quality with a bounded cache (FlowNar-C - FlowNar)",
-        "F1 points",
-        0,
-        "same",
-    ),
-    (
-        "clam_memory",
-        "CLAM helps narrations that need long-range memory (FlowNar - DCM-only, object accuracy on memory segments)",
-        "points",
-        1,
-        "diff",
-    ),
-    ("tf_ppl", "Teacher-forced LM-PPL: FlowNar below VideoLLM-online (FlowNar - VideoLLM-online)", "PPL", -1, "diff"),
-    (
-        "tf_corr",
-        "Teacher-forced LM-Correctness: FlowNar above VideoLLM-online (FlowNar - VideoLLM-online)",
-        "points",
-        1,
-        "diff",
-    ),
-    (
-        "beyond_cap",
-        "Past the training length FlowNar degrades less than VideoLLM-online "
-        "(F1 beyond 1x cap minus F1 0-1x, FlowNar - VideoLLM-online)",
-        "F1 points",
-        1,
-        "diff",
-    ),
-    (
-        "cache_ratio",
-        "KV cache of FlowNar-C far below VideoLLM-online's (reduction, analytic at Llama-3.2-1B)",
-        "x",
-        1,
-        "ratio",
-    ),
-    (
-        "speed_ratio",
-        "FlowNar-C streams faster than VideoLLM-online (frames/s ratio, measured in this run, mini model, CPU)",
-        "x",
-        1,
-        "ratio",
-    ),
-    # Comparisons with our adaptations (no paper claim, so no expected sign: the verdict says only whether there is
-    # a difference beyond the seed spread; the sign of "ours" says which way).
-    (
-        "swap_f1",
-        "Same narrator, memory swapped: CLAM vs Flash Memory (FlowNar - Flash-VStream memory, ours), F1",
-        "F1 points",
-        0,
-        "compare",
-    ),
-    (
-        "swap_memory",
-        "Same narrator, memory swapped: object accuracy on memory segments (FlowNar - Flash-VStream memory, ours)",
-        "points",
-        0,
-        "compare",
-    ),
-    (
-        "window_f1",
-        "Bounded by pruning at narrations vs by a sliding window (FlowNar-C - StreamingVLM-style cache, ours), F1",
-        "F1 points",
-        0,
-        "compare",
-    ),
-]
-
-
-def _verdict(values: np.ndarray, sign: int, kind: str) -> str:
-    v = values[~np.isnan(values)]
-    if len(v) == 0:
-        return "not testable here"
+# ---------------------------------------------------------------------------------------------------- verdicts
+def verdict(values, claim: Claim, paper: float = float("nan")) -> str:
+    """The verdict of ``claim`` from its per-seed ``values`` and the paper's figure (module docstring)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    n = len(v)
+    if n == 0:
+        return "not testable here (its table is missing)"
     mean = float(v.mean())
-    if kind == "ratio":
-        return "reproduced" if mean > 1.0 else "not reproduced"
-    sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-    if kind == "compare":
-        if np.isnan(sd):
+    if claim.kind == "ratio":
+        if claim.analytic or n == 1:
+            side = "reproduced" if mean > 1.0 else "opposite"
+            return f"{side} (direction; " + ("analytic, seed-independent)" if claim.analytic else "one seed)")
+        sd = float(v.std(ddof=1))
+        if mean - 2 * sd > 1.0:
+            return "reproduced (beyond the seed spread)"
+        if mean + 2 * sd < 1.0:
+            return "opposite (beyond the seed spread)"
+        return f"inconclusive at {n} seeds (above 1 in {int((v > 1).sum())} of {n})"
+    if claim.kind == "compare":
+        if n == 1:
             return "one seed: no spread to judge"
-        if abs(mean) > 2.0 * sd:
+        sd = float(v.std(ddof=1))
+        if abs(mean) > 2 * sd:
             return "difference beyond the seed spread"
-        return f"no difference beyond the seed spread (positive in {int((v > 0).sum())} of {len(v)} seeds)"
-    if np.isnan(sd):
-        if kind == "same":
-            return "one seed: no spread to judge"
-        return "one seed: direction only (" + ("as the paper" if np.sign(mean) == sign else "not as the paper") + ")"
-    beyond = abs(mean) > 2.0 * sd
-    if kind == "same":
+        return f"no difference beyond the seed spread (positive in {int((v > 0).sum())} of {n} seeds)"
+    x, p = claim.sign * v, claim.sign * paper  # positive: the claim's side
+    xm = float(x.mean())
+    has_paper = not np.isnan(p)
+    agree = int((x > 0).sum())
+    direction = (
+        f"the paper's sign in {agree} of {n} seeds" if has_paper else f"the claimed direction in {agree} of {n} seeds"
+    )
+    if n == 1:
+        return "one seed: no spread to judge (" + ("on the claim's side" if xm > 0 else "not on the claim's side") + ")"
+    sd = float(x.std(ddof=1))
+    lo, hi = xm - 2 * sd, xm + 2 * sd
+    if claim.kind == "better":
+        if lo > 0:
+            return "reproduced (beyond the seed spread)"
+        if hi < 0:
+            return "opposite (beyond the seed spread)"
+        if has_paper and p > hi:
+            return (
+                "not reproduced (no effect beyond the seed spread, and the paper's figure lies above ours; "
+                f"{direction})"
+            )
         return (
-            "reproduced (within the seed spread)"
-            if not beyond
-            else ("not reproduced" if mean < 0 else "reproduced (better)")
+            f"inconclusive at {n} seeds (the spread holds no effect"
+            + (" and the paper's figure" if has_paper else "")
+            + f"; {direction})"
         )
-    if not beyond:
-        same = int((np.sign(v) == (sign or 1)).sum())
-        return f"not reproduced (no difference beyond the seed spread; the paper's sign in {same} of {len(v)} seeds)"
-    return "reproduced" if np.sign(mean) == sign else "not reproduced (opposite)"
+    if claim.kind == "no worse":
+        floor = min(p, 0.0) if has_paper else 0.0
+        if hi < floor:
+            return "not reproduced (worse beyond the seed spread" + (
+                ", and by more than the paper's figure)" if has_paper else ")"
+            )
+        if lo > 0:
+            return "reproduced (better beyond the seed spread)"
+        if hi >= 0:
+            return "reproduced (on par: no loss beyond the seed spread)"
+        return "reproduced (a loss no larger than the paper's figure)"
+    raise ValueError(f"unknown claim kind {claim.kind!r}")
 
 
 def claims_table(dirs: list, dataset: str) -> pd.DataFrame:
     dirs = [Path(d) for d in dirs]
+    check_dirs(dirs, dataset)
     seeds = _per_seed(dirs)
     paper = _paper_figures(dataset)
     rows = []
-    for key, claim, unit, sign, kind in CLAIMS:
-        v = np.asarray(seeds.get(key, []), dtype=float)
+    for c in CLAIMS:
+        v = np.asarray(seeds.get(c.key, []), dtype=float)
         ok = v[~np.isnan(v)]
         mean = float(ok.mean()) if len(ok) else float("nan")
         sd = float(ok.std(ddof=1)) if len(ok) > 1 else float("nan")
-        pv, pnote = paper[key]
+        pv, pnote = paper[c.key]
+        fmt = (lambda x: f"{x:.2f}") if c.kind == "ratio" else (lambda x: f"{x:+.2f}")
+        if np.isnan(mean):
+            ours = "n/a"
+        elif c.analytic:
+            ours = f"{fmt(mean)} (analytic)"
+        else:
+            ours = fmt(mean) + ("" if np.isnan(sd) else f" +- {sd:.2f}")
         rows.append(
             {
-                "claim": claim,
-                "paper": ("n/a" if np.isnan(pv) else f"{pv:+.2f}" if kind != "ratio" else f"{pv:.1f}") + f" ({pnote})",
-                "ours (mean +- std)": "n/a"
-                if np.isnan(mean)
-                else (f"{mean:+.2f}" if kind != "ratio" else f"{mean:.2f}") + ("" if np.isnan(sd) else f" +- {sd:.2f}"),
-                "unit": unit,
+                "claim": c.text,
+                "paper": ("n/a" if np.isnan(pv) else f"{pv:.1f}" if c.kind == "ratio" else f"{pv:+.2f}")
+                + f" ({pnote})",
+                "ours (mean +- std)": ours,
+                "unit": c.unit,
                 "seeds": len(ok),
-                "verdict": _verdict(v, sign, kind),
+                "verdict": verdict(v, c, pv),
             }
         )
     return pd.DataFrame(rows).set_index("claim")
@@ -268,7 +368,8 @@ def main(argv=None) -> int:
     table = claims_table(a.dirs, a.dataset)
     banner = (
         f"EMBEDDED SYNTHETIC DATA ({a.dataset} layout): not the paper's data. What the embedded default reproduces, "
-        f"over {len(a.dirs)} seed(s); a difference counts only beyond two seed-to-seed standard deviations."
+        f"over {len(a.dirs)} seed(s); a difference counts only beyond two seed-to-seed standard deviations "
+        "(rules: flownar.claims)."
     )
     for path in save_table(table, Path(a.out) / "table_claims", banner):
         print("wrote", path)

@@ -92,6 +92,7 @@ class TrainConfig:
     lr: float = 2e-4
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
+    content_loss_weight: float = 1.0  # embedded data only: loss weight of the words naming verb and object
     grad_clip: float = 1.0
     grad_accum: int = 16
     max_num_frames: int = MAX_NUM_FRAMES
@@ -442,7 +443,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         if is_peft:
             model.enable_input_require_grads()
     model.to(device)
-    dataset = StreamDataset(data, "train", chat, config, cfg.max_num_frames, seed=cfg.seed)
+    dataset = StreamDataset(
+        data, "train", chat, config, cfg.max_num_frames, seed=cfg.seed, content_weight=cfg.content_loss_weight
+    )
     if len(dataset) == 0:
         raise FlowNarError(f"{data.root}: no training samples")
     my_items = len(range(rank, len(dataset), world))

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -69,10 +71,17 @@ def short_name(name: str) -> str:
     return re.sub(r":[^()]*\)", ")", name)
 
 
-def plot_training_curves(runs: dict[str, Path], title: str = "", auc: dict[str, float] | None = None):
+def plot_training_curves(
+    runs: dict[str, Path],
+    title: str = "",
+    auc: dict[str, float] | None = None,
+    content: dict[str, tuple[float, float]] | None = None,
+):
     """Loss per optimizer step, one line per system (total, narration-LM and frame-decision panels); with ``auc``
-    (system -> validation decision AUC, :func:`flownar.eval.oracle.decision_probe`) a fourth panel beside them
-    shows whether each system learned *when* to speak, and its bars (in the curves' colours) are the legend.
+    (system -> validation decision AUC, :func:`flownar.eval.oracle.decision_probe`) a panel beside them shows
+    whether each system learned *when* to speak, and its bars (in the curves' colours) are the legend; with
+    ``content`` (system -> teacher-forced object accuracy with the frames and with them zeroed,
+    :func:`flownar.eval.oracle.content_probe`) one more shows whether it learned *what* to say from what it sees.
 
     Each curve is a centred rolling mean over 2% of the steps (the raw per-step loss of a batch is too noisy to
     tell seven systems apart); the raw losses stay in each run's ``train_log.csv`` and ``fig_loss``. Systems are
@@ -97,9 +106,11 @@ def plot_training_curves(runs: dict[str, Path], title: str = "", auc: dict[str, 
     df = pd.concat(frames)
     palette = dict(zip(df["system"].unique(), sns.color_palette(n_colors=len(runs))))
     # constrained layout: each panel gets the room its own labels need (tight_layout gives every gap the widest)
-    fig, axes = plt.subplots(1, 4 if auc else 3, figsize=(16 if auc else 12, 3.6), layout="constrained")
+    extra = int(bool(auc)) + int(bool(content))
+    fig, axes = plt.subplots(1, 3 + extra, figsize=(12 + 4 * extra, 3.6), layout="constrained")
     for ax, col, panel in zip(axes, cols, ("total loss", "narration tokens (LM)", "frame decisions (silent/speak)")):
-        sns.lineplot(df, x="step", y=col, hue="system", palette=palette, ax=ax, legend=not auc and ax is axes[0], lw=1)
+        legend = not extra and ax is axes[0]
+        sns.lineplot(df, x="step", y=col, hue="system", palette=palette, ax=ax, legend=legend, lw=1)
         ax.set_title(panel)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -116,6 +127,21 @@ def plot_training_curves(runs: dict[str, Path], title: str = "", auc: dict[str, 
         ax.set_title("when to speak: decision AUC (val)")
         for i, v in enumerate(auc.values()):
             ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    if content:
+        ax = axes[-1]
+        names = [name(s) for s in content]
+        y = np.arange(len(names))
+        seen = [100 * a for a, _ in content.values()]
+        blind = [100 * b for _, b in content.values()]
+        ax.barh(y - 0.2, seen, 0.4, color=[palette.get(n, "grey") for n in names], label="with the frames")
+        ax.barh(y + 0.2, blind, 0.4, color="white", edgecolor="grey", hatch="//", label="frames zeroed")
+        ax.set_yticks(y, names if not auc else [""] * len(names))
+        ax.set_xlim(0, 100)
+        ax.invert_yaxis()
+        ax.set_title("what to say: object named, teacher-forced (val, %)")
+        ax.legend(fontsize=7, loc="lower right")
+        for i, v in enumerate(seen):
+            ax.text(v, i - 0.2, f" {v:.0f}", va="center", fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

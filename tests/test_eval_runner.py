@@ -150,7 +150,7 @@ def test_eval_cli(setup, tmp_path, capsys):
 def test_roc_auc_hand_cases():
     import numpy as np
 
-    from flownar.eval.oracle import roc_auc
+    from flownar.data.probes import roc_auc
 
     y = np.array([0, 0, 1, 1], dtype=bool)
     assert roc_auc([0.1, 0.2, 0.3, 0.4], y) == 1.0
@@ -256,3 +256,41 @@ def test_notebook_multi_gpu_narration_fills_the_files_the_runner_reuses(setup, t
     assert len(list(preds.glob("*.json"))) == n_clips
     rec = run_self_conditioned(ckpt, data, preds, system="flownar-c", progress=False, with_captions=False)
     assert rec["run"]["done"] == 0 and rec["run"]["reused"] == n_clips
+
+
+def test_cpu_systems_narrate_at_once_into_the_files_the_runner_reuses(setup, tmp_path):
+    """Notebook 03 on the CPU: narrate_systems narrates several systems in parallel processes (one thread each);
+    run_self_conditioned then reuses every file, and the narrations are those of a one-thread run in this process."""
+    from flownar.eval.runner import load_predictions, narrate_systems, run_self_conditioned
+
+    base, data, chat, model = setup
+    runs = {}
+    for name, seed in (("flownar-c", 0), ("dcm-only", 1)):
+        torch.manual_seed(seed)
+        m = FlowNarForCausalLM(config_for(name, chat, data.feature_dim, size="micro")).eval()
+        runs[name] = tmp_path / name
+        m.save_pretrained(runs[name])
+        chat.tok.save_pretrained(runs[name])
+    r = narrate_systems(runs, data, tmp_path / "predictions", workers=2, max_new_tokens=2)
+    n_clips = len(data.eval_clips("val"))
+    assert list(r) == list(runs) and all(x["done"] == n_clips for x in r.values())
+    rec = run_self_conditioned(
+        runs["flownar-c"],
+        data,
+        tmp_path / "predictions" / "flownar-c",
+        progress=False,
+        with_captions=False,
+        max_new_tokens=2,
+    )
+    assert rec["run"]["done"] == 0 and rec["run"]["reused"] == n_clips
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        here = tmp_path / "here"
+        narrate_clips(model, chat, data, here, system="flownar-c", progress=False, max_new_tokens=2)
+    finally:
+        torch.set_num_threads(threads)
+    ids = [c.clip_id for c in data.eval_clips("val")]
+    a = {p.clip_id: p.predictions for p in load_predictions(tmp_path / "predictions" / "flownar-c", ids)}
+    b = {p.clip_id: p.predictions for p in load_predictions(here, ids)}
+    assert a == b

@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-
 from flownar.data.readers import FlowNarData
 from flownar.data.synth import write_synthetic_dataset
 from flownar.eval import failures
@@ -33,7 +31,7 @@ def test_oracle_predictions_and_a_hallucination(tmp_path):
     # (GT times are rounded to frames, and two narrations on one frame keep one: not exactly 1)
     assert perfect["clips"].f1.mean() > 0.85 and perfect["gt"].matched.mean() > 0.85
     named = perfect["preds"].dropna(subset=["noun"])
-    assert len(named) and named.object_visible.mean() > 0.9 and named.correct_noun.mean() > 0.85
+    assert len(named) and named.object_visible.mean() > 0.9
     # a narration naming an object nowhere in view is a hallucination
     clip = clips[0]
     seg_nouns = {s["noun"] for s in card["videos"][clip.video_uid]["segments"]}
@@ -58,27 +56,3 @@ def test_oracle_predictions_and_a_hallucination(tmp_path):
     assert failures.noun_in("You take the knife from the drawer.", nouns) == "knife"
     assert failures.noun_in("You take the jar from the cupboard.", sorted(nouns, key=len, reverse=True)) == "jar"
     assert failures.noun_in("You wait.", nouns) is None
-
-
-def test_memory_table_by_kind_and_gap():
-    import pandas as pd
-
-    def preds(rows):
-        return {"preds": pd.DataFrame(rows, columns=["noun", "kind", "correct_noun", "gap_segments"])}
-
-    a = preds(
-        [
-            ("knife", "local", True, None),
-            ("cup", "local", False, None),
-            ("jar", "held_item", True, 2),
-            ("oil", "hidden_item", False, 12),
-            (None, "held_item", None, 4),  # names no noun: not counted
-        ]
-    )
-    t = failures.memory_table({"flownar": a})
-    row = t.loc["FlowNar"]
-    assert row["local: object correct (%)"] == 50.0 and row["local: n"] == 2
-    assert row["memory: object correct (%)"] == 50.0 and row["memory: n"] == 2
-    assert row["gap 1-2: object correct (%)"] == 100.0 and row["gap >=11: object correct (%)"] == 0.0
-    assert row["gap 3-5: n"] == 0 and np.isnan(row["gap 3-5: object correct (%)"])
-    assert failures.memory_table({"x": preds([])}).empty  # real data (no kinds): no table

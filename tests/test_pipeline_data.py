@@ -75,4 +75,7 @@ def test_statistics_and_banners(tmp_path, monkeypatch):
     assert list(back.columns) == list(vs.columns)
     summary = synthetic_world_summary(data.synthetic_card)
     assert {"held_item", "hidden_item", "local"} <= set(summary.index)
-    assert summary.loc["hidden_item", "mean gap (segments back)"] >= 1
+    assert summary.loc["hidden_item", "mean gap (segments)"] >= 1
+    assert summary["segments (train)"].sum() + summary["segments (val)"].sum() == sum(
+        len(v["segments"]) for v in data.synthetic_card["videos"].values()
+    )

@@ -33,7 +33,7 @@ World v3 (``SYNTH_VERSION`` 3) adds what the first versions lacked for learning 
   action's effect becomes visible: the ``effect`` prototype in the central tokens (``cue_amp``; ``cue_linger`` of
   it remains on the next frame). It is the same for every kind of segment, so *when* does not depend on *how far
   back* the needed memory lies. Its size is set so that a linear probe on one frame is good but not certain
-  (``flownar.data.stats.completion_probe``: AUC ~0.97 on the default profile).
+  (``flownar.data.probes.completion_probe``: AUC ~0.97 on the default profile).
 * **ViT-like token mixing.** Every token becomes ``(1 - mix_share) * itself + mix_share * the frame's token
   mean``, so what a frame shows is partly in every token (the decision is read at the last one) while local
   detail still matters (a corner object reaches another token at a tenth of its share).
@@ -67,7 +67,7 @@ import torch
 
 from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
 
-SYNTH_VERSION = 3  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
+SYNTH_VERSION = 4  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,15 +97,30 @@ class SynthConfig:
     idle_rate: float = 0.3  # chance of an idle gap between two scripts
     # features: SNR of a unit-amplitude prototype in one token of one frame (projection z-score)
     frame_snr: float = 2.5
-    ar_share: float = 0.35  # share of the noise variance that is AR(1) (temporally correlated)
+    ar_share: float = 0.1  # share of the noise variance that is AR(1) (temporally correlated; v3: 0.35)
     ar_rho: float = 0.85
     blur_s: float = 0.3  # sigmoid scale (s) of the boundary ramp; the blend spans about +-1 s
-    # the completion cue: in the frame where an action's narration is due, its effect becomes visible (amplitude
-    # in prototype units, in the central tokens; half of it lingers on the next frame)
-    cue_amp: float = 1.2
+    # what the action shows (amplitudes in prototype units; world v4: the object owns the centre token, the verb
+    # the hands token, so neither hides the other)
+    noun_amp: float = 2.0  # the acted-on object (or the generic "held" / "grasp") in the centre token
+    noun_side_amp: float = 1.0  # the object again in the right token
+    verb_amp: float = 1.5  # the verb in the hands token
+    counter_amp: float = 0.3  # counter items in the corner tokens (distractors; v3: 0.6)
+    # the completion cue: in the frame where an action's narration is due, its effect becomes visible (the
+    # amplitude added to each central token, in prototype units; cue_linger of it remains on the next frame)
+    cue_amp: float = 0.6
     cue_linger: float = 0.5  # the share of the cue still visible in the next frame
-    # ViT-like mixing: every token becomes (1 - mix) * itself + mix * the frame's token mean
+    # ViT-like mixing: every token becomes (1 - mix) * itself + mix * the frame's token mean. The cue, the scene and
+    # the noise are mixed at mix_share (the decision is read at a frame's last token); what the action shows (its
+    # object, verb, the container, counter items) at content_mix, so local detail stays mostly where it is
     mix_share: float = 0.7
+    content_mix: float = 0.3
+    # memory gaps, in segments, drawn log-uniformly in [lo, hi]: how long a taken item is carried before it is put
+    # down (carry, fetch), and how long after a container showed an item the item is taken out of it (reveal)
+    carry_gap: tuple[int, int] = (2, 40)
+    fetch_gap: tuple[int, int] = (2, 20)
+    retrieve_gap: tuple[int, int] = (2, 60)
+    retrieved_gap: tuple[int, int] = (1, 8)  # a retrieved item is put down after this many segments
     # annotation noise of the second pass / annotator (Ego4D, EgoExo4D)
     jitter_s: float = 0.5
     drop_rate: float = 0.05
@@ -122,8 +137,13 @@ class SynthConfig:
             raise ValueError(
                 f"the shortest video (cap_s * length_min = {self.cap_s * self.length_min:g} s) must be >= 10 s"
             )
-        if not 0.0 <= self.mix_share < 1.0:
-            raise ValueError(f"mix_share must be in [0, 1), got {self.mix_share}")
+        for name in ("mix_share", "content_mix"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("carry_gap", "fetch_gap", "retrieve_gap", "retrieved_gap"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"{name} must be (lo, hi) with 1 <= lo <= hi, got {getattr(self, name)}")
 
     @property
     def n_videos(self) -> int:
@@ -152,7 +172,7 @@ SYNTH_PROFILES: dict[str, SynthConfig] = {
         length_max=2.5,
     ),
     # the embedded default used for CPU training
-    "default": SynthConfig(n_train=160, n_val=24, cap_s=60.0, feature_dim=64),
+    "default": SynthConfig(n_train=160, n_val=96, cap_s=60.0, feature_dim=64),
 }
 
 
@@ -196,11 +216,6 @@ FOODS = ["onion", "tomato", "carrot", "potato", "pepper", "garlic", "cheese", "b
 OTHERS = ["sponge", "towel", "jar", "milk", "oil", "butter"]
 NOUNS = CONTAINERS + ["tap", "hob", "counter", "kettle"] + UTENSILS + FOODS + OTHERS
 PORTABLE = ["kettle"] + UTENSILS + FOODS + OTHERS
-HOMES = {  # where items are stored at the start of a video
-    "fridge": ["milk", "cheese", "butter", "tomato", "carrot", "pepper"],
-    "drawer": ["knife", "spoon", "fork", "towel"],
-    "cupboard": ["plate", "bowl", "cup", "glass", "jar", "oil", "pan", "pot", "lid"],
-}
 WASHABLE = [
     "knife",
     "spoon",
@@ -260,13 +275,10 @@ CLS_TOKEN = 0
 CENTER, TOP, LEFT, RIGHT, HANDS = 5, 2, 4, 6, 8
 CENTRAL_TOKENS = [TOP, LEFT, CENTER, RIGHT, HANDS]  # the cross of the grid: where the action happens
 CORNER_TOKENS = [1, 3, 7, 9]  # peripheral: the counter's four visible slots
-# amplitudes (in prototype units) of each kind of content
-A_ACTION = 1.0  # the acted-on verb and noun (or generic prototype) in the centre token
-A_ACTION_SIDE = 0.5  # the noun again in the right token, the verb in the hands token
-A_CONTAINER = 0.6  # an open / accessed container in the left token
-A_REVEAL = 1.0  # the front item of an open container in the top token
+# amplitudes (in prototype units) of the content that is not the action's own (the action's are in SynthConfig)
+A_CONTAINER = 1.0  # an open / accessed container in the left token
+A_REVEAL = 1.5  # the front item of an open container in the top token
 A_HELD = 0.5  # each carried item, as the generic "held" prototype in the hands token
-A_COUNTER = 0.6  # counter items in the corner tokens
 A_SCENE = 0.5  # per-video scene vector in every token
 A_POSITION = 0.3  # fixed per-position vectors
 SCENE_DRIFT = 0.3  # std of the slow scene drift (AR(1), rho 0.98)
@@ -363,8 +375,8 @@ class _OutOfTime(Exception):
 
 
 class _Kitchen:
-    """The scripted world: state + scripts that emit actions. Every take creates an obligation to put the item
-    down later; a "reveal" creates an obligation to retrieve the seen item from the closed container later."""
+    """The scripted world: state + scripts that emit actions. Every take of a carried item creates an obligation to
+    put it down later; a "reveal" creates an obligation to take the seen item out of its closed container later."""
 
     def __init__(self, rng: np.random.Generator, cfg: SynthConfig, duration: float):
         self.rng, self.cfg, self.duration = rng, cfg, duration
@@ -376,23 +388,22 @@ class _Kitchen:
         self.spans: list[Span] = []
         self.last_seen: dict[str, int] = {}  # noun -> last segment index whose frames show it
         self.pending: list[tuple[int, str, str]] = []  # (due segment index, "put_down" | "retrieve", item)
-        self.reserved: set[str] = set()  # items and containers bound to a pending obligation
+        self.reserved: set[str] = set()  # items bound to a pending obligation
         self.on = {s: False for s in SWITCHES}
         self.held: list[str] = []
         self.open: str | None = None  # at most one container open at a time
-        # initial placement: each present item is in exactly one place
+        # initial placement: each present item is in exactly one place. World v4: the containers are filled from
+        # every portable item (no container gives its item away), the rest is on the counter or absent
+        # (the knife, which every cut needs, and the kettle are always somewhere)
+        pool = [str(x) for x in rng.permutation([x for x in PORTABLE if x not in ("kettle", "knife")])]
+        pool.insert(int(rng.integers(12)), "knife")
         self.inside: dict[str, list[str]] = {}
         for c in CONTAINERS:
-            pool = HOMES[c]
-            k = int(rng.integers(2, min(4, len(pool)) + 1))
-            self.inside[c] = [str(x) for x in rng.choice(pool, size=k, replace=False)]
-        stored = {x for items in self.inside.values() for x in items}
-        loose = [x for x in PORTABLE if x not in stored]
+            k = int(rng.integers(2, 5))
+            self.inside[c], pool = pool[:k], pool[k:]
         k = int(rng.integers(5, 9))
-        counter = [str(x) for x in rng.choice(loose, size=k, replace=False)]
-        if "knife" in counter and counter.index("knife") >= 4:  # the knife is in reach (a visible slot)
-            counter.remove("knife")
-            counter.insert(int(rng.integers(4)), "knife")
+        counter = (["kettle"] + pool)[:k]
+        counter = [counter[i] for i in rng.permutation(len(counter))]
         self.slots: list[str | None] = counter[:4]  # the four visible counter slots (corner tokens)
         self.offview: list[str] = counter[4:]  # further clutter, out of view
 
@@ -407,8 +418,16 @@ class _Kitchen:
         items = list(items)
         return items[int(self.rng.integers(len(items)))] if items else None
 
+    def gap(self, bounds: tuple[int, int]) -> int:
+        """A memory gap in segments, log-uniform in [lo, hi] (as many long gaps per decade as short ones), at
+        most the segments the video has time left for (~5 s each), so that the obligation is served."""
+        lo, hi = bounds
+        room = int((self.limit - self.t) / 5.0) - 1
+        return max(lo, min(hi, room, int(math.exp(self.rng.uniform(math.log(lo), math.log(hi + 1))))))
+
     def state_components(self) -> list[tuple[int, str, float]]:
-        comps = [(tok, f"noun:{x}", A_COUNTER) for tok, x in zip(CORNER_TOKENS, self.slots) if x is not None]
+        amp = self.cfg.counter_amp
+        comps = [(tok, f"noun:{x}", amp) for tok, x in zip(CORNER_TOKENS, self.slots) if x is not None]
         if self.open is not None:
             comps.append((LEFT, f"noun:{self.open}", A_CONTAINER))
             if self.inside[self.open]:
@@ -438,8 +457,10 @@ class _Kitchen:
     def act(
         self, verb: str, noun: str, kind: str = "local", container: str | None = None, generic: str | None = None
     ) -> int:
-        """Emit an action and update the state. ``generic`` replaces the noun's prototype in the centre token
-        ("held" for put-down, "grasp" for a hidden retrieval): the noun's identity is then not in the frames."""
+        """Emit an action and update the state. The verb is shown in the hands token, the object in the centre
+        and right tokens; ``generic`` ("held" for a put-down, "grasp" for a hidden retrieval) replaces the object
+        in the centre and leaves the right token empty: the object's identity is then not in the frames."""
+        cfg = self.cfg
         end = self.tick(self.t + self.duration_of(verb))
         if end > self.limit:
             raise _OutOfTime
@@ -449,11 +470,11 @@ class _Kitchen:
         if verb == "open":  # frames show the container opening and what is inside
             self.open = noun
         comps = self.state_components()
-        comps += [(CENTER, f"verb:{verb}", A_ACTION), (HANDS, f"verb:{verb}", A_ACTION_SIDE)]
+        comps.append((HANDS, f"verb:{verb}", cfg.verb_amp))
         if generic is None:
-            comps += [(CENTER, f"noun:{noun}", A_ACTION), (RIGHT, f"noun:{noun}", A_ACTION_SIDE)]
+            comps += [(CENTER, f"noun:{noun}", cfg.noun_amp), (RIGHT, f"noun:{noun}", cfg.noun_side_amp)]
         else:
-            comps.append((CENTER, generic, A_ACTION))
+            comps.append((CENTER, generic, cfg.noun_amp))
         if container is not None and self.open != container:
             comps.append((LEFT, f"noun:{container}", A_CONTAINER))
         visible = sorted({key[5:] for _, key, _ in comps if key.startswith("noun:")})
@@ -504,15 +525,14 @@ class _Kitchen:
                 self.slots[i] = incoming
 
     # -------------------------------------------------------------------- obligations
-    def take(self, noun: str, container: str | None = None, gap: int | None = None) -> int:
+    def take(self, noun: str, container: str | None = None, gap: tuple[int, int] | None = None) -> int:
+        """Take ``noun`` (visible: a local segment) and, unless ``gap`` is None, carry it: its put-down is due
+        ``gap`` segments later and shows only the generic "held" prototype (a held_item segment)."""
         idx = self.act("take", noun, container=container)
-        self.schedule_put_down(noun, gap)
+        if gap is not None:
+            self.pending.append((len(self.segments) - 1 + self.gap(gap), "put_down", noun))
+            self.reserved.add(noun)
         return idx
-
-    def schedule_put_down(self, noun: str, gap: int | None = None) -> None:
-        gap = int(self.rng.integers(3, 16)) if gap is None else gap
-        self.pending.append((len(self.segments) - 1 + gap, "put_down", noun))
-        self.reserved.add(noun)
 
     def serve_obligations(self) -> None:
         """Emit the due obligations (all of them when the video is about to end)."""
@@ -530,9 +550,8 @@ class _Kitchen:
                 if not self.free_hand() or self.open is not None:
                     continue  # retried after the next script
                 self.pending.remove(ob)
-                self.reserved.discard(container)
                 self.act("take", item, kind="hidden_item", container=container, generic="grasp")
-                self.schedule_put_down(item, int(self.rng.integers(1, 6)))
+                self.pending.append((len(self.segments) - 1 + self.gap(self.cfg.retrieved_gap), "put_down", item))
 
     # -------------------------------------------------------------------- scripts (return False when infeasible)
     def usable(self, nouns) -> list[str]:
@@ -540,41 +559,53 @@ class _Kitchen:
         return [x for x in self.visible_counter() if x in nouns and x not in self.reserved]
 
     def closed_containers(self) -> list[str]:
+        """Containers that can be opened now (none is open) and hold an item no obligation is bound to."""
         if self.open is not None:
             return []
-        return [c for c in CONTAINERS if self.inside[c] and c not in self.reserved]
+        return [c for c in CONTAINERS if any(x not in self.reserved for x in self.inside[c])]
+
+    def _bring_to_front(self, c: str, item: str) -> None:
+        """Reach past the front of container ``c``'s queue: ``item`` becomes the front (visible) item."""
+        self.inside[c].remove(item)
+        self.inside[c].insert(0, item)
 
     def script_carry(self) -> bool:
-        """Take a counter item and carry it for a while (a long held_item dependency)."""
+        """Take a counter item and carry it for a while (a held_item dependency)."""
         x = self.choice(self.usable(PORTABLE))
         if x is None or not self.free_hand():
             return False
-        self.take(x)
+        self.take(x, gap=self.cfg.carry_gap)
         return True
 
     def script_fetch(self) -> bool:
-        """Open a container, take its front item (visible), maybe use it, close the container."""
+        """Open a container, take an item from it (visible), maybe pour it, close the container; the item is
+        carried and put down later."""
         c = self.choice(self.closed_containers())
         if c is None or not self.free_hand():
             return False
+        x = self.choice([x for x in self.inside[c] if x not in self.reserved])
+        self._bring_to_front(c, x)
         self.act("open", c)
-        x = self.inside[c][0]
-        self.take(x, container=c, gap=int(self.rng.integers(2, 12)))
+        self.take(x, container=c, gap=self.cfg.fetch_gap)
         if x in POURABLE and self.rng.random() < 0.5:
             self.act("pour", x)
         self.act("close", c)
         return True
 
     def script_reveal(self) -> bool:
-        """Open a container (its front item X is seen, not named), close it; X is retrieved later (hidden_item)."""
+        """Open a container (its front item X is seen, not named), close it; X is taken out later (hidden_item).
+        The container's queue then moves on, so the next opening shows another item."""
         c = self.choice(self.closed_containers())
         if c is None:
             return False
+        x = self.choice([x for x in self.inside[c] if x not in self.reserved])
+        self._bring_to_front(c, x)
         self.act("open", c)
-        x = self.inside[c][0]
-        self.reserved.update({c, x})
-        self.pending.append((len(self.segments) + int(self.rng.integers(3, 16)), "retrieve", x))
+        self.reserved.add(x)
+        self.pending.append((len(self.segments) + self.gap(self.cfg.retrieve_gap), "retrieve", x))
         self.act("close", c)
+        self.inside[c].remove(x)
+        self.inside[c].append(x)
         return True
 
     def script_wash(self) -> bool:
@@ -595,29 +626,27 @@ class _Kitchen:
         return True
 
     def script_cut(self) -> bool:
-        """Get the knife (counter or drawer), cut / peel food on the counter, put the knife down."""
+        """Get the knife (counter or a container), cut / peel food on the counter, put the knife down (in view:
+        world v4 makes this put-down a local segment, so no memory segment is answered by the knife habit)."""
         foods = self.usable(CUTTABLE)
-        if not foods or "knife" in self.reserved:
+        if not foods or "knife" in self.reserved or not self.free_hand():
             return False
-        if "knife" in self.visible_counter() and self.free_hand():
-            self.take("knife", gap=99)  # put down explicitly below
-        elif "knife" in self.inside["drawer"] and "drawer" in self.closed_containers() and self.free_hand():
-            self.act("open", "drawer")
-            if self.inside["drawer"][0] != "knife":  # the knife is further back: move the drawer's queue
-                self.inside["drawer"].remove("knife")
-                self.inside["drawer"].insert(0, "knife")
-            self.take("knife", container="drawer", gap=99)
-            self.act("close", "drawer")
+        if "knife" in self.visible_counter():
+            self.take("knife")
         else:
-            return False
+            c = next((c for c in self.closed_containers() if "knife" in self.inside[c]), None)
+            if c is None:
+                return False
+            self._bring_to_front(c, "knife")
+            self.act("open", c)
+            self.take("knife", container=c)
+            self.act("close", c)
         for _ in range(int(self.rng.integers(1, 4))):
             food = self.choice(self.usable(CUTTABLE))
             if food is None:
                 break
             self.act("peel" if food in PEELABLE and self.rng.random() < 0.4 else "cut", food)
-        self.pending = [p for p in self.pending if p[2] != "knife"]
-        self.reserved.discard("knife")
-        self.act("put down", "knife", kind="held_item", generic="held")
+        self.act("put down", "knife")
         return True
 
     def script_cook(self) -> bool:
@@ -646,15 +675,16 @@ class _Kitchen:
         self.act(verb, noun)
         return True
 
-    # relative frequency of the scripts (carry / fetch / reveal create the long-range dependencies)
+    # relative frequency of the scripts (carry / fetch / reveal create the long-range dependencies; world v4 draws
+    # them more often so that hundreds of memory segments are there to measure)
     SCRIPTS = [
-        ("carry", 1.6),
+        ("carry", 3.0),
         ("fetch", 1.5),
-        ("reveal", 1.4),
-        ("wash", 2.2),
-        ("cut", 3.0),
-        ("cook", 2.0),
-        ("single", 2.5),
+        ("reveal", 4.5),
+        ("wash", 1.2),
+        ("cut", 1.2),
+        ("cook", 1.0),
+        ("single", 1.0),
     ]
 
     def run(self) -> None:
@@ -721,12 +751,14 @@ def _ar1(rng: np.random.Generator, shape: tuple[int, ...], rho: float) -> np.nda
 def render_features(video: SynthVideo, protos: dict, cfg: SynthConfig, seed: int) -> np.ndarray:
     """Features of one video, ``(T, 10, D)`` float32, frame ``j`` at time ``j / fps``.
 
-    Each span (action or idle gap) has a constant content template ``(9, D)``; a frame is the blend of the
-    templates with weights ``sigmoid((t - start) / blur) - sigmoid((t - end) / blur)`` (they sum to 1), so content
-    changes smoothly over about +-1 s around every boundary and a very quick action is only partly seen. Then the
-    scene (per-video vector + slow drift) and position vectors are added, the CLS token is the grid mean, and every
-    token gets AR(1) + white noise of std ``sqrt(D) / frame_snr`` (a unit prototype's projection has z = frame_snr
-    in one frame). Finally everything is divided by the expected std so that each dimension has variance ~1.
+    Each span (action or idle gap) has a constant content template ``(9, D)``; a frame's content is the blend of
+    the templates with weights ``sigmoid((t - start) / blur) - sigmoid((t - end) / blur)`` (they sum to 1), so
+    content changes smoothly over about +-1 s around every boundary and a very quick action is only partly seen.
+    Apart from it: the scene (per-video vector + slow drift), position vectors, the completion cue and, in every
+    token, AR(1) + white noise of std ``sqrt(D) / frame_snr`` (a unit prototype's projection has z = frame_snr in
+    one frame). The CLS token is the grid mean of both parts (+ its own noise). Each part is then mixed across the
+    frame's tokens (``content_mix`` for the content, ``mix_share`` for the rest; see SynthConfig), and everything
+    is divided by the expected std so that each dimension has variance ~1.
     """
     rng = _rng(seed, 1, video.index, 1)
     D, T = cfg.feature_dim, video.num_frames(cfg.fps)
@@ -741,27 +773,32 @@ def render_features(video: SynthVideo, protos: dict, cfg: SynthConfig, seed: int
     starts[0], ends[-1] = -np.inf, np.inf  # the first and last spans extend to the video's edges
     sig = lambda z: 0.5 * (1.0 + np.tanh(0.5 * z))  # noqa: E731  (a sigmoid without overflow warnings)
     weights = (sig((t - starts) / cfg.blur_s) - sig((t - ends) / cfg.blur_s)).astype(np.float32)  # (T, K)
-    grid = np.einsum("tk,kgd->tgd", weights, templates)  # (T, 9, D)
+    content = np.empty((T, 10, D), dtype=np.float32)
+    content[:, 1:] = np.einsum("tk,kgd->tgd", weights, templates)  # (T, 9, D)
+    content[:, 0] = content[:, 1:].mean(axis=1)  # CLS: a global summary of the grid
     scene = A_SCENE * rng.standard_normal(D, dtype=np.float32) + SCENE_DRIFT * _ar1(rng, (T, D), 0.98)  # (T, D)
-    grid += scene[:, None, :] + A_POSITION * protos["positions"][None]
-    x = np.empty((T, 10, D), dtype=np.float32)
-    x[:, 1:] = grid
-    x[:, 0] = grid.mean(axis=1)  # CLS: a global summary of the grid (+ its own noise below)
+    rest = np.empty((T, 10, D), dtype=np.float32)
+    rest[:, 1:] = scene[:, None, :] + A_POSITION * protos["positions"][None]
+    rest[:, 0] = rest[:, 1:].mean(axis=1)
     if cfg.cue_amp:  # the completion cue: the action's effect becomes visible in its narration frame
-        effect = (0.5 * cfg.cue_amp) * protos["effect"]
+        effect = cfg.cue_amp * protos["effect"]
         for f in narration_frames(video, cfg.fps, T):
-            x[f, CENTRAL_TOKENS] += effect
+            rest[f, CENTRAL_TOKENS] += effect
             if f + 1 < T:
-                x[f + 1, CENTRAL_TOKENS] += cfg.cue_linger * effect
+                rest[f + 1, CENTRAL_TOKENS] += cfg.cue_linger * effect
     sigma = math.sqrt(D) / cfg.frame_snr
-    x += sigma * (
+    rest += sigma * (
         math.sqrt(cfg.ar_share) * _ar1(rng, (T, 10, D), cfg.ar_rho)
         + math.sqrt(1.0 - cfg.ar_share) * rng.standard_normal((T, 10, D), dtype=np.float32)
     )
-    if cfg.mix_share:  # ViT-like: every token carries a share of the whole frame (its noise included)
-        x = (1.0 - cfg.mix_share) * x + cfg.mix_share * x.mean(axis=1, keepdims=True)
+    x = _mix(content, cfg.content_mix) + _mix(rest, cfg.mix_share)  # ViT-like: tokens carry a share of the frame
     x /= _feature_scale(cfg)
     return x
+
+
+def _mix(x: np.ndarray, share: float) -> np.ndarray:
+    """``(1 - share) * token + share * mean over the frame's tokens``, for ``(T, 10, D)``."""
+    return (1.0 - share) * x + share * x.mean(axis=1, keepdims=True) if share else x
 
 
 def narration_frames(video: SynthVideo, fps: float, num_frames: int) -> list[int]:
@@ -770,12 +807,19 @@ def narration_frames(video: SynthVideo, fps: float, num_frames: int) -> list[int
 
 
 def _feature_scale(cfg: SynthConfig) -> float:
-    """The expected per-dimension std of a token before scaling (scene, positions, content ~0.4, noise), after
-    the mixing: shared parts keep their variance, independent per-token parts shrink."""
+    """The expected per-dimension std of a token before scaling, after the mixing: shared parts (scene) keep
+    their variance, per-token independent parts (positions, noise, content) shrink by the mixing. The content's
+    variance is taken as that of an average token (~0.1 of the sum of the action's squared amplitudes plus the
+    rest of the state, ~0.5): an approximation, so the result is ~1, not exactly 1."""
+
+    def keep(a: float) -> float:  # variance share of a per-token independent part after mixing at a
+        return (1.0 - a) ** 2 + (2.0 * a * (1.0 - a) + a * a) / 10.0
+
     sigma2 = cfg.feature_dim / cfg.frame_snr**2
-    a = cfg.mix_share
-    keep = (1.0 - a) ** 2 + (2.0 * a * (1.0 - a) + a * a) / 10.0  # variance share of a per-token independent part
-    return math.sqrt(A_SCENE**2 + SCENE_DRIFT**2 + keep * (A_POSITION**2 + 0.4 + sigma2))
+    content = 0.1 * (cfg.noun_amp**2 + cfg.noun_side_amp**2 + cfg.verb_amp**2) + 0.5
+    return math.sqrt(
+        A_SCENE**2 + SCENE_DRIFT**2 + keep(cfg.mix_share) * (A_POSITION**2 + sigma2) + keep(cfg.content_mix) * content
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1000,6 +1044,9 @@ def write_synthetic_dataset(
         "cap_s": cfg.cap_s,  # training clips are cut at this length (the original's max_num_frames)
         "cap_frames": cfg.cap_frames,
         "token_layout": {"cls": CLS_TOKEN, "central": CENTRAL_TOKENS, "corners": CORNER_TOKENS},
+        # where each part of an action is shown (world v4): the object, again beside it, the verb, the container,
+        # an open container's front item
+        "token_roles": {"noun": CENTER, "noun_side": RIGHT, "verb": HANDS, "container": LEFT, "revealed": TOP},
         "splits": splits,
         "vocabulary": {"verbs": VERBS, "nouns": NOUNS},
         "videos": videos,

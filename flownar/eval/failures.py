@@ -3,11 +3,11 @@
 Per clip: temporal P/R/F1 (corrected scoring: predictions at the time of the emitting frame, the first segment from
 the clip start). Per ground-truth segment: matched or missed (best IoU >= 0.5), its duration. Per prediction:
 matched or a false alarm, the object (noun) it names and, where the data carries the synthetic world's ground
-truth (``flownar_synthetic.json``: the objects visible in each segment, which segments depend on something seen
-long before), whether that object was grounded at all (in view, held, the container in play or the segment's own
-object; if not: a fine-grained object hallucination) and whether the
-segment needed long-range memory. On FlowNar-Data these world-state columns are empty: only the temporal
-categories (misses by segment duration, false alarms) are counted there.
+truth (``flownar_synthetic.json``: the objects visible in each segment), whether that object was grounded at all
+at that moment (in view, held, the container in play or the object of the segment in progress; if not: a
+fine-grained object hallucination). Whether the *right* object was named, and on which kind of segment, is scored
+by :mod:`flownar.eval.content` (only narrations that close a segment count there). On FlowNar-Data the
+world-state columns are empty: only the temporal categories (misses by segment duration, false alarms) are counted.
 """
 
 from __future__ import annotations
@@ -38,15 +38,6 @@ def noun_in(text: str, nouns: list[str]) -> str | None:
     low = text.lower()
     found = [(m.start(), -len(n), n) for n in nouns for m in [re.search(rf"\b{re.escape(n)}\b", low)] if m]
     return min(found)[2] if found else None
-
-
-def closing_segment(segments: list[dict], t: float, fps: float) -> dict | None:
-    """The segment a narration at time ``t`` closes: the one ending within a frame of ``t`` (the model speaks on
-    the first frame after the action), else the one in progress."""
-    near = [s for s in segments if abs(s["end"] - t) <= 1.0 / fps]
-    if near:
-        return min(near, key=lambda s: abs(s["end"] - t))
-    return _segment_at(segments, t)
 
 
 def _segment_at(segments: list[dict], t: float) -> dict | None:
@@ -105,9 +96,11 @@ def analyse(data, pred_dir, system: str, split: str = "val", scoring: str = "cor
         for p, (t, (a, b)) in enumerate(zip(m["pred_times"], m["pred_segments"])):
             text = m["pred_texts"][p]
             noun = noun_in(text, nouns) if nouns else None
-            seg = closing_segment(segs, t, fps) if segs else None
-            # grounded: in view, held, the container in play, or the segment's own object (a hidden item named
-            # from memory is not a hallucination)
+            # the segment the narration falls in (or closes: the one ending within a frame of it); grounded: in
+            # view, held, the container in play, or that segment's own object (a hidden item named from memory is
+            # not a hallucination)
+            near = [x for x in segs if abs(x["end"] - t) <= 1.0 / fps]
+            seg = min(near, key=lambda x: abs(x["end"] - t)) if near else (_segment_at(segs, t) if segs else None)
             visible = (
                 (
                     seg["visible"]
@@ -129,13 +122,7 @@ def analyse(data, pred_dir, system: str, split: str = "val", scoring: str = "cor
                     "text": text,
                     "matched": bool(iou.shape[0]) and iou[:, p].max() >= IOU_THRESHOLD,
                     "noun": noun,
-                    "gt_noun": seg["noun"] if seg else None,
-                    "kind": seg["kind"] if seg else None,
-                    "depends_on": seg.get("depends_on") if seg else None,
-                    "gap_segments": seg.get("gap_segments") if seg else None,
-                    "gap_s": seg.get("gap_s") if seg else None,
                     "object_visible": (noun in visible) if (noun and visible is not None) else None,
-                    "correct_noun": (noun == seg["noun"]) if (noun and seg) else None,
                 }
             )
     return {"clips": pd.DataFrame(rows_c), "gt": pd.DataFrame(rows_g), "preds": pd.DataFrame(rows_p)}
@@ -156,7 +143,6 @@ def category_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
         brief = gt[gt.duration_s < BRIEF_S] if len(gt) else gt
         longer = gt[gt.duration_s >= BRIEF_S] if len(gt) else gt
         named = pr[pr.noun.notna()] if len(pr) else pr
-        dep = named[named.depends_on.notna()] if len(named) else named
         rows.append(
             {
                 "system": SYSTEM_NAMES.get(system, system),
@@ -169,61 +155,32 @@ def category_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
                 "object hallucinated (%)": 100 * _rate(~named.object_visible.dropna().astype(bool))
                 if len(named)
                 else np.nan,
-                "wrong object (%)": 100 * _rate(~named.correct_noun.dropna().astype(bool)) if len(named) else np.nan,
-                "long-range segments named": len(dep),
-                "long-range object correct (%)": 100 * _rate(dep.correct_noun) if len(dep) else np.nan,
             }
         )
     return pd.DataFrame(rows).set_index("system")
 
 
-#: memory-gap bins (segments back to where the object was last seen)
-GAP_BINS = ((1, 2), (3, 5), (6, 10), (11, 10**9))
-
-
-def memory_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Object (noun) accuracy of each system's narrations on local segments vs segments whose object was last
-    seen earlier (the world's ``held_item`` / ``hidden_item``: only memory can name it), overall and by memory gap
-    in segments. Counted over narrations that close a ground-truth segment (within a frame of its end) and name a
-    vocabulary noun; needs the synthetic card (empty on FlowNar-Data). Percentages; ``n`` columns count."""
-    from ..models import SYSTEM_NAMES
-
-    rows = []
-    for system, r in results.items():
-        pr = r["preds"]
-        if pr.empty or "kind" not in pr or pr.kind.isna().all():
-            continue
-        named = pr[pr.noun.notna() & pr.kind.notna()]
-        local = named[named.kind == "local"]
-        mem = named[named.kind != "local"]
-        row = {
-            "system": SYSTEM_NAMES.get(system, system),
-            "local: object correct (%)": 100 * _rate(local.correct_noun),
-            "local: n": len(local),
-            "memory: object correct (%)": 100 * _rate(mem.correct_noun),
-            "memory: n": len(mem),
+def memory_examples(scored: dict, a: str = "flownar", b: str = "dcm-only", limit: int = 8) -> pd.DataFrame:
+    """What two systems said where both closed the same memory segment and said different things, beside the
+    ground truth (``scored``: :func:`flownar.eval.content.score_systems`): with and without CLAM by default."""
+    if a not in scored or b not in scored:
+        return pd.DataFrame()
+    keys = ["clip_id", "segment"]
+    pa, pb = scored[a], scored[b]
+    both = pa[pa.closed.astype(bool)].merge(pb[pb.closed.astype(bool)][keys + ["said"]], on=keys, suffixes=("", "_b"))
+    both = both[(both.kind != "local") & (both.said != both.said_b)]
+    out = both.assign(
+        **{
+            "time (s)": both.end,
+            "ground truth": both.text,
+            "kind": both.kind.str.replace("_item", ""),
+            "gap (segments)": both.gap_segments.astype("Int64"),
+            f"said by {a}": both.said,
+            f"said by {b}": both.said_b,
         }
-        for lo, hi in GAP_BINS:
-            sel = mem[(mem.gap_segments >= lo) & (mem.gap_segments <= hi)] if len(mem) else mem
-            label = f"gap {lo}-{hi}" if hi < 10**9 else f"gap >={lo}"
-            row[f"{label}: object correct (%)"] = 100 * _rate(sel.correct_noun) if len(sel) else np.nan
-            row[f"{label}: n"] = len(sel)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("system") if rows else pd.DataFrame()
-
-
-def memory_examples(results: dict, a: str = "flownar", b: str = "dcm-only", limit: int = 8) -> pd.DataFrame:
-    """Narrations of two systems (with and without CLAM) at the same time on segments that depend on something
-    seen long before, where their texts differ."""
-    if a not in results or b not in results:
-        return pd.DataFrame()
-    pa, pb = results[a]["preds"], results[b]["preds"]
-    if pa.empty or pb.empty:
-        return pd.DataFrame()
-    j = pa.merge(pb, on=["clip_id", "time"], suffixes=(f" [{a}]", f" [{b}]"))
-    j = j[(j[f"text [{a}]"] != j[f"text [{b}]"]) & j[f"depends_on [{a}]"].notna()]
-    cols = ["clip_id", "time", f"gt_noun [{a}]", f"kind [{a}]", f"text [{a}]", f"text [{b}]"]
-    return j[cols].rename(columns={f"gt_noun [{a}]": "GT object", f"kind [{a}]": "dependency"}).head(limit)
+    )
+    cols = ["clip_id", "time (s)", "kind", "gap (segments)", "ground truth", f"said by {a}", f"said by {b}"]
+    return out[cols].head(limit).reset_index(drop=True)
 
 
 def worst_clips(results: dict, system: str, k: int = 2) -> list[str]:
@@ -250,15 +207,23 @@ def plot_f1_distribution(results: dict):
     return fig
 
 
-def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None):
+def _short(text: str) -> str:
+    """A narration as a short label: "You take the knife from the drawer." -> "take knife from drawer"."""
+    t = re.sub(r"^you\s+", "", text.strip().rstrip("."), flags=re.IGNORECASE)
+    return re.sub(r"\bthe\s+", "", t)
+
+
+def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None, texts: bool = True):
     """Ground truth vs predictions on a time axis: GT segments (missed ones red), predicted narration times (false
-    alarms as red crosses), matched pairs linked."""
+    alarms as red crosses), matched pairs linked; with ``texts`` what was said (below each narration) next to what
+    the ground truth says (above each segment's end), in short form."""
     import matplotlib.pyplot as plt
 
     from ..models import SYSTEM_NAMES
 
     systems = systems or list(results)
-    fig, axes = plt.subplots(len(systems), 1, figsize=(12, 1.6 * len(systems) + 0.6), sharex=True, squeeze=False)
+    height = 2.6 if texts else 1.6
+    fig, axes = plt.subplots(len(systems), 1, figsize=(12, height * len(systems) + 0.6), sharex=True, squeeze=False)
     for ax, system in zip(axes[:, 0], systems):
         gt = results[system]["gt"]
         pr = results[system]["preds"]
@@ -279,14 +244,19 @@ def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None)
                 p = pr[pr.pred_idx == r.best_pred]
                 if len(p):
                     ax.plot([r.end, float(p.time.iloc[0])], [0.75, 0.25], color="0.4", lw=0.7)
+            if texts:
+                ax.text(r.end, 1.3, _short(r.text), rotation=90, fontsize=5, ha="center", va="bottom", color="0.2")
         for r in pr.itertuples():
             ax.plot(r.time, 0, "o" if r.matched else "x", color="tab:blue" if r.matched else "tab:red", ms=6)
+            if texts:
+                ax.text(r.time, -0.3, _short(r.text), rotation=90, fontsize=5, ha="center", va="top", color="tab:blue")
         ax.set_yticks([0, 1], ["predicted", "ground truth"])
-        ax.set_ylim(-0.6, 1.6)
+        ax.set_ylim(-2.2 if texts else -0.6, 3.2 if texts else 1.6)
         f1 = results[system]["clips"].set_index("clip_id").f1.get(clip_id, np.nan)
         ax.set_title(
             f"{SYSTEM_NAMES.get(system, system)} on {clip_id}: F1 {100 * f1:.1f}  "
-            "(red bars: missed segments; red crosses: false alarms; lines: matched pairs)",
+            "(red bars: missed segments; red crosses: false alarms; lines: matched pairs"
+            + ("; above: what the ground truth says, below: what was said)" if texts else ")"),
             fontsize=8,
         )
     axes[-1, 0].set_xlabel("video time (s)")

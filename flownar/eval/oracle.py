@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.chat import IGNORE_INDEX
+from ..data.probes import roc_auc
 from ..engine import StaticKVCache, forward_step
 from ..models.masks import additive_mask, frame_steps, sample_expiry, visibility
 from ..trigger import TriggerRule
@@ -280,18 +281,6 @@ class OracleEvaluator:
         return plan, self._look_ahead_logits(plan, emb, *self._stream_kv(enc, emb, expiry, kv_out))
 
 
-def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U / (n_pos n_neg), ties counted half); nan without both classes."""
-    score, positive = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(score, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each distinct value
-    ranks = avg_rank[inv]
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 @torch.no_grad()
 def decision_probe(
     model,
@@ -338,6 +327,75 @@ def decision_probe(
         "max P(speak)": float(p.max()),
         "trigger fires (%)": 100.0 * float(fires.mean()),
     }
+
+
+@torch.no_grad()
+def content_probe(
+    model,
+    chat,
+    data,
+    split: str = "val",
+    limit: int | None = None,
+    max_num_frames: int | None = None,
+    zero_frames: bool = False,
+) -> dict:
+    """Does the model name what it sees? Teacher-forced, at the object token of every narration of ``split``'s
+    streams (the first token of the first vocabulary noun after the verb), the share where the most likely token is
+    the right one: overall, on local segments where the verb's habit (its most frequent training noun) is wrong,
+    and on memory segments (held / hidden items). With ``zero_frames`` every frame feature (and Flash Memory's
+    read-outs) is zeroed: a model that names objects from the verb's habit alone scores the same both ways.
+    Needs the synthetic card (embedded data); a diagnostic, not a paper metric."""
+    import math
+
+    from ..batches import StreamDataset, model_inputs
+    from ..data.probes import segment_table, verb_habit
+    from ..data.samples import MAX_NUM_FRAMES
+    from .content import parse_narration
+
+    card = data.synthetic_card
+    if not card or "videos" not in card:
+        raise ValueError(f"{data.root}: the content probe needs the synthetic world's card (embedded data only)")
+    verbs, nouns = card["vocabulary"]["verbs"], card["vocabulary"]["nouns"]
+    habit = verb_habit(segment_table(data, "train")[0]) if "train" in data.available_splits() else {}
+    first_id = {n: chat.tok(" " + n, add_special_tokens=False)["input_ids"][0] for n in nouns}
+    model.eval()
+    device = next(model.parameters()).device
+    ds = StreamDataset(data, split, chat, model.config, max_num_frames or MAX_NUM_FRAMES)
+    hits = {"all": [], "local, habit wrong": [], "memory": []}
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        item, sample = ds[i], ds.samples[i]
+        enc = chat.encode(sample)
+        if zero_frames:
+            item = dict(item, frames=torch.zeros_like(item["frames"]))
+            if "memory_features" in item:
+                item["memory_features"] = torch.zeros_like(item["memory_features"])
+        batch = model_inputs(item, device)
+        batch.pop("labels")
+        logits = model(**batch).logits[0]
+        ids = enc.input_ids
+        segments = card["videos"][sample.video_uid]["segments"]
+        kind_at = {math.ceil(s["end"] * data.fps - 1e-6): s["kind"] for s in segments}
+        turns = [m for m in sample.messages if m.role == "assistant"]
+        for span, msg, f in zip(enc.spans_of("narration"), turns, sample.narration_frames):
+            if not msg.learn:
+                continue
+            verb, noun = parse_narration(msg.content, verbs, nouns)
+            if noun is None:
+                continue
+            pos = next((p for p in range(span.start, span.stop) if int(ids[p]) == first_id[noun]), None)
+            if pos is None or int(enc.labels[pos - 1]) != int(ids[pos]):
+                continue
+            ok = int(logits[pos - 1].argmax()) == int(ids[pos])
+            kind = kind_at.get(sample.frames.start + f, "local")
+            hits["all"].append(ok)
+            if kind != "local":
+                hits["memory"].append(ok)
+            elif habit.get(verb) != noun:
+                hits["local, habit wrong"].append(ok)
+    out = {"narrations": len(hits["all"])}
+    for k, v in hits.items():
+        out[f"object acc. ({k})" if k != "all" else "object acc."] = float(np.mean(v)) if v else float("nan")
+    return out
 
 
 def sample_summary(turns: list[TurnMetrics], fps: float = 2.0) -> dict:

@@ -493,21 +493,57 @@ def run_self_conditioned(
     return rec
 
 
+def _narrate_worker(job: tuple) -> tuple[str, dict]:
+    """One system's narrations in a worker process with one CPU thread (see :func:`narrate_systems`)."""
+    from ..stream import narration_cap
+
+    system, run, data, predictions_dir, kwargs = job
+    torch.set_num_threads(1)
+    model, chat = _open_run(run, data, system)
+    kwargs = dict(kwargs)
+    if kwargs.get("max_new_tokens") is None:
+        kwargs["max_new_tokens"] = narration_cap(_run_profile(run))
+    r = narrate_clips(
+        model, chat, data, predictions_dir, system=model.config.system, fingerprint=run_fingerprint(run), **kwargs
+    )
+    return system, r
+
+
+def narrate_systems(runs: dict, data, out_dir, *, workers: int | None = None, split: str = "val", **kwargs) -> dict:
+    """Narrate the clips of every trained system (``runs``: system -> run directory) into ``out_dir/<system>``,
+    several systems at once on the CPU: up to ``workers`` (default: the CPU count) processes of one thread each,
+    since a tiny model's narration gains little from a second thread. A clip's narration does not depend on which
+    process makes it (always one thread), and :func:`run_self_conditioned` then finds the files made by the same
+    model and scores them. ``kwargs``: :func:`narrate_clips`'s (thresholds, ``max_new_tokens``). Returns
+    ``{system: narrate_clips' record}``."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = workers or os.cpu_count() or 1
+    kwargs = dict(kwargs, split=split, progress=False)
+    jobs = [(system, run, data, Path(out_dir) / system, kwargs) for system, run in runs.items()]
+    out = {}
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))), mp_context=mp.get_context("spawn")) as pool:
+        for fut in as_completed([pool.submit(_narrate_worker, job) for job in jobs]):
+            system, r = fut.result()
+            out[system] = r
+    return {s: out[s] for s in runs}
+
+
 def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "val", progress: bool = True) -> dict:
-    """The world-oracle reference row (:mod:`flownar.eval.world_oracle`) on embedded data: fit its detector's
-    threshold on the training split, narrate ``split`` through :func:`narrate_clips`, score both ways like the
-    systems. Raises on real data (no card, no prototypes)."""
+    """The world-oracle reference row (:mod:`flownar.eval.world_oracle`) on embedded data: narrate ``split``
+    through :func:`narrate_clips`, score both ways like the systems. Raises on real data (no card, no
+    prototypes)."""
     import hashlib
 
-    from .world_oracle import WORLD_ORACLE, WorldOracleNarrator
+    from .world_oracle import ORACLE_VERSION, WORLD_ORACLE, WorldOracleNarrator
 
     card = data.synthetic_card
     if card is None:
         raise FlowNarError(f"{data.root}: not embedded synthetic data (no card): the world oracle needs the world")
     oracle = WorldOracleNarrator(card)
-    threshold = oracle.fit(data, "train")
     digest = hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()[:16]
-    fingerprint = f"{WORLD_ORACLE}:{digest}:{threshold:.6f}"
+    fingerprint = f"{WORLD_ORACLE}-v{ORACLE_VERSION}:{digest}"
     r = narrate_clips(
         None,
         None,
@@ -524,7 +560,6 @@ def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "
         "system": WORLD_ORACLE,
         "checkpoint": None,
         "model_fingerprint": fingerprint,
-        "threshold": threshold,
         "run": r,
         "scored_clips": scores["paper"]["n_clips"],
         "timing": stream_timing(predictions_dir, r["clips"], fingerprint),

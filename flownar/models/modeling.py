@@ -342,6 +342,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         use_cache=None,
         logits_to_keep=0,
         cache=None,
+        label_weights=None,
         **kwargs,
     ) -> FlowNarOutput:
         """
@@ -354,6 +355,8 @@ class FlowNarForCausalLM(LlamaForCausalLM):
                 sample_expiry`): exact block attention, or a 4-D mask for MoD. None = causal. With contiguous
                 positions (streaming-vlm) the positions follow from it (each token's index among the visible ones).
             labels: (1, L) pre-shifted labels (``labels[i]`` is the target of position i), -100 = not learned.
+            label_weights: (1, L) extra loss weight per position (the embedded recipe's content-word weight,
+                :func:`flownar.batches.content_weights`); None = 1 everywhere.
             cache / past_key_values: a transformers ``Cache`` (either name; see :mod:`flownar.models.hf_compat`).
         """
         past_key_values = cache if cache is not None else past_key_values
@@ -404,7 +407,7 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         logits = self.lm_head(hidden)
         loss = lm_loss = stream_loss = None
         if labels is not None:
-            loss, lm_loss, stream_loss = self.streaming_loss(logits, labels, input_ids)
+            loss, lm_loss, stream_loss = self.streaming_loss(logits, labels, input_ids, label_weights)
         return FlowNarOutput(
             loss=loss,
             logits=logits,
@@ -413,8 +416,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
         )
 
-    def streaming_loss(self, logits, labels, input_ids):
-        """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5)."""
+    def streaming_loss(self, logits, labels, input_ids, label_weights=None):
+        """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5), times
+        ``label_weights`` where given (ours: the embedded recipe weights the words that name the action)."""
         ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
         learned = labels.flatten() != -100
         is_v = (input_ids.flatten() == self.config.v_placeholder_id) & learned
@@ -422,6 +426,8 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         w = torch.where(
             is_v, torch.as_tensor(self.config.stream_loss_weight, dtype=ce.dtype, device=ce.device), torch.ones_like(ce)
         )
+        if label_weights is not None:
+            w = w * label_weights.flatten().to(w.dtype)
         n = learned.sum().clamp(min=1)
         loss = (w * ce).sum() / n
         lm = ce[is_lm].mean() if is_lm.any() else ce.new_zeros(())
