@@ -80,3 +80,29 @@ def test_content_probe_reads_the_object_token_with_and_without_frames(setup):
     assert seen["object acc."] == 1.0 and blind["object acc."] == 0.0
     real = content_probe(model, chat, data, "val", max_num_frames=80)  # an untrained model: a rate, not a crash
     assert 0.0 <= real["object acc."] <= 1.0
+
+
+def test_probe_runs_in_parallel_equal_the_probes_here(setup, tmp_path):
+    """Notebook 01's probes of several runs at once (processes of one thread) are those of this process."""
+    from flownar.eval.oracle import decision_probe, probe_runs
+
+    data, chat, model = setup
+    runs = {}
+    for name in ("videollm-online", "dcm-only"):
+        torch.manual_seed(1)
+        m = FlowNarForCausalLM(config_for(name, chat, data.feature_dim, size="micro"))
+        runs[name] = tmp_path / name
+        m.save_pretrained(runs[name])
+        chat.tok.save_pretrained(runs[name])
+    got = probe_runs(runs, data, max_num_frames=80, workers=2)
+    assert list(got) == list(runs)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        m = FlowNarForCausalLM.from_pretrained(runs["dcm-only"]).eval()
+        assert got["dcm-only"]["decision"] == decision_probe(m, chat, data, "val", max_num_frames=80)
+        assert got["dcm-only"]["content, frames zeroed"] == content_probe(
+            m, chat, data, "val", max_num_frames=80, zero_frames=True
+        )
+    finally:
+        torch.set_num_threads(threads)

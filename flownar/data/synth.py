@@ -111,9 +111,11 @@ class SynthConfig:
     cue_amp: float = 0.6
     cue_linger: float = 0.5  # the share of the cue still visible in the next frame
     # ViT-like mixing: every token becomes (1 - mix) * itself + mix * the frame's token mean. The cue, the scene and
-    # the noise are mixed at mix_share (the decision is read at a frame's last token); what the action shows (its
-    # object, verb, the container, counter items) at content_mix, so local detail stays mostly where it is
-    mix_share: float = 0.7
+    # the noise are mixed at mix_share: the completion cue is a global event, readable at a frame's last token
+    # where the decision is read (world v3: 0.7 for everything; a full-context model then had to route the cue
+    # from the central tokens within the frame, and often did not learn to). What the action shows (its object,
+    # verb, the container, counter items) is mixed at content_mix, so local detail stays mostly where it is
+    mix_share: float = 0.9
     content_mix: float = 0.3
     # memory gaps, in segments, drawn log-uniformly in [lo, hi]: how long a taken item is carried before it is put
     # down (carry, fetch), and how long after a container showed an item the item is taken out of it (reveal)

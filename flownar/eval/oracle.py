@@ -398,6 +398,41 @@ def content_probe(
     return out
 
 
+def _probe_run(job: tuple) -> tuple[str, dict]:
+    system, run, data, max_num_frames, threads = job
+    from ..checkpoint import load_trained
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, chat = load_trained(run)
+    out = {"decision": decision_probe(model, chat, data, "val", max_num_frames=max_num_frames)}
+    if data.synthetic_card:
+        out["content"] = content_probe(model, chat, data, "val", max_num_frames=max_num_frames)
+        out["content, frames zeroed"] = content_probe(
+            model, chat, data, "val", max_num_frames=max_num_frames, zero_frames=True
+        )
+    return system, out
+
+
+def probe_runs(runs: dict, data, max_num_frames: int | None = None, workers: int | None = None) -> dict:
+    """Notebook 01's probes of every trained run (``runs``: system -> run directory): ``{system: {"decision":
+    :func:`decision_probe`, and on embedded data "content" and "content, frames zeroed": :func:`content_probe`}}``.
+    On the CPU several runs at once, in up to ``workers`` (default: the CPU count) processes of one thread each;
+    with a GPU one after the other in this process."""
+    import os
+
+    jobs = [(s, r, data, max_num_frames, 1) for s, r in runs.items()]
+    if torch.cuda.is_available() or len(jobs) < 2:
+        return dict(_probe_run((s, r, d, m, 0)) for s, r, d, m, _ in jobs)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))), mp_context=mp.get_context("spawn")) as pool:
+        out = dict(pool.map(_probe_run, jobs))
+    return {s: out[s] for s in runs}
+
+
 def sample_summary(turns: list[TurnMetrics], fps: float = 2.0) -> dict:
     """Mean over a sample's turns (TimeDiff and Fluency over turns with decisions)."""
     with_v = [t for t in turns if t.frame_diff is not None]
