@@ -50,3 +50,16 @@ def test_probe_pieces():
     assert list(segment_frames({"start": 1.0, "end": 1.5}, 2.0, 100)) == [2, 3]
     assert len(segment_frames({"start": 1.1, "end": 1.3}, 2.0, 100)) == 1
     assert math.isclose(roc_auc([0.5, 0.5], np.array([0, 1], bool)), 0.5)
+
+
+def test_a_second_annotator_adds_the_timing_probe_against_its_times(tmp_path):
+    """The timing probe reads the world's narration frames (where the cue is); with Ego4D's jittered second pass it
+    is reported against every annotator's times too."""
+    probes = {}
+    for layout in ("ek100", "ego4d"):
+        root = write_synthetic_dataset(tmp_path / layout, layout=layout, profile="smoke", seed=0, progress=False)
+        probes[layout] = world_probes(FlowNarData(root, layout))["value"]
+    row = "timing probe against every annotator's times (all tokens)"
+    assert row in probes["ego4d"].index and row not in probes["ek100"].index
+    first = "timing probe (ROC AUC, one frame, all tokens)"
+    assert probes["ego4d"][first] == pytest.approx(probes["ek100"][first])  # the same world, the same frames
