@@ -313,12 +313,14 @@ def plot_content(long: pd.DataFrame, title: str = ""):
     habit and the oracle as reference lines."""
     import matplotlib.pyplot as plt
 
+    from ..train_report import short_name
+
     panels = [
         ("by kind", ["local", "local, habit wrong", "held", "hidden"]),
         ("memory segments by gap (segments back)", [f"memory, {gap_bin(lo)}" for lo, _ in GAP_BINS]),
     ]
     systems = list(dict.fromkeys(long.system))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True, layout="constrained")
     noun = long[long.metric == "noun"].set_index(["system", "group"])
     width = 0.8 / max(len(systems), 1)
     for ax, (name, groups) in zip(axes, panels):
@@ -341,7 +343,8 @@ def plot_content(long: pd.DataFrame, title: str = ""):
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("object named right (%), narrations closing a segment")
-    axes[1].legend(fontsize=7, loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, [short_name(x) for x in labels], loc="outside lower center", ncol=5, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
