@@ -39,10 +39,9 @@ import pandas as pd
 
 from .errors import FlowNarError
 from .eval.tables import PAPER_DATASET, paper_self_conditioned, paper_teacher_forcing
-from .models import SYSTEM_NAMES
 from .report import read_table_csv
+from .systems import SYSTEMS, display_name
 
-N = SYSTEM_NAMES
 #: the content scores the memory rows read (notebook 05: flownar.eval.content.rates)
 CONTENT_RATES = "content_rates"
 
@@ -156,6 +155,11 @@ def _get(df: pd.DataFrame | None, row: str, col: str) -> float:
         return float("nan")
 
 
+def _tf_diff(tf: pd.DataFrame | None, col: str) -> float:
+    """FlowNar minus VideoLLM-online in a teacher-forcing column."""
+    return _get(tf, display_name("flownar"), col) - _get(tf, display_name("videollm-online"), col)
+
+
 def memory_accuracy(d: Path) -> dict[str, float]:
     """Per system key: the percentage of narrations closing a memory segment that name its object (the content
     scores' ``memory`` / ``noun`` row); empty when the folder has none (real data, or not yet scored)."""
@@ -192,35 +196,36 @@ def _per_seed(dirs: list[Path]) -> dict[str, list[float]]:
 
     for d in dirs:
         sc = _read(d, "table_self_conditioned_corrected")
-        f1 = {s: _get(sc, N[s], "F1") for s in N}
+        f1 = {s: _get(sc, display_name(s), "F1") for s in SYSTEMS}
         put("dcm_f1", f1["flownar"] - np.nanmax([f1["videollm-online"], f1["videollm-mod"]]))
         put("dcmonly_f1", f1["dcm-only"] - f1["videollm-online"])
         put("c_vs_full_f1", f1["flownar-c"] - f1["flownar"])
         mem = memory_accuracy(d)
-        acc = {s: mem.get(s, float("nan")) for s in N}
+        acc = {s: mem.get(s, float("nan")) for s in SYSTEMS}
         put("clam_memory", acc["flownar"] - acc["dcm-only"])
         put("swap_f1", f1["flownar"] - f1["flash-vstream"])
         put("swap_memory", acc["flownar"] - acc["flash-vstream"])
         put("window_f1", f1["flownar-c"] - f1["streaming-vlm"])
         put("window_memory", acc["flownar-c"] - acc["streaming-vlm"])
         tf = _read(d, "table_teacher_forcing")
-        put("tf_ppl", _get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"))
+        put("tf_ppl", _get(tf, display_name("flownar"), "LM-PPL") - _get(tf, display_name("videollm-online"), "LM-PPL"))
         put(
             "tf_corr",
-            _get(tf, N["flownar"], "LM-Correctness (%)") - _get(tf, N["videollm-online"], "LM-Correctness (%)"),
+            _get(tf, display_name("flownar"), "LM-Correctness (%)")
+            - _get(tf, display_name("videollm-online"), "LM-Correctness (%)"),
         )
         pos = _read(d, "table_position")
 
         def drop(system, pos=pos):
-            return _get(pos, N[system], "F1 >1x (pooled)") - _get(pos, N[system], "F1 0-1x")
+            return _get(pos, display_name(system), "F1 >1x (pooled)") - _get(pos, display_name(system), "F1 0-1x")
 
         put("beyond_cap", drop("flownar") - drop("videollm-online"))
         eff = _read(d, "table_efficiency")
-        put("cache_ratio", _get(eff, N["flownar-c"], "Cache reduction (x)"))
+        put("cache_ratio", _get(eff, display_name("flownar-c"), "Cache reduction (x)"))
         meas = _read(d, "table_efficiency_measured")
         if meas is not None and "system" in meas.columns:  # index: the source ("this run" or a committed bench)
             meas = meas[meas.index == "this run"].set_index("system")
-        put("speed_ratio", _get(meas, N["flownar-c"], "FPS / VideoLLM-online"))
+        put("speed_ratio", _get(meas, display_name("flownar-c"), "FPS / VideoLLM-online"))
     return out
 
 
@@ -230,7 +235,7 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
     tf = paper_teacher_forcing()
 
     def f1(s):
-        return _get(sc, N[s], "F1")
+        return _get(sc, display_name(s), "F1")
 
     ours = (float("nan"), "our adaptation, not in the paper")
     return {
@@ -238,14 +243,18 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
         "dcmonly_f1": (float("nan"), "no DCM-only row"),
         "c_vs_full_f1": (f1("flownar-c") - f1("flownar"), f"{ds} F1"),
         "clam_memory": (float("nan"), "qualitative, Fig. 6"),
-        "tf_ppl": (_get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"), "Ego4D; 'on par'"),
+        "tf_ppl": (
+            _get(tf, display_name("flownar"), "LM-PPL") - _get(tf, display_name("videollm-online"), "LM-PPL"),
+            "Ego4D; 'on par'",
+        ),
         "tf_corr": (
-            _get(tf, N["flownar"], "LM-Correctness (%)") - _get(tf, N["videollm-online"], "LM-Correctness (%)"),
+            _get(tf, display_name("flownar"), "LM-Correctness (%)")
+            - _get(tf, display_name("videollm-online"), "LM-Correctness (%)"),
             "Ego4D; 'on par'",
         ),
         "beyond_cap": (float("nan"), "claimed in the text, no number"),
         "cache_ratio": (
-            _get(sc, N["videollm-online"], "cache_M") / _get(sc, N["flownar-c"], "cache_M"),
+            _get(sc, display_name("videollm-online"), "cache_M") / _get(sc, display_name("flownar-c"), "cache_M"),
             f"{ds} cache, Llama-3.2-1B",
         ),
         "speed_ratio": (float("nan"), "Fig. 4, H100"),

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import systems as registry
 from .data.layouts import DATASETS
 from .errors import FlowNarError
 
@@ -141,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="speed and memory of the streaming engine (random weights, replayed schedule)")
     b.add_argument(
-        "--systems", default="videollm-online,videollm-mod,flownar-c,flownar", help="comma-separated systems"
+        "--systems",
+        default="videollm-online,videollm-mod,flownar-c,flownar",
+        help=f"comma-separated, or 'all': {', '.join(registry.learned())}",
     )
     b.add_argument(
         "--frames",
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--long-frames",
         type=int,
         default=None,
-        help="a longer stream for the systems with a bounded visual cache (DCM), e.g. 100000",
+        help="a longer stream for the systems with a bounded visual cache (DCM or a window), e.g. 100000",
     )
     b.add_argument("--config", default="tiny", help="LLM size: micro, mini, tiny, small, llama-3.2-1b, llama-3.1-8b")
     b.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -320,7 +323,7 @@ def _cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available to this torch build")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    systems = registry.select(args.systems)
     try:
         frames = [int(f) for f in str(args.frames).split(",")]
     except ValueError as e:
@@ -332,9 +335,7 @@ def _cmd_bench(args) -> int:
         stats = segment_stats_from_data(FlowNarData(args.data, args.dataset))
     lengths = frames
     if args.long_frames:
-        from .models import SYSTEMS
-
-        lengths = {s: (args.long_frames if SYSTEMS[s]["dcm"] else max(frames)) for s in systems}
+        lengths = {s: (args.long_frames if registry.get(s).policy.bounded_vision else max(frames)) for s in systems}
     res = run_bench(
         systems,
         lengths,

@@ -200,11 +200,12 @@ class Narrator:
         self.record_logits = record_logits
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        if self.cfg.mod and self.cfg.evicts:
+        self.policy = self.cfg.cache_policy  # what leaves the cache (flownar.layout.CachePolicy)
+        if self.cfg.mod and self.policy.evicts:
             raise NotImplementedError(
                 "MoD routing together with cache pruning (DCM, last-k, a window) is not supported"
             )
-        if self.cfg.contiguous_positions and engine != "static":
+        if self.policy.contiguous_positions and engine != "static":
             raise ValueError(f"{self.cfg.system}: contiguous positions run on the static engine only (engine='static')")
         self.reset()
 
@@ -332,7 +333,7 @@ class Narrator:
         n = len(chunk.ids)
         memory = self.memory if chunk.m is not None else None
         # contiguous positions (streaming-vlm): the new tokens sit at the cache's end, whatever left it before
-        start = self.tags.n if self.cfg.contiguous_positions else self.pos
+        start = self.tags.n if self.policy.contiguous_positions else self.pos
         hidden = yield StepRequest(self, chunk, start, frame, memory, advance)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
@@ -387,7 +388,7 @@ class Narrator:
         script_text: str | list[int] | None = None,
     ) -> NarrationEvent:
         """Speak at ``frame_idx``: feed ``pieces`` (:func:`flownar.layout.speak`), decode (or replay) the narration,
-        then drop what the cache policy drops (:func:`flownar.layout.dropped_after_narration`)."""
+        then drop what the cache policy drops (:meth:`flownar.layout.CachePolicy.dropped_after_narration`)."""
         nid = self.narration_count
         logits = yield from self._feed(self._chunk(pieces), nid)
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
@@ -407,9 +408,7 @@ class Narrator:
         self.narration_count += 1
         self.pending_eos = True
         self.last_narration_frame = frame_idx
-        segment, narration = layout.dropped_after_narration(
-            self.cfg.dcm, self.cfg.last_k_narration, self.segment, self.narration_count
-        )
+        segment, narration = self.policy.dropped_after_narration(self.segment, self.narration_count)
         if segment is not None:  # DCM: the segment's frame run and the memory block before it
             self._delete(self.tags.keep_mask(segment=segment))
         if narration is not None:  # FlowNar-C: the narration that left the window
@@ -461,15 +460,13 @@ class Narrator:
         self.frame += 1
         self.counters.frames += 1
         i = self.frame
-        window = self.cfg.vision_window
-        if window is not None and i >= window:  # streaming-vlm: frame i - window leaves as frame i arrives
-            self._delete(self.tags.keep_mask(frames_upto=i - window))
+        upto = self.policy.frames_leaving(i)
+        if upto is not None:  # a vision window (streaming-vlm): frame i - W leaves as frame i arrives
+            self._delete(self.tags.keep_mask(frames_upto=upto))
         if i == 0:
             return (yield from self._prompt(frame, script_text))
         if self.pending_eos:
-            pieces = layout.after_narration(
-                self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory, self.cfg.last_k_narration
-            )
+            pieces = self.policy.after_narration(self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory)
             if self.has_memory:
                 self.memory = self._read_memory()  # (Q, D) after the narration frame
             # the EOS and the newline belong to the narration just decoded

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import paths
+from . import systems as registry
 from .batches import StreamDataset, model_inputs
 from .checkpoint import CheckpointError, load_trained, save_trained
 from .data.chat import ChatTokenizer
@@ -41,7 +42,7 @@ from .data.samples import MAX_NUM_FRAMES
 from .data.synth import training_cap
 from .data.tokenizer import build_tokenizer
 from .errors import FlowNarError
-from .models import SYSTEMS, FlowNarForCausalLM, config_for
+from .models import FlowNarForCausalLM, config_for
 from .train_report import plot_loss, plot_training_curves, training_summary
 
 # moved elsewhere, still importable from here: load_trained/save_trained (flownar.checkpoint), StreamDataset/
@@ -147,8 +148,7 @@ DEFAULT_EPOCHS = {"ek100": 10.0, "ego4d": 5.0, "egoexo4d": 5.0}
 
 def train_config(system: str, profile: str = "smoke", dataset: str = "ek100", **overrides) -> TrainConfig:
     """The profile's settings for ``system``, then ``overrides`` (unknown keys raise)."""
-    if system not in SYSTEMS:
-        raise ValueError(f"unknown system {system!r}; expected one of {sorted(SYSTEMS)}")
+    registry.get(system)  # a clear error for an unknown key
     if profile not in TRAIN_PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(TRAIN_PROFILES)}")
     kw = dict(TRAIN_PROFILES[profile])
@@ -695,7 +695,7 @@ def ensure_trained(cfg: TrainConfig, num_gpus: int | None = None) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    p.add_argument("--system", required=True, choices=registry.learned())
     p.add_argument("--profile", default="smoke", choices=sorted(TRAIN_PROFILES))
     p.add_argument("--dataset", default="ek100", choices=DATASETS)
     p.add_argument("--data", default="", help="dataset root (empty: the embedded synthetic dataset)")

@@ -10,9 +10,10 @@ from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
-from flownar.models import SYSTEMS, FlowNarForCausalLM, config_for
+from flownar.models import FlowNarForCausalLM, config_for
 from flownar.models.masks import sample_expiry
 from flownar.stream import Narrator, drive_streams, narrators_for
+from flownar.systems import learned
 
 TEXTS = [
     "You open the fridge.",
@@ -60,7 +61,7 @@ def replay(narrator, s, frames):
         narrator.push(frames[i], speak=(i in at) if i else None, script_text=at.get(i))
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS) + ["flownar-c-k1", "flownar-frame-cls", "streaming-vlm-w3"])
+@pytest.mark.parametrize("system", sorted(learned()) + ["flownar-c-k1", "flownar-frame-cls", "streaming-vlm-w3"])
 def test_streaming_logits_equal_teacher_forced(tok, system):
     kw = {}
     if system == "flownar-c-k1":

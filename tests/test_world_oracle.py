@@ -25,7 +25,7 @@ def smoke(tmp_path_factory):
 
 def test_oracle_speaks_at_the_cue_frames_and_only_says_what_the_world_allows(smoke):
     from flownar.data.synth import AFFORDANCES
-    from flownar.eval.content import parse_narration
+    from flownar.eval.text import parse_narration
 
     oracle = WorldOracleNarrator(smoke.synthetic_card)
     card = smoke.synthetic_card
@@ -76,10 +76,10 @@ def test_world_oracle_needs_the_world(smoke, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- claims
 def _seed_dir(path, f1: dict, banner="test"):
-    from flownar.models import SYSTEM_NAMES
     from flownar.report import save_table
+    from flownar.systems import display_name
 
-    t = pd.DataFrame({"F1": {SYSTEM_NAMES[s]: v for s, v in f1.items()}})
+    t = pd.DataFrame({"F1": {display_name(s): v for s, v in f1.items()}})
     t.index.name = "system"
     save_table(t, path / "table_self_conditioned_corrected", banner)
     return path
@@ -145,10 +145,10 @@ def test_paper_sign_only_where_the_paper_has_a_figure_and_no_spread_on_analytic_
     dirs = []
     for i in range(3):
         d = _seed_dir(tmp_path / f"e{i}", base)
-        from flownar.models import SYSTEM_NAMES
         from flownar.report import save_table
+        from flownar.systems import display_name
 
-        eff = pd.DataFrame({"Cache reduction (x)": {SYSTEM_NAMES["flownar-c"]: 84.6}})
+        eff = pd.DataFrame({"Cache reduction (x)": {display_name("flownar-c"): 84.6}})
         eff.index.name = "system"
         save_table(eff, d / "table_efficiency", "test")
         dirs.append(d)

@@ -55,7 +55,6 @@ from .accounting import (
 from .bench import checkpoints_up_to, device_name, per_frame_ms, run_bench, run_stream_bench
 from .paper import (
     PAPER_LLM,
-    TABLE_SYSTEMS,
     best_definition,
     measured_table,
     memory_curve,
@@ -94,7 +93,6 @@ __all__ = [
     "run_bench",
     "run_stream_bench",
     "PAPER_LLM",
-    "TABLE_SYSTEMS",
     "best_definition",
     "measured_table",
     "memory_curve",

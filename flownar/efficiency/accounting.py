@@ -144,7 +144,9 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
     state = {"perm": 0, "perm_r": 0}  # tokens never deleted (all layers / routed layers)
     seg: list[int] = [0, 0]  # current segment's tokens (unrouted, routed): deleted by DCM
     narr: list[list[int]] = []  # FlowNar-C: per kept narration [tokens, routed tokens]
-    window = cfg.vision_window
+    policy = cfg.cache_policy
+    windowed_text = policy.last_k_narrations is not None
+    window = policy.vision_window
     frames: dict[int, list[int]] = {}  # a vision window's frames: frame -> [tokens, routed tokens]
     frame = [0]  # the frame being fed
     peak = [0]
@@ -173,7 +175,7 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
             elif kind == "seg":
                 seg[0] += pn
                 seg[1] += nr
-            elif kind == "narr" and cfg.last_k_narration is not None:
+            elif kind == "narr" and windowed_text:
                 narr[-1][0] += pn
                 narr[-1][1] += nr
             else:
@@ -189,13 +191,13 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
         return [(sum(size.get(t, 1) for t in p.tokens), p.vision, owner[p.owner]) for p in pieces]
 
     def narrate(first: bool):
-        if cfg.last_k_narration is not None:
+        if windowed_text:
             narr.append([0, 0])
         feed(parts(layout.speak(first)))
         for _ in range(layout_.text):
             feed(parts([layout.narration_token()]))
         tr.narrations += 1
-        segment, old = layout.dropped_after_narration(cfg.dcm, cfg.last_k_narration, 0, tr.narrations)
+        segment, old = policy.dropped_after_narration(0, tr.narrations)
         if segment is not None:
             seg[0] = seg[1] = 0
         elif seg[0]:  # no DCM: the segment becomes permanent
@@ -210,8 +212,9 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
     last = -1
     for i in range(n_frames):
         frame[0] = i
-        if window is not None and i >= window:  # frame i - window leaves as frame i arrives
-            for f in [f for f in frames if f <= i - window]:
+        upto = policy.frames_leaving(i)
+        if upto is not None:  # frame i - window leaves as frame i arrives
+            for f in [f for f in frames if f <= upto]:
                 del frames[f]
         peak[0] = total()
         if i == 0:
@@ -221,7 +224,7 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
             pending, last = True, 0
         else:
             if pending:
-                step = layout.after_narration(N, Q, cfg.use_memory, cfg.last_k_narration)
+                step = policy.after_narration(N, Q, cfg.use_memory)
                 tr.memory_blocks += cfg.use_memory
                 pending = False
             else:
