@@ -46,7 +46,6 @@ from . import layout
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
 from .engine import ENGINES, SlotTags, StepWeights, make_kv_store
-from .models.flash_memory import FlashMemory
 from .trigger import TriggerRule
 
 PERMANENT = -1
@@ -230,15 +229,9 @@ class Narrator:
         self.narration_count = 0
         self.pending_eos = False
         self.last_narration_frame = 0
-        self.clam_state = None  # CLAM's recurrent state after the last frame (fixed size)
-        self.readout_state = None  # the state the next memory block reads (after the frame / its CLS token)
         self.memory = None  # the memory tokens being fed, (Q, D)
-        self._clam_queries = None  # CLAM's query side for reads (weights only), computed at the first read
-        self.flash = (  # flash-vstream: Flash Memory in place of CLAM (its bank on the host)
-            FlashMemory(self.cfg.flash_config, self.cfg.frame_num_tokens, self.cfg.vision_hidden_size, self.device)
-            if self.cfg.uses_flash
-            else None
-        )
+        kind = self.cfg.memory_kind  # this stream's memory state (flownar.models.memory), None without memory
+        self.memory_stream = kind.stream(self.model, self.device, self.dtype) if kind is not None else None
         self.counters = StreamCounters()
         self.events: list[NarrationEvent] = []
         self.fed_ids: list[int] = []  # every token id fed, in order (for tests and debugging)
@@ -253,13 +246,13 @@ class Narrator:
         return self.cache.used_bytes()
 
     def state_size(self) -> dict:
-        """Cached tokens per kind and bytes (KV cache; CLAM state)."""
-        clam = 0 if self.clam_state is None else self.clam_state.numel() * self.clam_state.element_size()
-        if self.flash is not None:  # the memory's bounded state (CSM) here; its bank (host) apart
-            clam = self.flash.state_bytes
-        out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": clam, "position": self.pos}
-        if self.flash is not None:
-            out["memory_bank_bytes"] = self.flash.bank_bytes
+        """Cached tokens per kind and bytes (KV cache; the memory's bounded state, under the key
+        ``clam_state_bytes`` whatever the memory, and a growing bank apart)."""
+        mem = self.memory_stream
+        state = 0 if mem is None else mem.state_bytes
+        out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": state, "position": self.pos}
+        if mem is not None and mem.bank_bytes is not None:
+            out["memory_bank_bytes"] = mem.bank_bytes
         allocated = self.cache.allocated_bytes()
         if allocated is not None:
             out["kv_allocated_bytes"] = allocated
@@ -359,11 +352,7 @@ class Narrator:
     def _read_memory(self) -> torch.Tensor:
         """The memory tokens (Q, D) read out of CLAM's state after the narration frame (its query side, which
         depends on the weights only, computed once per video), or out of Flash Memory."""
-        if self.flash is not None:
-            return self.flash.read().to(self.dtype)
-        if self._clam_queries is None:
-            self._clam_queries = self.model.clam.queries(self.dtype)
-        return self.model.clam.read(self.readout_state, self._clam_queries)[0]
+        return self.memory_stream.read(self.dtype)
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, first_logits: torch.Tensor) -> tuple[list[int], bool]:
@@ -565,30 +554,12 @@ def _batchable(narrators: list[Narrator]) -> bool:
 
 
 def advance_memories(narrators: list[Narrator], frames: list[torch.Tensor]) -> None:
-    """Advance each narrator's CLAM state with its frame's tokens (N, D), all as one batch (no read-out: that
-    happens only when a memory block is fed, from the state after the narration frame). CLAM's update is
-    per-sequence arithmetic, so the batch gives each stream its state alone up to float rounding."""
+    """Advance each narrator's memory with its frame's tokens (N, D) (no read-out: that happens only when a memory
+    block is fed, from the state after the narration frame), all streams at once where the memory can batch them
+    (:meth:`flownar.models.memory.MemoryKind.write`; CLAM: one batch, each state equal to its state alone up to
+    float rounding)."""
     first = narrators[0]
-    if first.flash is not None:  # Flash Memory: per stream (weighted k-means on its own synopsis)
-        for nr, frame in zip(narrators, frames):
-            nr.flash.write(frame)
-        return
-    clam = first.model.clam
-    x = (frames[0][None] if len(frames) == 1 else torch.stack(frames)).to(first.device, first.dtype)  # (B, N, D)
-    for nr in narrators:
-        if nr.clam_state is None:
-            nr.clam_state = clam.init_state(1, device=first.device, dtype=torch.float32)
-    state = first.clam_state if len(narrators) == 1 else torch.cat([nr.clam_state for nr in narrators])  # (B,H,dk,dv)
-    if first.cfg.memory_readout == "frame_cls":  # the original: read after the frame's first (CLS) token
-        readout = clam.update(x[:, :1], state)
-        state = clam.update(x[:, 1:], readout)
-    else:
-        state = readout = clam.update(x, state)
-    if len(narrators) == 1:
-        first.clam_state, first.readout_state = state, readout
-        return
-    for nr, s, r in zip(narrators, state.split(1), readout.split(1)):
-        nr.clam_state, nr.readout_state = s, r
+    first.cfg.memory_kind.write(first.model, [nr.memory_stream for nr in narrators], frames)
 
 
 def _run_round(requests: list[StepRequest]) -> list[torch.Tensor]:

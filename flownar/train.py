@@ -209,7 +209,9 @@ def build_model(cfg: TrainConfig, chat: ChatTokenizer, feature_dim: int):
     torch.manual_seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     model = FlowNarForCausalLM.from_pretrained(cfg.llm_path, config=config, local_files_only=True, dtype=dtype)
-    saved = ["connector"] + (["clam"] if config.uses_clam else []) + (["router"] if config.mod else [])
+    kind = config.memory_kind
+    memory = [kind.module_name] if kind is not None and kind.module_name else []
+    saved = ["connector"] + memory + (["router"] if config.mod else [])
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

@@ -170,9 +170,10 @@ def test_placeholders_take_frames_and_memory(tok):
     assert torch.allclose(emb[enc.memory_positions], mem)
     # segment_end reads after the last token of the previous segment's last frame; frame_cls at its CLS
     f = b["mem_frame_indices"]
-    assert model.memory_readout_index(f).tolist() == ((f + 1) * 3 - 1).tolist()
+    clam = model.config.memory_kind
+    assert clam.readout_index(model.config, f).tolist() == ((f + 1) * 3 - 1).tolist()
     model.config.memory_readout = "frame_cls"
-    assert model.memory_readout_index(f).tolist() == (f * 3).tolist()
+    assert clam.readout_index(model.config, f).tolist() == (f * 3).tolist()
     # memory block b depends only on frames up to its read-out: changing later frames leaves it unchanged
     model.config.memory_readout = "segment_end"
     frames2 = b["frames"].clone()

@@ -261,38 +261,13 @@ def linear_macs_per_token(cfg) -> int:
     return H * (q + 2 * kv) + q * H + 3 * H * cfg.intermediate_size
 
 
-def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
-    """CLAM's MACs per frame update (``frame_num_tokens`` tokens), per read-out, and for the read-out's query side
-    (``queries``: weights only, computed once per stream by the engine, at its first read), counted by
-    ``torch.utils.flop_counter`` on a meta-device CLAM of this config (FLOP / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..models.clam import CLAM, CLAMConfig
-
-    n = cfg.frame_num_tokens if n_tokens is None else n_tokens
-    with torch.device("meta"):
-        clam = CLAM(
-            CLAMConfig(
-                d_model=cfg.vision_hidden_size,
-                n_heads=cfg.clam_heads,
-                n_queries=cfg.num_m_tokens,
-                expand_k=cfg.clam_expand_k,
-                dropout=0.0,
-            )
-        ).eval()
-        x = torch.zeros(1, n, cfg.vision_hidden_size)
-        state = clam.init_state(1, dtype=torch.float32)
-        out = {}
-        queries = clam.queries()
-        for name, fn in (
-            ("update", lambda: clam.update(x, state)),
-            ("read", lambda: clam.read(state, queries)),
-            ("queries", lambda: clam.queries()),
-        ):
-            with FlopCounterMode(display=False) as fc:
-                fn()
-            out[name] = fc.get_total_flops() // 2
-    return out
+def memory_macs(cfg) -> dict[str, int] | None:
+    """The memory's MACs per frame update (``frame_num_tokens`` tokens), per read-out, and for the read-out's query
+    side (``queries``: weights only, computed once per stream by the engine, at its first read), from its kind
+    (:meth:`flownar.models.memory.MemoryKind.macs`; CLAM: counted by the flop counter); None when the system has
+    no memory or its memory is not counted (Flash Memory's k-means runs on the host)."""
+    kind = cfg.memory_kind
+    return kind.macs(cfg) if kind is not None else None
 
 
 def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
@@ -317,15 +292,15 @@ def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
 
 
 def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
-    """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block, the read's query
-    side once when there is a memory block) MACs."""
+    """Connector (frame and memory tokens) and memory (update per frame, read per memory block, the read's query
+    side once when there is a memory block) MACs; the memory's under the key ``clam`` whatever its kind."""
     D, H = cfg.vision_hidden_size, cfg.hidden_size
     out = {
         "connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
         "clam": 0 * frames,
     }
-    if cfg.uses_clam:  # flash-vstream: Flash Memory's k-means (host-side) is not counted
-        clam = clam or clam_macs(cfg)
+    clam = clam or memory_macs(cfg)
+    if clam is not None:  # flash-vstream: Flash Memory's k-means (host-side) is not counted
         out["clam"] = (
             frames * clam["update"] + memory_blocks * clam["read"] + np.minimum(memory_blocks, 1) * clam["queries"]
         )

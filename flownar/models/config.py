@@ -38,6 +38,7 @@ from transformers import LlamaConfig
 
 from .. import systems
 from ..layout import CachePolicy
+from .memory import MemoryKind, memory_kind
 
 FLOWNAR_FORMAT_VERSION = 1  # bump when a checkpoint of an older version can no longer be read as is
 
@@ -111,10 +112,11 @@ class FlowNarConfig(LlamaConfig):
         preset = record.preset
         self.system = system
         # preset values unless explicitly overridden (None / -1 = take the preset's)
-        self.dcm = preset["dcm"] if dcm is None else bool(dcm)
-        self.use_memory = preset["use_memory"] if use_memory is None else bool(use_memory)
-        self.last_k_narration = preset["last_k_narration"] if last_k_narration == -1 else last_k_narration
-        self.mod = preset["mod"] if mod is None else bool(mod)
+        # (a field the preset leaves out: no DCM, no memory, every narration kept, no MoD)
+        self.dcm = preset.get("dcm", False) if dcm is None else bool(dcm)
+        self.use_memory = preset.get("use_memory", False) if use_memory is None else bool(use_memory)
+        self.last_k_narration = preset.get("last_k_narration") if last_k_narration == -1 else last_k_narration
+        self.mod = preset.get("mod", False) if mod is None else bool(mod)
         self.vision_hidden_size = vision_hidden_size
         self.frame_num_tokens = frame_num_tokens
         self.v_placeholder_id = v_placeholder_id
@@ -131,22 +133,14 @@ class FlowNarConfig(LlamaConfig):
             raise ValueError(f"memory_readout must be 'segment_end' or 'frame_cls', got {memory_readout!r}")
         self.memory_readout = memory_readout
         self.memory = preset.get("memory", "clam") if memory is None else memory
-        if self.memory not in ("clam", "flash"):
-            raise ValueError(f"memory must be 'clam' or 'flash', got {self.memory!r}")
+        kind = memory_kind(self.memory)  # a clear error for an unknown memory
         if flash_detail_frames is None:  # one retrieved frame when the memory block has room for it and a centroid
             flash_detail_frames = 1 if num_m_tokens > frame_num_tokens else 0
         if flash_clusters is None:  # the rest of the memory block after the retrieved frames
             flash_clusters = max(1, num_m_tokens - flash_detail_frames * frame_num_tokens)
         self.flash_clusters, self.flash_detail_frames, self.flash_low = flash_clusters, flash_detail_frames, flash_low
-        if self.use_memory and self.memory == "flash":
-            if memory_readout != "segment_end":
-                raise ValueError("Flash Memory is read after the narration frame (memory_readout='segment_end')")
-            if self.flash_config.tokens(frame_num_tokens) != num_m_tokens:
-                raise ValueError(
-                    f"Flash Memory reads out {self.flash_config.tokens(frame_num_tokens)} tokens "
-                    f"({flash_clusters} centroids + {flash_detail_frames} frames x {frame_num_tokens}) but the "
-                    f"memory block has num_m_tokens={num_m_tokens}"
-                )
+        if self.use_memory:
+            kind.check(self)
         self.vision_window = preset.get("vision_window") if vision_window == -1 else vision_window
         self.contiguous_positions = (
             preset.get("contiguous_positions", False) if contiguous_positions is None else bool(contiguous_positions)
@@ -194,12 +188,9 @@ class FlowNarConfig(LlamaConfig):
         )
 
     @property
-    def uses_clam(self) -> bool:
-        return self.use_memory and self.memory == "clam"
-
-    @property
-    def uses_flash(self) -> bool:
-        return self.use_memory and self.memory == "flash"
+    def memory_kind(self) -> MemoryKind | None:
+        """The memory the ``<m>`` blocks read (:mod:`flownar.models.memory`), None for a system without memory."""
+        return memory_kind(self.memory) if self.use_memory else None
 
     @property
     def routed_layers(self) -> tuple[int, ...]:

@@ -30,10 +30,8 @@ from transformers import LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from .clam import CLAM, CLAMConfig
 from .config import FlowNarConfig
 from .dcm_attention import dcm_blocks, register
-from .flash_memory import flash_readouts
 from .hf_compat import CACHE_ARG, CACHE_FIELD, find_cache
 from .masks import additive_mask, visibility
 
@@ -158,21 +156,13 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             for i in range(config.num_hidden_layers):
                 self.model.layers[i] = FlowNarDecoderLayer(config, i, routed=i in config.routed_layers)
         self.connector = Connector(config.vision_hidden_size, config.hidden_size)
-        self.clam = None
-        if config.uses_clam:
-            self.clam = CLAM(
-                CLAMConfig(
-                    d_model=config.vision_hidden_size,
-                    n_heads=config.clam_heads,
-                    n_queries=config.num_m_tokens,
-                    expand_k=config.clam_expand_k,
-                    dropout=config.clam_dropout,
-                    gate_bias_init=config.clam_gate_bias_init,
-                )
-            )
-            for m in self.clam.modules():  # initialised by CLAM's scheme, not HF's generic one
-                m._clam_owned = True
-            self.clam.gk_proj[1]._clam_gate = True
+        self.clam = None  # CLAM's parameters (state-dict prefix "clam."), None for the other systems
+        kind = config.memory_kind
+        module = kind.build(config) if kind is not None else None
+        if module is not None:
+            for m in module.modules():  # initialised by the memory's own scheme, not HF's generic one
+                m._memory_owned = True
+            setattr(self, kind.module_name, module)
         self.post_init()
         self._use_dcm_attention()
 
@@ -184,55 +174,26 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             self.config._attn_implementation = DCM_ATTENTION
 
     def _init_weights(self, module):
-        if getattr(module, "_clam_owned", False):
-            self._init_clam_module(module)
+        if getattr(module, "_memory_owned", False):  # fresh models, or a memory missing from a Llama checkpoint
+            self.config.memory_kind.init_module(module, self.config)
         else:
             super()._init_weights(module)
-
-    @torch.no_grad()
-    def _init_clam_module(self, module: nn.Module) -> None:
-        """CLAM's own scheme for the parts HF initialises (fresh models, or CLAM missing from a Llama checkpoint):
-        xavier on matrices, norms at 1, MHA biases at 0, the forget gate's bias at ``clam_gate_bias_init``."""
-        if isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()
-        is_norm = "norm" in type(module).__name__.lower()
-        for name, p in module.named_parameters(recurse=False):
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-            elif is_norm:
-                nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
-            elif (
-                name == "bias" and getattr(module, "_clam_gate", False) and self.config.clam_gate_bias_init is not None
-            ):
-                nn.init.constant_(p, self.config.clam_gate_bias_init)
 
     # ------------------------------------------------------------------ embeddings
     def frame_embeds(self, frames: torch.Tensor) -> torch.Tensor:
         """(F, N, D) frame features -> (F, N, H) token embeddings."""
         return self.connector(frames.to(self.connector.fc1.weight.dtype))
 
-    def memory_readout_index(self, mem_frame_indices: torch.Tensor) -> torch.Tensor:
-        """Flattened-token index at which each memory block reads CLAM, from the frame it follows."""
-        n = self.config.frame_num_tokens
-        if self.config.memory_readout == "segment_end":
-            return (mem_frame_indices + 1) * n - 1  # after the last token of the previous segment's last frame
-        return mem_frame_indices * n  # the original: the narration frame's CLS token
-
     def memory_embeds(
         self, frames: torch.Tensor, mem_frame_indices: torch.Tensor, memory_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The memory blocks' embeddings (B, Q, H): CLAM over the clip's frame tokens (frame-major), read out per
-        memory block; or Flash Memory read after each block's frame (non-parametric: ``memory_features``
-        (B, Q, D), its read-outs computed beforehand by :func:`~flownar.models.flash_memory.flash_readouts`, may be
-        passed instead of recomputing them)."""
+        """The memory blocks' embeddings (B, Q, H): the memory's read-out after each block's frame
+        (:meth:`flownar.models.memory.MemoryKind.readouts`: CLAM over the clip's frame tokens, frame-major; Flash
+        Memory written frame by frame), through the connector. ``memory_features``: what the memory computed
+        beforehand for this sample (:meth:`~flownar.models.memory.MemoryKind.precompute`), if anything."""
         dtype = self.connector.fc1.weight.dtype
-        if self.config.uses_flash:
-            if memory_features is None:
-                memory_features = flash_readouts(self.config.flash_config, frames.float(), mem_frame_indices)
-            return self.connector(memory_features.to(frames.device, dtype))  # (B, Q, D) -> (B, Q, H)
-        x = frames.to(dtype).reshape(1, -1, frames.shape[-1])  # (1, F*N, D)
-        mem, _ = self.clam(x, readout_index=self.memory_readout_index(mem_frame_indices.to(x.device)))
-        return self.connector(mem[0])  # (B, Q, D) -> (B, Q, H)
+        mem = self.config.memory_kind.readouts(self, frames, mem_frame_indices, memory_features)  # (B, Q, D)
+        return self.connector(mem.to(dtype))  # (B, Q, D) -> (B, Q, H)
 
     def joint_embed(
         self,
