@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--capture",
         action="store_true",
-        help="the static-shape step replayed as CUDA graphs on a GPU (flownar.engine.CapturedStep; not for MoD)",
+        help="the static-shape step replayed as CUDA graphs on a GPU (flownar.engine.steps.CapturedStep; not for MoD)",
     )
     b.add_argument(
         "--max-seconds", type=float, default=None, help="stop each system's stream after this much wall time"

@@ -25,8 +25,8 @@ re-rotates the cached keys at every step, :mod:`flownar.engine`).
 CLAM runs online: its fixed-size state is updated as each frame arrives (flash-vstream: Flash Memory takes in each
 frame, and the memory block is its read-out after the narration frame).
 
-Engines: ``engine="static"`` (default) runs :func:`flownar.engine.forward_step` on a preallocated
-:class:`~flownar.engine.StaticKVCache` that DCM compacts in place; ``engine="hf"`` runs transformers' forward with a
+Engines: ``engine="static"`` (default) runs :func:`flownar.engine.steps.forward_step` on a preallocated
+:class:`~flownar.engine.kv.StaticKVCache` that DCM compacts in place; ``engine="hf"`` runs transformers' forward with a
 growing ``DynamicCache`` pruned by ``index_select`` (what the original code does; kept as the reference and as the
 baseline of the speed benchmark). Both give the same logits (tested). The only host synchronisations per frame are
 the trigger decision (and, when speaking, one per decoded token for the EOS check).
@@ -45,7 +45,8 @@ import torch
 from . import layout
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
-from .engine import ENGINES, SlotTags, StepWeights, make_kv_store
+from .engine.kv import ENGINES, SlotTags, make_kv_store
+from .engine.weights import StepWeights
 from .trigger import TriggerRule
 
 PERMANENT = -1
@@ -134,14 +135,14 @@ class Narrator:
         record_logits: keep the logits of every fed position (for the equality test).
         engine: ``"static"`` (preallocated cache, the fast path) or ``"hf"`` (transformers' DynamicCache).
         cache_capacity: initial tokens per layer of the static cache (it doubles when full).
-        fuse: fused q/k/v and gate/up projections on the static engine (:class:`~flownar.engine.StepWeights`:
+        fuse: fused q/k/v and gate/up projections on the static engine (:class:`~flownar.engine.weights.StepWeights`:
             ``"auto"`` fuses small models).
-        compile: run the static engine's decoder step compiled (:class:`~flownar.engine.CompiledStep`; not for
+        compile: run the static engine's decoder step compiled (:class:`~flownar.engine.steps.CompiledStep`; not for
             VideoLLM-MoD). Pays a compilation at the first frames of the first video.
         capture: run the static engine's decoder step with static shapes, replayed as CUDA graphs on a GPU
-            (:class:`~flownar.engine.CapturedStep`; eager on the CPU; not for VideoLLM-MoD).
-        step_weights: another narrator's :class:`~flownar.engine.StepWeights` of the same model, to share (several
-            streams at once: :func:`narrators_for`).
+            (:class:`~flownar.engine.steps.CapturedStep`; eager on the CPU; not for VideoLLM-MoD).
+        step_weights: another narrator's :class:`~flownar.engine.weights.StepWeights` of the same model, to share
+            (several streams at once: :func:`narrators_for`).
     """
 
     def __init__(
@@ -210,8 +211,8 @@ class Narrator:
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget the current video. (The static engine's :class:`~flownar.engine.StepWeights` are rebuilt here if
-        the model's weights changed in place since they were built.)"""
+        """Forget the current video. (The static engine's :class:`~flownar.engine.weights.StepWeights` are rebuilt
+        here if the model's weights changed in place since they were built.)"""
         if self.engine == "static" and (self.step_weights is None or self.step_weights.stale()):
             self.step_weights = StepWeights(self.model, self.fuse, compile=self.compile, capture=self.capture)
         self.cache = make_kv_store(
@@ -533,7 +534,7 @@ def prompt_plan(
 
 
 def narrators_for(model, chat, n: int, **kwargs) -> list[Narrator]:
-    """``n`` narrators of one model that share its :class:`~flownar.engine.StepWeights` (for
+    """``n`` narrators of one model that share its :class:`~flownar.engine.weights.StepWeights` (for
     :func:`drive_streams`)."""
     first = Narrator(model, chat, **kwargs)
     return [first] + [Narrator(model, chat, step_weights=first.step_weights, **kwargs) for _ in range(n - 1)]
@@ -564,9 +565,9 @@ def advance_memories(narrators: list[Narrator], frames: list[torch.Tensor]) -> N
 
 def _run_round(requests: list[StepRequest]) -> list[torch.Tensor]:
     """One decoder step for each request: batched when the narrators run one model on the static engine without
-    routing (one embedding call, :func:`flownar.engine.forward_batch`, one CLAM update for the frames), one by one
+    routing (one embedding call, :func:`flownar.engine.steps.forward_batch`, one CLAM update for the frames), one by one
     otherwise."""
-    from .engine import forward_batch
+    from .engine.steps import forward_batch
 
     first = requests[0].narrator
     if not _batchable([r.narrator for r in requests]):

@@ -19,7 +19,7 @@ from flownar.efficiency import (
     simulate_stream,
     stream_macs,
 )
-from flownar.engine import StaticKVCache
+from flownar.engine.kv import StaticKVCache
 from flownar.stream import Narrator
 from flownar.systems import learned
 

@@ -83,9 +83,9 @@ def run_stream_bench(
     ``streams`` > 1: that many streams at once (:func:`flownar.stream.drive_streams`, one batched decoder step per
     round), each replaying the schedule on its own frames; ``fps`` is then all streams' frames over the wall time
     (throughput), ``fps_per_stream`` one stream's, and there are no per-frame times (a round serves every
-    stream). ``compile``: the compiled decoder step (:class:`flownar.engine.CompiledStep`; its compilation is done
+    stream). ``compile``: the compiled decoder step (:class:`flownar.engine.steps.CompiledStep`; its compilation is done
     on a warm-up stream first and not timed). ``capture``: the static-shape step replayed as CUDA graphs
-    (:class:`flownar.engine.CapturedStep`; graphs are captured as new shapes come, and that time is counted).
+    (:class:`flownar.engine.steps.CapturedStep`; graphs are captured as new shapes come, and that time is counted).
     ``max_seconds``: stop after this much wall time (one stream); ``frames`` then says how far it got."""
     from ..progress import progress_bar
     from ..stream import Narrator

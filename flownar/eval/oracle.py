@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..data.chat import IGNORE_INDEX
 from ..data.probes import roc_auc
-from ..engine import StaticKVCache, forward_step
+from ..engine.kv import StaticKVCache
+from ..engine.steps import forward_step
 from ..models.masks import additive_mask, frame_steps, sample_expiry, visibility
 from ..trigger import TriggerRule
 
