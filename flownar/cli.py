@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
     t = sub.add_parser("train", help="train one system (embedded default or, with --llm, LoRA at paper scale)")
-    from .train import add_train_arguments
+    from .train.launch import add_train_arguments
 
     add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
@@ -443,7 +443,7 @@ def _cmd_eval_oracle(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import run_from_args
+    from .train.launch import run_from_args
 
     run_from_args(args)
     return 0

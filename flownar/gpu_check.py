@@ -100,7 +100,7 @@ def lora_step(out: Path, device: str, llm: str, frames: int) -> dict:
     from .data.samples import Narration, NarrationStream, VideoInfo, make_stream_sample
     from .efficiency.accounting import bench_chat, bench_config, bench_model
     from .models.masks import sample_expiry
-    from .train import lora_target_modules
+    from .train.model import lora_target_modules
 
     chat = bench_chat()
     cfg = bench_config("flownar", llm, chat)

@@ -390,7 +390,7 @@ def test_memory_gaps_are_tagged(roots):
 def test_length_regime():
     """Lengths in units of the training cap: validation lengths are the lognormal's quantiles (a fixed spread with
     its long tail in every seed); training cuts at the cap, which is the profile's max_num_frames."""
-    from flownar.train import TRAIN_PROFILES
+    from flownar.train.config import TRAIN_PROFILES
 
     cfg = synth_config("default")
     assert training_cap("default") == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]

@@ -134,7 +134,8 @@ def test_a_system_defined_outside_the_package(new_system, tmp_path):
     from flownar.efficiency.bench import run_bench
     from flownar.eval.runner import run_self_conditioned
     from flownar.eval.tables import self_conditioned_table
-    from flownar.train import train, train_config
+    from flownar.train.config import train_config
+    from flownar.train.loop import train
 
     key = new_system
     assert key in systems.learned() and systems.select(key) == [key]
@@ -185,7 +186,8 @@ class LastFrameStream(StreamMemory):
 
 def test_a_memory_defined_outside_the_package(tmp_path, monkeypatch):
     from flownar.models.memory import MEMORIES, register_memory
-    from flownar.train import train, train_config
+    from flownar.train.config import train_config
+    from flownar.train.loop import train
 
     monkeypatch.setenv("FLOWNAR_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("FLOWNAR_RUNS_DIR", str(tmp_path / "runs"))
