@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--max-new-tokens",
                 type=int,
                 default=None,
-                help="cap on one narration (default: the run's profile's, flownar.stream.narration_cap: "
+                help="cap on one narration (default: the run's profile's, flownar.profiles.Profile.narration_cap: "
                 "100 at paper, as the original; 32 on the embedded profiles)",
             )
             e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")

@@ -52,12 +52,6 @@ from .trigger import TriggerRule
 PERMANENT = -1
 
 
-def narration_cap(profile: str | None) -> int:
-    """The most tokens one narration may take: the original's 100 at the ``paper`` profile (Llama-3 BPE tokens),
-    32 on the embedded profiles (word-level tokens; their narrations have at most about 12)."""
-    return 100 if profile == "paper" else 32
-
-
 @dataclass
 class NarrationEvent:
     frame: int  # frame index (0 = the first frame pushed) at which the narration was emitted

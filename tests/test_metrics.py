@@ -386,7 +386,8 @@ def test_narrator_records_the_raw_decoding():
     from flownar.data.chat import ChatTokenizer
     from flownar.data.tokenizer import train_word_tokenizer
     from flownar.models import FlowNarForCausalLM, config_for
-    from flownar.stream import Narrator, narration_cap
+    from flownar.profiles import get as get_profile
+    from flownar.stream import Narrator
 
     tok = train_word_tokenizer(["You open the fridge.", "You take the jar."])
     chat = ChatTokenizer(tok, frame_num_tokens=3, num_m_tokens=4)
@@ -397,7 +398,15 @@ def test_narrator_records_the_raw_decoding():
         assert e.raw_text == tok.decode(
             e.token_ids + ([chat.eos_id] if len(e.token_ids) < 3 else []), skip_special_tokens=False
         )
-    assert (narration_cap("paper"), narration_cap("default")) == (100, 32)
+    assert (
+        get_profile("paper").narration_cap,
+        get_profile("default").narration_cap,
+        get_profile(None).narration_cap,
+    ) == (
+        100,
+        32,
+        32,
+    )
 
 
 def test_temporal_prf_by_position_in_units_of_the_training_cap():

@@ -27,7 +27,6 @@ from flownar.data.synth import (
     render_features,
     simulate_video,
     synth_config,
-    training_cap,
     video_length,
     world_prototypes,
     write_synthetic_dataset,
@@ -393,9 +392,11 @@ def test_length_regime():
     from flownar.train.config import TRAIN_PROFILES
 
     cfg = synth_config("default")
-    assert training_cap("default") == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]
-    assert training_cap("smoke") == SMOKE.cap_frames == TRAIN_PROFILES["smoke"]["max_num_frames"]
-    assert training_cap("paper") == 1200
+    from flownar.profiles import get as get_profile
+
+    assert get_profile("default").training_cap == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]
+    assert get_profile("smoke").training_cap == SMOKE.cap_frames == TRAIN_PROFILES["smoke"]["max_num_frames"]
+    assert get_profile("paper").training_cap == 1200
     val = np.array([video_length(cfg, 0, cfg.n_train + i) for i in range(cfg.n_val)])
     assert np.array_equal(np.sort(val), np.sort([video_length(cfg, 7, cfg.n_train + i) for i in range(cfg.n_val)]))
     assert 0.8 < val.mean() < 1.4 and val.max() > 4.0 and (val > 2.0).sum() >= 3

@@ -42,7 +42,7 @@ World v3 (``SYNTH_VERSION`` 3) adds what the first versions lacked for learning 
 * **The paper's length regime.** Lengths are drawn in units of a training cap ``cap_s`` (the original trains on
   the first ``max_num_frames`` = 10 minutes of each video and narrates whole validation videos): lognormal, mean
   near the cap and a long tail to ~5x; the validation lengths are the distribution's quantiles, so every seed has
-  streams beyond 2x the cap. Training cuts at the cap (``flownar.data.synth.training_cap``).
+  streams beyond 2x the cap. Training cuts at the cap (``flownar.profiles.Profile.training_cap``).
 * Every ground-truth segment carries its memory gap (``gap_segments``, ``gap_s``) in the card.
 
 Everything random comes from ``numpy.random.default_rng(SeedSequence(seed, spawn_key=...))``: prototypes from the
@@ -176,14 +176,6 @@ SYNTH_PROFILES: dict[str, SynthConfig] = {
     # the embedded default used for CPU training
     "default": SynthConfig(n_train=160, n_val=96, cap_s=60.0, feature_dim=64),
 }
-
-
-def training_cap(profile: str) -> int:
-    """The frame cap of training clips (``max_num_frames``) on an embedded profile: the world's ``cap_s``; the
-    original's 1200 (10 minutes at 2 fps) at ``paper``. Teacher-forced evaluation cuts at the same cap."""
-    if profile == "paper":
-        return 1200
-    return synth_config(profile).cap_frames
 
 
 def synth_config(profile: str) -> SynthConfig:

@@ -72,7 +72,7 @@ Deliberate differences from the original pipeline that reach the scored inputs (
   scores are the same) except that we do it per text, so a stray ``|||`` or newline in a narration cannot break
   the jar's line protocol.
 * The narration cap: the original decodes at most 100 tokens; so does the ``paper`` profile here
-  (:func:`flownar.stream.narration_cap`); the embedded profiles cap word-level narrations at 32 tokens.
+  (:attr:`flownar.profiles.Profile.narration_cap`); the embedded profiles cap word-level narrations at 32 tokens.
 * Frame of a GT time (:func:`flownar.data.samples.frame_of`): ``ceil(t * fps - 1e-6)`` rather than
   ``ceil(t * fps)``, so that a time written as 1.5000000001 s does not move to the next frame through float error.
   This affects which frame a narration is trained and teacher-forced at, not the self-conditioned scoring.

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .. import paths
+from .. import paths, profiles
 from .. import systems as registry
 from ..data.samples import MAX_NUM_FRAMES
-from ..data.synth import training_cap
 from ..errors import FlowNarError
 
 
@@ -59,7 +58,12 @@ class TrainConfig:
 # The paper's schedule for `paper`; CPU-sized ones for the embedded profiles.
 TRAIN_PROFILES: dict[str, dict] = {
     "smoke": dict(
-        model_size="micro", epochs=4.0, lr=3e-3, grad_accum=1, max_num_frames=training_cap("smoke"), warmup_ratio=0.1
+        model_size="micro",
+        epochs=4.0,
+        lr=3e-3,
+        grad_accum=1,
+        max_num_frames=profiles.get("smoke").training_cap,
+        warmup_ratio=0.1,
     ),
     # world v3: capped clips are short, so many small steps (batch 1, no accumulation) fit the CPU budget; one
     # thread per run, two runs at a time (ensure_trained_all)
@@ -68,7 +72,7 @@ TRAIN_PROFILES: dict[str, dict] = {
         epochs=10.0,
         lr=1e-3,
         grad_accum=1,
-        max_num_frames=training_cap("default"),
+        max_num_frames=profiles.get("default").training_cap,
         warmup_ratio=0.05,
         threads=1,
     ),
@@ -108,7 +112,7 @@ def train_config(system: str, profile: str = "smoke", dataset: str = "ek100", **
 
 def check_paper_setup(cfg: TrainConfig) -> None:
     """The paper profile fine-tunes a local Llama on FlowNar-Data: refuse to start without both."""
-    if cfg.profile != "paper":
+    if not profiles.get(cfg.profile).real_data:
         return
     if not cfg.llm_path:
         raise FlowNarError(
