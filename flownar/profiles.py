@@ -3,7 +3,8 @@
 ``smoke`` (seconds; CI) and ``default`` (the embedded default, CPU) run on the embedded synthetic world of their
 size; ``paper`` runs on FlowNar-Data with a local Llama, on GPUs. Every choice that depends on the profile is a
 property here, decided in one place (the training recipe of each profile is :data:`flownar.train.config.
-TRAIN_PROFILES`, the world's size :data:`flownar.data.synth.SYNTH_PROFILES`).
+TRAIN_PROFILES`, the world's size :data:`flownar.data.world.SYNTH_PROFILES`, the training cap
+:func:`flownar.data.world.training_cap`).
 """
 
 from __future__ import annotations
@@ -31,16 +32,6 @@ class Profile:
         """Narration and benchmarks go to the GPUs (when there are any); the embedded profiles stay on the CPU,
         where several systems narrate at once, one thread each."""
         return self.real_data
-
-    @property
-    def training_cap(self) -> int:
-        """The frame cap of training clips (``max_num_frames``), which teacher-forced evaluation cuts at too: the
-        original's 1200 (10 minutes at 2 fps) on real data, the world's ``cap_s`` on the embedded profiles."""
-        if self.real_data:
-            return 1200
-        from .data.synth import synth_config
-
-        return synth_config(self.name).cap_frames
 
 
 PROFILES: dict[str, Profile] = {

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from flownar.data.readers import FlowNarData
-from flownar.data.synth import NOUNS, VERBS, write_synthetic_dataset
+from flownar.data.synth import write_synthetic_dataset
+from flownar.data.world import NOUNS, VERBS
 from flownar.eval import content, failures
 from flownar.eval.runner import PREDICTION_VERSION, clip_file
 from flownar.eval.text import parse_narration

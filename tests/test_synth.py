@@ -15,22 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from flownar.data.kitchen import simulate_video, video_length
 from flownar.data.layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
-from flownar.data.synth import (
-    CENTRAL_TOKENS,
-    NOUNS,
-    SYNTH_PROFILES,
-    SYNTH_VERSION,
-    VERBS,
-    SynthConfig,
-    narration_frames,
-    render_features,
-    simulate_video,
-    synth_config,
-    video_length,
-    world_prototypes,
-    write_synthetic_dataset,
-)
+from flownar.data.render import narration_frames, render_features
+from flownar.data.synth import SYNTH_VERSION, write_synthetic_dataset
+from flownar.data.world import CENTRAL_TOKENS, NOUNS, SYNTH_PROFILES, VERBS, SynthConfig, synth_config, world_prototypes
 
 LAYOUTS = ["ek100", "ego4d", "egoexo4d"]
 SMOKE = SYNTH_PROFILES["smoke"]
@@ -392,11 +381,11 @@ def test_length_regime():
     from flownar.train.config import TRAIN_PROFILES
 
     cfg = synth_config("default")
-    from flownar.profiles import get as get_profile
+    from flownar.data.world import training_cap
 
-    assert get_profile("default").training_cap == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]
-    assert get_profile("smoke").training_cap == SMOKE.cap_frames == TRAIN_PROFILES["smoke"]["max_num_frames"]
-    assert get_profile("paper").training_cap == 1200
+    assert training_cap("default") == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]
+    assert training_cap("smoke") == SMOKE.cap_frames == TRAIN_PROFILES["smoke"]["max_num_frames"]
+    assert training_cap("paper") == 1200
     val = np.array([video_length(cfg, 0, cfg.n_train + i) for i in range(cfg.n_val)])
     assert np.array_equal(np.sort(val), np.sort([video_length(cfg, 7, cfg.n_train + i) for i in range(cfg.n_val)]))
     assert 0.8 < val.mean() < 1.4 and val.max() > 4.0 and (val > 2.0).sum() >= 3
@@ -423,7 +412,7 @@ def test_completion_cue_is_causal_and_at_the_narration_frame():
     frame) and nowhere else: with cue_amp = 0 the features differ from the default ones exactly there."""
     import dataclasses
 
-    from flownar.data.synth import _feature_scale
+    from flownar.data.render import feature_scale
 
     cfg = dataclasses.replace(SMOKE, mix_share=0.0)
     with_cue, without = _render(cfg), _render(dataclasses.replace(cfg, cue_amp=0.0))
@@ -435,7 +424,7 @@ def test_completion_cue_is_causal_and_at_the_narration_frame():
     assert (diff[:, [t for t in range(10) if t not in CENTRAL_TOKENS]] < 1e-5).all()  # central tokens only
     effect = world_prototypes(0, cfg.feature_dim)["effect"]
     proj = (with_cue - without)[frames][:, CENTRAL_TOKENS] @ effect / (effect @ effect)
-    size = cfg.cue_amp / _feature_scale(cfg)  # cue_amp is the amplitude added, in prototype units
+    size = cfg.cue_amp / feature_scale(cfg)  # cue_amp is the amplitude added, in prototype units
     assert np.all(proj >= size * 0.999)  # the cue's full size (more where two narrations share a frame)
     after = [f + 1 for f in frames if f + 1 not in frames and f + 1 < len(with_cue)]
     lingering = (with_cue - without)[after][:, CENTRAL_TOKENS] @ effect / (effect @ effect)
@@ -448,14 +437,15 @@ def test_content_and_the_rest_are_mixed_at_their_own_shares():
     shares recover each part's deviation, and they add up to the unmixed frame's."""
     import dataclasses
 
-    from flownar.data.synth import CENTER, _feature_scale
+    from flownar.data.render import feature_scale
+    from flownar.data.world import CENTER
 
     a, b = SMOKE.mix_share, SMOKE.content_mix
     assert 0 < b < a < 1
 
     def render(**kw):
         cfg = dataclasses.replace(SMOKE, **kw)
-        return _render(cfg) * _feature_scale(cfg)
+        return _render(cfg) * feature_scale(cfg)
 
     def dev(x):
         return x - x.mean(axis=1, keepdims=True)

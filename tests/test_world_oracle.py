@@ -24,7 +24,7 @@ def smoke(tmp_path_factory):
 
 
 def test_oracle_speaks_at_the_cue_frames_and_only_says_what_the_world_allows(smoke):
-    from flownar.data.synth import AFFORDANCES
+    from flownar.data.world import AFFORDANCES
     from flownar.eval.text import parse_narration
 
     oracle = WorldOracleNarrator(smoke.synthetic_card)

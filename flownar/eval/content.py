@@ -92,12 +92,12 @@ def segments_of(data, split: str = "val") -> pd.DataFrame:
     """One row per ground-truth segment of the evaluation clips of ``split`` (from the synthetic card): clip,
     verb, noun, kind, memory gap, position along the stream (units of the training cap) and the verb habit's
     noun. Empty on real data."""
-    from .. import profiles
+    from ..data.world import training_cap
 
     card = data.synthetic_card
     if not card or "videos" not in card:
         return pd.DataFrame()
-    cap_s = float(card.get("cap_s") or profiles.get(card.get("profile", "default")).training_cap / data.fps)
+    cap_s = float(card.get("cap_s") or training_cap(card.get("profile", "default")) / data.fps)
     train = pd.DataFrame(
         [s for uid in card["splits"]["train"] for s in card["videos"][uid]["segments"]], columns=["verb", "noun"]
     )

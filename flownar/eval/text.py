@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..data.synth import PARAPHRASES
+from ..data.world import PARAPHRASES
 
 
 def parse_narration(text: str, verbs: list[str], nouns: list[str]) -> tuple[str | None, str | None]:

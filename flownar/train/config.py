@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import paths, profiles
 from .. import systems as registry
 from ..data.samples import MAX_NUM_FRAMES
+from ..data.world import training_cap
 from ..errors import FlowNarError
 
 
@@ -62,7 +63,7 @@ TRAIN_PROFILES: dict[str, dict] = {
         epochs=4.0,
         lr=3e-3,
         grad_accum=1,
-        max_num_frames=profiles.get("smoke").training_cap,
+        max_num_frames=training_cap("smoke"),
         warmup_ratio=0.1,
     ),
     # world v3: capped clips are short, so many small steps (batch 1, no accumulation) fit the CPU budget; one
@@ -72,7 +73,7 @@ TRAIN_PROFILES: dict[str, dict] = {
         epochs=10.0,
         lr=1e-3,
         grad_accum=1,
-        max_num_frames=profiles.get("default").training_cap,
+        max_num_frames=training_cap("default"),
         warmup_ratio=0.05,
         threads=1,
     ),
