@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import flownar.stream as stream_module
+import flownar.drive as drive_module
 from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
+from flownar.drive import drive_streams, narrators_for
 from flownar.models import FlowNarForCausalLM, config_for
 from flownar.models.masks import sample_expiry
-from flownar.stream import Narrator, drive_streams, narrators_for
+from flownar.stream import Narrator
 from flownar.systems import learned
 
 TEXTS = [
@@ -189,12 +190,12 @@ def test_batched_streams_equal_each_stream_alone(tok, system):
     narrators = narrators_for(model, chat, 2, record_logits=True)
     assert narrators[1].step_weights is narrators[0].step_weights
     rounds = []
-    real = stream_module._run_round
-    stream_module._run_round = lambda reqs: rounds.append(len(reqs)) or real(reqs)
+    real = drive_module._run_round
+    drive_module._run_round = lambda reqs: rounds.append(len(reqs)) or real(reqs)
     try:
         got = dict(drive_streams(narrators, [(k, lambda nr, f=f: replay_steps(nr, s, f)) for k, f in enumerate(clips)]))
     finally:
-        stream_module._run_round = real
+        drive_module._run_round = real
     assert sorted(got) == [0, 1, 2] and max(rounds) == 2  # batched: two streams per round
     for k, (ids, logits, state, clam_state) in enumerate(alone):
         assert got[k][0] == ids
