@@ -61,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flownar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
+    _add_data(sub)
+    _add_train(sub)
+    _add_convert_checkpoint(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_extract_features(sub)
+    _add_narrate(sub)
+    _add_provenance(sub)
+    _add_claims(sub)
+    return p
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="datasets: write the synthetic world, validate a data root")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
@@ -81,12 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict", action="store_true", help="fail on skipped videos instead of warning")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one system (embedded default or, with --llm, LoRA at paper scale)")
     from .train.launch import add_train_arguments
 
     add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
 
+
+def _add_convert_checkpoint(sub) -> None:
     cv = sub.add_parser(
         "convert-checkpoint", help="a checkpoint of the original FlowNar code (LoRA adapter folder) -> a run"
     )
@@ -98,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--last-k", type=int, default=None, help="FlowNar-C's narration window (default 10)")
     cv.set_defaults(func=_cmd_convert)
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained system (self-conditioned stream or oracle)")
     esub = ev.add_subparsers(dest="eval_command", required=True)
     for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle)):
@@ -140,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         e.set_defaults(func=func)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="speed and memory of the streaming engine (random weights, replayed schedule)")
     b.add_argument(
         "--systems",
@@ -205,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bench)
 
+
+def _add_extract_features(sub) -> None:
     x = sub.add_parser("extract-features", help="encode video files into a FlowNar-Data root (2 fps, SigLIP, 1+3x3)")
     x.add_argument("videos", type=Path, help="a video file or a folder of videos")
     x.add_argument(
@@ -218,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=_cmd_extract)
 
+
+def _add_narrate(sub) -> None:
     nr = sub.add_parser("narrate", help="narrate a video file live with a trained checkpoint")
     nr.add_argument("video", type=Path)
     nr.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
@@ -233,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     nr.add_argument("--quiet", action="store_true", help="no progress bar")
     nr.set_defaults(func=_cmd_narrate)
 
+
+def _add_provenance(sub) -> None:
     pv = sub.add_parser("provenance", help="write provenance.json (commit, data fingerprint, versions, device)")
     pv.add_argument("--dataset", default="ek100", choices=DATASETS)
     pv.add_argument("--profile", default="default")
@@ -241,12 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--out", required=True, type=Path, help="folder to write provenance.json into")
     pv.set_defaults(func=_cmd_provenance)
 
+
+def _add_claims(sub) -> None:
     cl = sub.add_parser("claims", help="the claims table (paper vs ours, mean +- std over seeds, verdict)")
     cl.add_argument("--dataset", default="ek100", choices=DATASETS)
     cl.add_argument("--dirs", nargs="+", required=True, help="one output folder per seed")
     cl.add_argument("--out", required=True, help="folder for table_claims.{csv,md,tex}")
     cl.set_defaults(func=_cmd_claims)
-    return p
 
 
 def _cmd_claims(args) -> int:

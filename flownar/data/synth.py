@@ -188,14 +188,7 @@ def write_synthetic_dataset(
     lay = get_layout(layout)
     if feature_format not in ("pt", "safetensors"):
         raise ValueError(f"unknown feature format {feature_format!r}; expected 'pt' or 'safetensors'")
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory")
-        if any(out.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace the dataset")
-            _clear_previous(out)
+    out = _prepare_out(Path(out), overwrite)
     feature_dir = lay.feature_dir(out)
     feature_dir.mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -241,11 +234,30 @@ def write_synthetic_dataset(
     if lay.summary_file is not None:
         _write_json(out / "annotations" / lay.summary_file, summaries)
     _write_json(out / METADATA_FILE, metadata)
-    card = {
+    _write_json(out / SYNTHETIC_CARD_FILE, _card(cfg, lay.name, profile, seed, feature_format, splits, videos))
+    return out
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """The dataset root, empty: refused when it holds something and ``overwrite`` is False."""
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a directory")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace the dataset")
+            _clear_previous(out)
+    return out
+
+
+def _card(cfg: SynthConfig, layout: str, profile: str, seed: int, feature_format: str, splits, videos) -> dict:
+    """The data card (``flownar_synthetic.json``): the generator, its settings and the ground truth of every
+    video."""
+    return {
         "generator": "flownar.data.synth",
         "version": SYNTH_VERSION,
         "note": "embedded synthetic data (procedural kitchen), not FlowNar-Data",
-        "layout": lay.name,
+        "layout": layout,
         "profile": profile,
         "seed": seed,
         "fps": cfg.fps,
@@ -263,5 +275,3 @@ def write_synthetic_dataset(
         "vocabulary": {"verbs": VERBS, "nouns": NOUNS},
         "videos": videos,
     }
-    _write_json(out / SYNTHETIC_CARD_FILE, card)
-    return out

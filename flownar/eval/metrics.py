@@ -367,6 +367,37 @@ def _preview(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(map(repr, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
 
 
+def _predictions_by_clip(preds: Iterable[ClipPrediction], refs: list[ClipReference]) -> dict[str, ClipPrediction]:
+    """The predictions by clip id, checked against the references: duplicates refused, clips without predictions
+    and predictions without a reference warned about (stacklevel: the caller of :func:`evaluate_clips`)."""
+    by_id: dict[str, ClipPrediction] = {}
+    for p in preds:
+        cid = str(p.clip_id)
+        if cid in by_id:
+            raise ValueError(f"two predictions for clip {cid!r}")
+        by_id[cid] = p
+    ref_ids = [str(r.clip_id) for r in refs]
+    if len(set(ref_ids)) != len(ref_ids):
+        dup = sorted({c for c in ref_ids if ref_ids.count(c) > 1})
+        raise ValueError(f"duplicate reference clip ids: {_preview(dup)}")
+    missing = [c for c in ref_ids if c not in by_id]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
+            f"narration (P = R = F1 = 0): {_preview(missing)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    unknown = sorted(set(by_id) - set(ref_ids))
+    if unknown:
+        warnings.warn(
+            f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return by_id
+
+
 def evaluate_clips(
     preds: Iterable[ClipPrediction],
     refs: Iterable[ClipReference],
@@ -388,33 +419,7 @@ def evaluate_clips(
     """
     scoring = _check_scoring(scoring)
     refs = list(refs)
-    by_id: dict[str, ClipPrediction] = {}
-    for p in preds:
-        cid = str(p.clip_id)
-        if cid in by_id:
-            raise ValueError(f"two predictions for clip {cid!r}")
-        by_id[cid] = p
-    ref_ids = [str(r.clip_id) for r in refs]
-    if len(set(ref_ids)) != len(ref_ids):
-        dup = sorted({c for c in ref_ids if ref_ids.count(c) > 1})
-        raise ValueError(f"duplicate reference clip ids: {_preview(dup)}")
-
-    missing = [c for c in ref_ids if c not in by_id]
-    if missing:
-        warnings.warn(
-            f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
-            f"narration (P = R = F1 = 0): {_preview(missing)}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    unknown = sorted(set(by_id) - set(ref_ids))
-    if unknown:
-        warnings.warn(
-            f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
+    by_id = _predictions_by_clip(preds, refs)
     rows, all_pairs, no_gt = [], [], []
     for ref in refs:
         cid = str(ref.clip_id)

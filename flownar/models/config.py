@@ -133,29 +133,33 @@ class FlowNarConfig(LlamaConfig):
             raise ValueError(f"memory_readout must be 'segment_end' or 'frame_cls', got {memory_readout!r}")
         self.memory_readout = memory_readout
         self.memory = preset.get("memory", "clam") if memory is None else memory
-        kind = memory_kind(self.memory)  # a clear error for an unknown memory
         if flash_detail_frames is None:  # one retrieved frame when the memory block has room for it and a centroid
             flash_detail_frames = 1 if num_m_tokens > frame_num_tokens else 0
         if flash_clusters is None:  # the rest of the memory block after the retrieved frames
             flash_clusters = max(1, num_m_tokens - flash_detail_frames * frame_num_tokens)
         self.flash_clusters, self.flash_detail_frames, self.flash_low = flash_clusters, flash_detail_frames, flash_low
-        if self.use_memory:
-            kind.check(self)
         self.vision_window = preset.get("vision_window") if vision_window == -1 else vision_window
         self.contiguous_positions = (
             preset.get("contiguous_positions", False) if contiguous_positions is None else bool(contiguous_positions)
         )
+        self.mod_capacity = mod_capacity
+        self.mod_every = mod_every
+        self.flownar_format_version = flownar_format_version
+        self._check_combination()
+        super().__init__(**kwargs)
+
+    def _check_combination(self) -> None:
+        """Refuse fields that do not work together (the memory's own conditions, the cache policy's)."""
+        kind = memory_kind(self.memory)  # a clear error for an unknown memory
+        if self.use_memory:
+            kind.check(self)
         self.cache_policy  # noqa: B018  (validates the policy's fields)
         if self.vision_window is not None and self.use_memory:
             raise ValueError("a vision window has no memory blocks (they belong to DCM's segments): use_memory=False")
-        self.mod_capacity = mod_capacity
-        self.mod_every = mod_every
         if self.contiguous_positions and self.mod:
             raise ValueError(
                 "contiguous positions with MoD's routed layers (each with its own cache) are not supported"
             )
-        self.flownar_format_version = flownar_format_version
-        super().__init__(**kwargs)
 
     @property
     def display_name(self) -> str:

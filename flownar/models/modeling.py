@@ -326,31 +326,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if expiry is not None:
             if attention_mask is not None:
                 raise ValueError("pass either expiry or attention_mask")
-            if (
-                self.config._attn_implementation == DCM_ATTENTION
-                and not self.config.mod
-                and inputs_embeds.shape[0] == 1
-                and past_key_values is None
-            ):
-                # exact block attention over each query block's visible keys (no L x L mask)
-                kwargs["dcm_blocks"] = blocks = dcm_blocks(expiry.cpu())
-                if self.config.contiguous_positions:
-                    # positions are indices among the visible tokens: all position ids 0 (no rotation in the
-                    # layers), each block rotates its gathered keys and queries (dcm_attention.dcm_sdpa)
-                    if position_ids is not None:
-                        raise ValueError("contiguous positions are derived from the expiry; pass no position_ids")
-                    L = inputs_embeds.shape[1]
-                    position_ids = torch.zeros(1, L, dtype=torch.long, device=inputs_embeds.device)
-                    most = max(keys.numel() for _, _, keys in blocks)
-                    table = torch.arange(most, device=inputs_embeds.device)[None]
-                    kwargs["dcm_rope"] = self.model.rotary_emb(inputs_embeds, table)  # (1, most, hd) x 2
-            elif self.config.contiguous_positions:
-                raise NotImplementedError(
-                    f"{self.config.system}: contiguous positions need sdpa (the block attention), one sequence, no "
-                    "cache"
-                )
-            else:
-                attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
+            attention_mask, position_ids = self._expiry_attention(
+                expiry, inputs_embeds, position_ids, past_key_values, kwargs
+            )
         if use_cache is None and past_key_values is None:
             use_cache = False  # a teacher-forced pass needs no cache (the streaming engine passes its own)
         with self._routing(input_ids):
@@ -376,6 +354,36 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             stream_loss=stream_loss,
             **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
         )
+
+    def _expiry_attention(self, expiry, inputs_embeds, position_ids, past_key_values, kwargs):
+        """How a teacher-forced pass sees the cache policy's expiry positions: the exact block attention over each
+        query block's visible keys (``dcm_blocks`` in ``kwargs``; no L x L mask), or a 4-D additive mask (MoD, a
+        batch, a cache). Returns (attention_mask, position_ids)."""
+        if not (
+            self.config._attn_implementation == DCM_ATTENTION
+            and not self.config.mod
+            and inputs_embeds.shape[0] == 1
+            and past_key_values is None
+        ):
+            if self.config.contiguous_positions:
+                raise NotImplementedError(
+                    f"{self.config.system}: contiguous positions need sdpa (the block attention), one sequence, no "
+                    "cache"
+                )
+            mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
+            return mask, position_ids
+        kwargs["dcm_blocks"] = blocks = dcm_blocks(expiry.cpu())
+        if self.config.contiguous_positions:
+            # positions are indices among the visible tokens: all position ids 0 (no rotation in the layers), each
+            # block rotates its gathered keys and queries (dcm_attention.dcm_sdpa)
+            if position_ids is not None:
+                raise ValueError("contiguous positions are derived from the expiry; pass no position_ids")
+            L = inputs_embeds.shape[1]
+            position_ids = torch.zeros(1, L, dtype=torch.long, device=inputs_embeds.device)
+            most = max(keys.numel() for _, _, keys in blocks)
+            table = torch.arange(most, device=inputs_embeds.device)[None]
+            kwargs["dcm_rope"] = self.model.rotary_emb(inputs_embeds, table)  # (1, most, hd) x 2
+        return None, position_ids
 
     def streaming_loss(self, logits, labels, input_ids, label_weights=None):
         """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5), times
