@@ -109,17 +109,20 @@ class ClamMemory(MemoryKind):
 
     name, module_name = "clam", "clam"
 
-    def build(self, config) -> CLAM:
-        clam = CLAM(
-            CLAMConfig(
-                d_model=config.vision_hidden_size,
-                n_heads=config.clam_heads,
-                n_queries=config.num_m_tokens,
-                expand_k=config.clam_expand_k,
-                dropout=config.clam_dropout,
-                gate_bias_init=config.clam_gate_bias_init,
-            )
+    @staticmethod
+    def clam_config(config, dropout: float | None = None) -> CLAMConfig:
+        """CLAM's sizes from a FlowNarConfig (``dropout``: the config's unless given)."""
+        return CLAMConfig(
+            d_model=config.vision_hidden_size,
+            n_heads=config.clam_heads,
+            n_queries=config.num_m_tokens,
+            expand_k=config.clam_expand_k,
+            dropout=config.clam_dropout if dropout is None else dropout,
+            gate_bias_init=config.clam_gate_bias_init,
         )
+
+    def build(self, config) -> CLAM:
+        clam = CLAM(self.clam_config(config))
         clam.gk_proj[1]._clam_gate = True  # the forget gate: its bias starts at clam_gate_bias_init
         return clam
 
@@ -178,14 +181,7 @@ class ClamMemory(MemoryKind):
         from torch.utils.flop_counter import FlopCounterMode
 
         with torch.device("meta"):
-            cfg = CLAMConfig(
-                d_model=config.vision_hidden_size,
-                n_heads=config.clam_heads,
-                n_queries=config.num_m_tokens,
-                expand_k=config.clam_expand_k,
-                dropout=0.0,
-            )
-            clam = CLAM(cfg).eval()
+            clam = CLAM(self.clam_config(config, dropout=0.0)).eval()
             x = torch.zeros(1, config.frame_num_tokens, config.vision_hidden_size)
             state = clam.init_state(1, dtype=torch.float32)
             queries = clam.queries()
