@@ -82,7 +82,9 @@ lock: $(STAMP)
 
 # ---------------------------------------------------------------- tests
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with $(ROOT)/tests/nbval_sanitize.cfg
+# The linter first (seconds), then the unit tests and nbval.
 test: $(STAMP)
+	cd $(ROOT) && $(VENV)/bin/ruff check flownar tests && $(VENV)/bin/ruff format --check flownar tests
 	cd $(ROOT) && TQDM_DISABLE=1 $(PY) -m pytest -q tests $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) $(NBVAL_FLAGS)
 
 # Drift check (not in CI): the newest versions pyproject.toml allows, in a separate environment, then the tests.

@@ -11,7 +11,6 @@ import torch
 from .data.chat import ChatTokenizer
 from .data.samples import build_stream_samples
 from .models import FlowNarConfig
-from .models.flash_memory import flash_readouts
 from .models.masks import sample_expiry
 
 
@@ -36,7 +35,7 @@ class StreamDataset(torch.utils.data.Dataset):
             data, split, use_memory=config.use_memory, max_num_frames=max_num_frames, seed=seed
         )
         self.cache = {} if cache_features else None
-        self.flash: dict[int, torch.Tensor] = {}  # sample index -> Flash Memory read-outs (flash-vstream)
+        self.memory_features: dict[int, torch.Tensor] = {}  # sample index -> what the memory precomputed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -63,10 +62,12 @@ class StreamDataset(torch.utils.data.Dataset):
         )
         if self.content_ids is not None:
             item["label_weights"] = content_weights(enc.labels, self.content_ids, self.content_weight)[None]
-        if self.config.uses_flash:  # Flash Memory is non-parametric: its read-outs are computed once per sample
-            if i not in self.flash:
-                self.flash[i] = flash_readouts(self.config.flash_config, frames, enc.mem_frame_indices)
-            item["memory_features"] = self.flash[i]
+        kind = self.config.memory_kind
+        if kind is not None:  # what the memory computes once per sample (Flash Memory: its read-outs), if anything
+            if i not in self.memory_features:
+                self.memory_features[i] = kind.precompute(self.config, frames, enc.mem_frame_indices)
+            if self.memory_features[i] is not None:
+                item["memory_features"] = self.memory_features[i]
         return item
 
 

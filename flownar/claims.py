@@ -1,10 +1,12 @@
 """What the embedded default reproduces: one row per claim of the paper, from the tables of one or more seeds.
 
 ``flownar claims --dataset ek100 --dirs DIR [DIR ...]`` (``make seeds-ek100`` runs the default pipeline once per
-seed of ``SEEDS`` and then this) reads each seed's output folder (``table_self_conditioned_corrected.csv``,
-``table_teacher_forcing.csv``, ``content_rates.csv``, ``table_position.csv``, ``table_efficiency*.csv``) and writes
+seed of ``SEEDS`` and then this) reads each seed's output folder (``metrics/<system>.json``,
+``oracle/<system>.json``, ``content_rates.csv``, ``table_position.csv``, ``table_efficiency*.csv``) and writes
 ``table_claims.{csv,md,tex}``: the paper's figure (read from the paper's tables in ``flownar/resources``, never
-computed), ours as mean +- std over seeds, and a verdict. Tables are joined by system key, never by display name.
+computed), ours as mean +- std over seeds, and a verdict. Systems are read by key (the per-system JSON files and
+the content scores; the position and efficiency tables through the registry's display names); a missing input is
+an error naming the file.
 
 **The verdict rules.** For a quantity measured per seed, our interval is ``mean +- 2 sd`` (sd: the seed-to-seed
 standard deviation): a difference counts only beyond the seed spread. ``x`` below is the difference signed so that
@@ -39,10 +41,9 @@ import pandas as pd
 
 from .errors import FlowNarError
 from .eval.tables import PAPER_DATASET, paper_self_conditioned, paper_teacher_forcing
-from .models import SYSTEM_NAMES
 from .report import read_table_csv
+from .systems import display_name
 
-N = SYSTEM_NAMES
 #: the content scores the memory rows read (notebook 05: flownar.eval.content.rates)
 CONTENT_RATES = "content_rates"
 
@@ -144,27 +145,64 @@ CLAIMS = [
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def _read(d: Path, name: str) -> pd.DataFrame | None:
-    p = Path(d) / f"{name}.csv"
-    return read_table_csv(p) if p.is_file() else None
-
-
 def _get(df: pd.DataFrame | None, row: str, col: str) -> float:
+    """A cell of one of the paper's tables (nan where the paper has no such row or column)."""
     try:
         return float(df.loc[row, col])
     except (AttributeError, KeyError, TypeError, ValueError):
         return float("nan")
 
 
-def memory_accuracy(d: Path) -> dict[str, float]:
-    """Per system key: the percentage of narrations closing a memory segment that name its object (the content
-    scores' ``memory`` / ``noun`` row); empty when the folder has none (real data, or not yet scored)."""
-    p = Path(d) / f"{CONTENT_RATES}.csv"
-    if not p.is_file():
-        return {}
-    df = pd.read_csv(p, comment="#")
-    sel = df[(df.group == "memory") & (df.metric == "noun")]
-    return {str(s): 100.0 * float(r) for s, r in zip(sel.system, sel.rate)}
+class SeedFolder:
+    """One seed's outputs, read by system key: the self-conditioned scores and the teacher-forced metrics from the
+    per-system JSON files (``metrics/<key>.json``, ``oracle/<key>.json``), the content scores
+    (``content_rates.csv``), and the tables keyed by display name (position, efficiency) through the registry.
+    Anything a claim needs and the folder lacks is an error naming the file, never a verdict."""
+
+    def __init__(self, d: Path):
+        self.d = Path(d)
+
+    def _json(self, sub: str, key: str) -> dict:
+        p = self.d / sub / f"{key}.json"
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            raise FlowNarError(f"{p}: missing (the claims need {key}'s {sub}; run its notebook)") from None
+        except ValueError as e:
+            raise FlowNarError(f"{p}: not valid JSON ({e})") from e
+
+    def f1(self, key: str) -> float:
+        """Temporal F1 (%) in the corrected scoring."""
+        return 100.0 * float(self._json("metrics", key)["scores"]["corrected"]["t_f1"])
+
+    def teacher_forced(self, key: str, metric: str) -> float:
+        """``lm_ppl``, or ``lm_correctness`` in %."""
+        v = float(self._json("oracle", key)["metrics"][metric])
+        return 100.0 * v if metric == "lm_correctness" else v
+
+    def table(self, name: str, key: str, col: str, source: str | None = None) -> float:
+        p = self.d / f"{name}.csv"
+        if not p.is_file():
+            raise FlowNarError(f"{p}: missing (the claims need it; run the notebook that writes it)")
+        df = read_table_csv(p)
+        if source is not None:  # table_efficiency_measured: rows of several sources ("this run", committed runs)
+            df = df[df.index == source].set_index("system")
+        row = display_name(key)
+        if row not in df.index or col not in df.columns:
+            raise FlowNarError(f"{p}: no {col!r} for {row!r}")
+        return float(df.loc[row, col])
+
+    def memory_accuracy(self, key: str) -> float:
+        """The percentage of narrations closing a memory segment that name its object (the content scores'
+        ``memory`` / ``noun`` row)."""
+        p = self.d / f"{CONTENT_RATES}.csv"
+        if not p.is_file():
+            raise FlowNarError(f"{p}: missing (the memory claims need the content scores: notebook 05)")
+        df = pd.read_csv(p, comment="#")
+        sel = df[(df.system == key) & (df.group == "memory") & (df.metric == "noun")]
+        if sel.empty:
+            raise FlowNarError(f"{p}: no memory row for {key}")
+        return 100.0 * float(sel.rate.iloc[0])
 
 
 def check_dirs(dirs: list[Path], dataset: str) -> None:
@@ -183,45 +221,40 @@ def check_dirs(dirs: list[Path], dataset: str) -> None:
                 raise FlowNarError(f"{d}: a {got} folder (provenance.json), but the claims are for {dataset}")
 
 
+def _seed_values(d: Path) -> dict[str, float]:
+    """The quantity behind each claim in one seed folder."""
+    s = SeedFolder(d)
+    f1 = {k: s.f1(k) for k in ("videollm-online", "videollm-mod", "flownar-c", "flownar", "dcm-only")}
+    f1.update({k: s.f1(k) for k in ("flash-vstream", "streaming-vlm")})
+    mem = {k: s.memory_accuracy(k) for k in ("flownar", "dcm-only", "flash-vstream", "flownar-c", "streaming-vlm")}
+
+    def drop(key):  # F1 past the cap minus within it
+        return s.table("table_position", key, "F1 >1x (pooled)") - s.table("table_position", key, "F1 0-1x")
+
+    def tf(metric):
+        return s.teacher_forced("flownar", metric) - s.teacher_forced("videollm-online", metric)
+
+    return {
+        "dcm_f1": f1["flownar"] - max(f1["videollm-online"], f1["videollm-mod"]),
+        "dcmonly_f1": f1["dcm-only"] - f1["videollm-online"],
+        "c_vs_full_f1": f1["flownar-c"] - f1["flownar"],
+        "clam_memory": mem["flownar"] - mem["dcm-only"],
+        "tf_ppl": tf("lm_ppl"),
+        "tf_corr": tf("lm_correctness"),
+        "beyond_cap": drop("flownar") - drop("videollm-online"),
+        "cache_ratio": s.table("table_efficiency", "flownar-c", "Cache reduction (x)"),
+        "speed_ratio": s.table("table_efficiency_measured", "flownar-c", "FPS / VideoLLM-online", source="this run"),
+        "swap_f1": f1["flownar"] - f1["flash-vstream"],
+        "swap_memory": mem["flownar"] - mem["flash-vstream"],
+        "window_f1": f1["flownar-c"] - f1["streaming-vlm"],
+        "window_memory": mem["flownar-c"] - mem["streaming-vlm"],
+    }
+
+
 def _per_seed(dirs: list[Path]) -> dict[str, list[float]]:
     """The quantity behind each claim, one value per seed folder."""
-    out: dict[str, list[float]] = {}
-
-    def put(k, v):
-        out.setdefault(k, []).append(v)
-
-    for d in dirs:
-        sc = _read(d, "table_self_conditioned_corrected")
-        f1 = {s: _get(sc, N[s], "F1") for s in N}
-        put("dcm_f1", f1["flownar"] - np.nanmax([f1["videollm-online"], f1["videollm-mod"]]))
-        put("dcmonly_f1", f1["dcm-only"] - f1["videollm-online"])
-        put("c_vs_full_f1", f1["flownar-c"] - f1["flownar"])
-        mem = memory_accuracy(d)
-        acc = {s: mem.get(s, float("nan")) for s in N}
-        put("clam_memory", acc["flownar"] - acc["dcm-only"])
-        put("swap_f1", f1["flownar"] - f1["flash-vstream"])
-        put("swap_memory", acc["flownar"] - acc["flash-vstream"])
-        put("window_f1", f1["flownar-c"] - f1["streaming-vlm"])
-        put("window_memory", acc["flownar-c"] - acc["streaming-vlm"])
-        tf = _read(d, "table_teacher_forcing")
-        put("tf_ppl", _get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"))
-        put(
-            "tf_corr",
-            _get(tf, N["flownar"], "LM-Correctness (%)") - _get(tf, N["videollm-online"], "LM-Correctness (%)"),
-        )
-        pos = _read(d, "table_position")
-
-        def drop(system, pos=pos):
-            return _get(pos, N[system], "F1 >1x (pooled)") - _get(pos, N[system], "F1 0-1x")
-
-        put("beyond_cap", drop("flownar") - drop("videollm-online"))
-        eff = _read(d, "table_efficiency")
-        put("cache_ratio", _get(eff, N["flownar-c"], "Cache reduction (x)"))
-        meas = _read(d, "table_efficiency_measured")
-        if meas is not None and "system" in meas.columns:  # index: the source ("this run" or a committed bench)
-            meas = meas[meas.index == "this run"].set_index("system")
-        put("speed_ratio", _get(meas, N["flownar-c"], "FPS / VideoLLM-online"))
-    return out
+    values = [_seed_values(d) for d in dirs]
+    return {c.key: [v[c.key] for v in values] for c in CLAIMS}
 
 
 def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
@@ -230,7 +263,7 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
     tf = paper_teacher_forcing()
 
     def f1(s):
-        return _get(sc, N[s], "F1")
+        return _get(sc, display_name(s), "F1")
 
     ours = (float("nan"), "our adaptation, not in the paper")
     return {
@@ -238,14 +271,18 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
         "dcmonly_f1": (float("nan"), "no DCM-only row"),
         "c_vs_full_f1": (f1("flownar-c") - f1("flownar"), f"{ds} F1"),
         "clam_memory": (float("nan"), "qualitative, Fig. 6"),
-        "tf_ppl": (_get(tf, N["flownar"], "LM-PPL") - _get(tf, N["videollm-online"], "LM-PPL"), "Ego4D; 'on par'"),
+        "tf_ppl": (
+            _get(tf, display_name("flownar"), "LM-PPL") - _get(tf, display_name("videollm-online"), "LM-PPL"),
+            "Ego4D; 'on par'",
+        ),
         "tf_corr": (
-            _get(tf, N["flownar"], "LM-Correctness (%)") - _get(tf, N["videollm-online"], "LM-Correctness (%)"),
+            _get(tf, display_name("flownar"), "LM-Correctness (%)")
+            - _get(tf, display_name("videollm-online"), "LM-Correctness (%)"),
             "Ego4D; 'on par'",
         ),
         "beyond_cap": (float("nan"), "claimed in the text, no number"),
         "cache_ratio": (
-            _get(sc, N["videollm-online"], "cache_M") / _get(sc, N["flownar-c"], "cache_M"),
+            _get(sc, display_name("videollm-online"), "cache_M") / _get(sc, display_name("flownar-c"), "cache_M"),
             f"{ds} cache, Llama-3.2-1B",
         ),
         "speed_ratio": (float("nan"), "Fig. 4, H100"),
@@ -263,7 +300,7 @@ def verdict(values, claim: Claim, paper: float = float("nan")) -> str:
     v = v[~np.isnan(v)]
     n = len(v)
     if n == 0:
-        return "not testable here (its table is missing)"
+        return "no value (not a number in any seed)"
     mean = float(v.mean())
     if claim.kind == "ratio":
         if claim.analytic or n == 1:

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import systems as registry
 from .data.layouts import DATASETS
 from .errors import FlowNarError
 
@@ -60,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flownar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
+    _add_data(sub)
+    _add_train(sub)
+    _add_convert_checkpoint(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_extract_features(sub)
+    _add_narrate(sub)
+    _add_provenance(sub)
+    _add_claims(sub)
+    return p
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="datasets: write the synthetic world, validate a data root")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
@@ -80,12 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict", action="store_true", help="fail on skipped videos instead of warning")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_data_check)
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one system (embedded default or, with --llm, LoRA at paper scale)")
-    from .train import add_train_arguments
+    from .train.launch import add_train_arguments
 
     add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
 
+
+def _add_convert_checkpoint(sub) -> None:
     cv = sub.add_parser(
         "convert-checkpoint", help="a checkpoint of the original FlowNar code (LoRA adapter folder) -> a run"
     )
@@ -97,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--last-k", type=int, default=None, help="FlowNar-C's narration window (default 10)")
     cv.set_defaults(func=_cmd_convert)
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained system (self-conditioned stream or oracle)")
     esub = ev.add_subparsers(dest="eval_command", required=True)
     for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle)):
@@ -130,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--max-new-tokens",
                 type=int,
                 default=None,
-                help="cap on one narration (default: the run's profile's, flownar.stream.narration_cap: "
+                help="cap on one narration (default: the run's profile's, flownar.profiles.Profile.narration_cap: "
                 "100 at paper, as the original; 32 on the embedded profiles)",
             )
             e.add_argument("--no-captions", action="store_true", help="skip METEOR/ROUGE-L/CIDEr")
@@ -139,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         e.set_defaults(func=func)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="speed and memory of the streaming engine (random weights, replayed schedule)")
     b.add_argument(
-        "--systems", default="videollm-online,videollm-mod,flownar-c,flownar", help="comma-separated systems"
+        "--systems",
+        default="videollm-online,videollm-mod,flownar-c,flownar",
+        help=f"comma-separated, or 'all': {', '.join(registry.learned())}",
     )
     b.add_argument(
         "--frames",
@@ -152,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--long-frames",
         type=int,
         default=None,
-        help="a longer stream for the systems with a bounded visual cache (DCM), e.g. 100000",
+        help="a longer stream for the systems with a bounded visual cache (DCM or a window), e.g. 100000",
     )
     b.add_argument("--config", default="tiny", help="LLM size: micro, mini, tiny, small, llama-3.2-1b, llama-3.1-8b")
     b.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -192,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--capture",
         action="store_true",
-        help="the static-shape step replayed as CUDA graphs on a GPU (flownar.engine.CapturedStep; not for MoD)",
+        help="the static-shape step replayed as CUDA graphs on a GPU (flownar.engine.steps.CapturedStep; not for MoD)",
     )
     b.add_argument(
         "--max-seconds", type=float, default=None, help="stop each system's stream after this much wall time"
@@ -202,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bench)
 
+
+def _add_extract_features(sub) -> None:
     x = sub.add_parser("extract-features", help="encode video files into a FlowNar-Data root (2 fps, SigLIP, 1+3x3)")
     x.add_argument("videos", type=Path, help="a video file or a folder of videos")
     x.add_argument(
@@ -215,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=_cmd_extract)
 
+
+def _add_narrate(sub) -> None:
     nr = sub.add_parser("narrate", help="narrate a video file live with a trained checkpoint")
     nr.add_argument("video", type=Path)
     nr.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
@@ -230,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     nr.add_argument("--quiet", action="store_true", help="no progress bar")
     nr.set_defaults(func=_cmd_narrate)
 
+
+def _add_provenance(sub) -> None:
     pv = sub.add_parser("provenance", help="write provenance.json (commit, data fingerprint, versions, device)")
     pv.add_argument("--dataset", default="ek100", choices=DATASETS)
     pv.add_argument("--profile", default="default")
@@ -238,12 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--out", required=True, type=Path, help="folder to write provenance.json into")
     pv.set_defaults(func=_cmd_provenance)
 
+
+def _add_claims(sub) -> None:
     cl = sub.add_parser("claims", help="the claims table (paper vs ours, mean +- std over seeds, verdict)")
     cl.add_argument("--dataset", default="ek100", choices=DATASETS)
     cl.add_argument("--dirs", nargs="+", required=True, help="one output folder per seed")
     cl.add_argument("--out", required=True, help="folder for table_claims.{csv,md,tex}")
     cl.set_defaults(func=_cmd_claims)
-    return p
 
 
 def _cmd_claims(args) -> int:
@@ -320,7 +351,7 @@ def _cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available to this torch build")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    systems = registry.select(args.systems)
     try:
         frames = [int(f) for f in str(args.frames).split(",")]
     except ValueError as e:
@@ -332,9 +363,7 @@ def _cmd_bench(args) -> int:
         stats = segment_stats_from_data(FlowNarData(args.data, args.dataset))
     lengths = frames
     if args.long_frames:
-        from .models import SYSTEMS
-
-        lengths = {s: (args.long_frames if SYSTEMS[s]["dcm"] else max(frames)) for s in systems}
+        lengths = {s: (args.long_frames if registry.get(s).policy.bounded_vision else max(frames)) for s in systems}
     res = run_bench(
         systems,
         lengths,
@@ -442,7 +471,7 @@ def _cmd_eval_oracle(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import run_from_args
+    from .train.launch import run_from_args
 
     run_from_args(args)
     return 0

@@ -103,7 +103,8 @@ def convert_checkpoint(
 
     from .data.chat import ChatTokenizer
     from .data.tokenizer import build_tokenizer
-    from .train import TrainConfig, build_model
+    from .train.config import TrainConfig
+    from .train.model import build_model
 
     src, out = Path(src), Path(out)
     if system not in SYSTEMS:

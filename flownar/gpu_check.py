@@ -100,7 +100,7 @@ def lora_step(out: Path, device: str, llm: str, frames: int) -> dict:
     from .data.samples import Narration, NarrationStream, VideoInfo, make_stream_sample
     from .efficiency.accounting import bench_chat, bench_config, bench_model
     from .models.masks import sample_expiry
-    from .train import lora_target_modules
+    from .train.model import lora_target_modules
 
     chat = bench_chat()
     cfg = bench_config("flownar", llm, chat)
@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu-check: {name} done in {summary[name + '_s']} s", file=sys.stderr)
 
     budget = args.budget_s
-    from .models import SYSTEMS
+    from . import systems as registry
 
-    all_systems = list(SYSTEMS)  # every preset, 1B size
+    all_systems = registry.learned()  # every system, 1B size
     plan = [("llama-3.2-1b", all_systems), ("llama-3.1-8b", ["videollm-online", "flownar-c"])]
     if args.smoke:
         plan = [("micro", ["videollm-online", "flownar-c"])]

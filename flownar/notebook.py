@@ -2,7 +2,7 @@
 
 ``nb = setup(dataset, data_root, profile, seed, output_dir, systems)`` prepares the dataset (real, or the embedded
 synthetic one of the profile), shows its banner ("not the paper's data" on the embedded default), and gives the
-output folder, the systems and their run folders, all from :mod:`flownar.paths`.
+output folder, the systems (:mod:`flownar.systems`) and their run folders, all from :mod:`flownar.paths`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
+from . import systems as registry
 
 
 @dataclass
@@ -41,9 +42,10 @@ class Notebook:
 
 
 def setup(
-    dataset: str, data_root: str, profile: str, seed: int, output_dir: str = "", systems: str = "", show: bool = True
+    dataset: str, data_root: str, profile: str, seed: int, output_dir: str = "", systems: str = "all", show: bool = True
 ) -> Notebook:
-    """Prepare the notebook's dataset and paths; displays the data banner."""
+    """Prepare the notebook's dataset and paths; displays the data banner. ``systems``: ``all`` (every registered
+    system, :func:`flownar.systems.select`) or comma-separated keys."""
     from .data.prepare import prepare_dataset
     from .report import data_banner
 
@@ -55,4 +57,4 @@ def setup(
         from IPython.display import Markdown, display
 
         display(Markdown(f"**{banner}**"))
-    return Notebook(dataset, profile, seed, out, data, banner, [s.strip() for s in systems.split(",") if s.strip()])
+    return Notebook(dataset, profile, seed, out, data, banner, registry.select(systems))

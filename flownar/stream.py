@@ -25,8 +25,8 @@ re-rotates the cached keys at every step, :mod:`flownar.engine`).
 CLAM runs online: its fixed-size state is updated as each frame arrives (flash-vstream: Flash Memory takes in each
 frame, and the memory block is its read-out after the narration frame).
 
-Engines: ``engine="static"`` (default) runs :func:`flownar.engine.forward_step` on a preallocated
-:class:`~flownar.engine.StaticKVCache` that DCM compacts in place; ``engine="hf"`` runs transformers' forward with a
+Engines: ``engine="static"`` (default) runs :func:`flownar.engine.steps.forward_step` on a preallocated
+:class:`~flownar.engine.kv.StaticKVCache` that DCM compacts in place; ``engine="hf"`` runs transformers' forward with a
 growing ``DynamicCache`` pruned by ``index_select`` (what the original code does; kept as the reference and as the
 baseline of the speed benchmark). Both give the same logits (tested). The only host synchronisations per frame are
 the trigger decision (and, when speaking, one per decoded token for the EOS check).
@@ -45,17 +45,11 @@ import torch
 from . import layout
 from .data.chat import ChatTokenizer
 from .data.samples import Message, eval_prompt_messages
-from .engine import ENGINES, SlotTags, StepWeights, make_kv_store
-from .models.flash_memory import FlashMemory
+from .engine.kv import ENGINES, SlotTags, make_kv_store
+from .engine.weights import StepWeights
 from .trigger import TriggerRule
 
 PERMANENT = -1
-
-
-def narration_cap(profile: str | None) -> int:
-    """The most tokens one narration may take: the original's 100 at the ``paper`` profile (Llama-3 BPE tokens),
-    32 on the embedded profiles (word-level tokens; their narrations have at most about 12)."""
-    return 100 if profile == "paper" else 32
 
 
 @dataclass
@@ -75,7 +69,7 @@ class StepRequest:
     ``advance``: after the step, advance the narrator's CLAM state with ``frame`` (the frame just fed).
 
     The request carries the inputs rather than the embeddings so that several streams' steps embed their tokens
-    and frames in one call and advance their CLAM states as one batch (:func:`_run_round`)."""
+    and frames in one call and advance their CLAM states as one batch (:func:`flownar.drive.drive_streams`)."""
 
     narrator: "Narrator"
     chunk: "_Chunk"
@@ -135,14 +129,14 @@ class Narrator:
         record_logits: keep the logits of every fed position (for the equality test).
         engine: ``"static"`` (preallocated cache, the fast path) or ``"hf"`` (transformers' DynamicCache).
         cache_capacity: initial tokens per layer of the static cache (it doubles when full).
-        fuse: fused q/k/v and gate/up projections on the static engine (:class:`~flownar.engine.StepWeights`:
+        fuse: fused q/k/v and gate/up projections on the static engine (:class:`~flownar.engine.weights.StepWeights`:
             ``"auto"`` fuses small models).
-        compile: run the static engine's decoder step compiled (:class:`~flownar.engine.CompiledStep`; not for
+        compile: run the static engine's decoder step compiled (:class:`~flownar.engine.steps.CompiledStep`; not for
             VideoLLM-MoD). Pays a compilation at the first frames of the first video.
         capture: run the static engine's decoder step with static shapes, replayed as CUDA graphs on a GPU
-            (:class:`~flownar.engine.CapturedStep`; eager on the CPU; not for VideoLLM-MoD).
-        step_weights: another narrator's :class:`~flownar.engine.StepWeights` of the same model, to share (several
-            streams at once: :func:`narrators_for`).
+            (:class:`~flownar.engine.steps.CapturedStep`; eager on the CPU; not for VideoLLM-MoD).
+        step_weights: another narrator's :class:`~flownar.engine.weights.StepWeights` of the same model, to share
+            (several streams at once: :func:`flownar.drive.narrators_for`).
     """
 
     def __init__(
@@ -200,18 +194,19 @@ class Narrator:
         self.record_logits = record_logits
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        if self.cfg.mod and self.cfg.evicts:
+        self.policy = self.cfg.cache_policy  # what leaves the cache (flownar.layout.CachePolicy)
+        if self.cfg.mod and self.policy.evicts:
             raise NotImplementedError(
                 "MoD routing together with cache pruning (DCM, last-k, a window) is not supported"
             )
-        if self.cfg.contiguous_positions and engine != "static":
+        if self.policy.contiguous_positions and engine != "static":
             raise ValueError(f"{self.cfg.system}: contiguous positions run on the static engine only (engine='static')")
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget the current video. (The static engine's :class:`~flownar.engine.StepWeights` are rebuilt here if
-        the model's weights changed in place since they were built.)"""
+        """Forget the current video. (The static engine's :class:`~flownar.engine.weights.StepWeights` are rebuilt
+        here if the model's weights changed in place since they were built.)"""
         if self.engine == "static" and (self.step_weights is None or self.step_weights.stale()):
             self.step_weights = StepWeights(self.model, self.fuse, compile=self.compile, capture=self.capture)
         self.cache = make_kv_store(
@@ -229,15 +224,9 @@ class Narrator:
         self.narration_count = 0
         self.pending_eos = False
         self.last_narration_frame = 0
-        self.clam_state = None  # CLAM's recurrent state after the last frame (fixed size)
-        self.readout_state = None  # the state the next memory block reads (after the frame / its CLS token)
         self.memory = None  # the memory tokens being fed, (Q, D)
-        self._clam_queries = None  # CLAM's query side for reads (weights only), computed at the first read
-        self.flash = (  # flash-vstream: Flash Memory in place of CLAM (its bank on the host)
-            FlashMemory(self.cfg.flash_config, self.cfg.frame_num_tokens, self.cfg.vision_hidden_size, self.device)
-            if self.cfg.uses_flash
-            else None
-        )
+        kind = self.cfg.memory_kind  # this stream's memory state (flownar.models.memory), None without memory
+        self.memory_stream = kind.stream(self.model, self.device, self.dtype) if kind is not None else None
         self.counters = StreamCounters()
         self.events: list[NarrationEvent] = []
         self.fed_ids: list[int] = []  # every token id fed, in order (for tests and debugging)
@@ -252,13 +241,13 @@ class Narrator:
         return self.cache.used_bytes()
 
     def state_size(self) -> dict:
-        """Cached tokens per kind and bytes (KV cache; CLAM state)."""
-        clam = 0 if self.clam_state is None else self.clam_state.numel() * self.clam_state.element_size()
-        if self.flash is not None:  # the memory's bounded state (CSM) here; its bank (host) apart
-            clam = self.flash.state_bytes
-        out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": clam, "position": self.pos}
-        if self.flash is not None:
-            out["memory_bank_bytes"] = self.flash.bank_bytes
+        """Cached tokens per kind and bytes (KV cache; the memory's bounded state, under the key
+        ``clam_state_bytes`` whatever the memory, and a growing bank apart)."""
+        mem = self.memory_stream
+        state = 0 if mem is None else mem.state_bytes
+        out = {"tokens": self.tags.n, "kv_bytes": self.kv_bytes(), "clam_state_bytes": state, "position": self.pos}
+        if mem is not None and mem.bank_bytes is not None:
+            out["memory_bank_bytes"] = mem.bank_bytes
         allocated = self.cache.allocated_bytes()
         if allocated is not None:
             out["kv_allocated_bytes"] = allocated
@@ -332,7 +321,7 @@ class Narrator:
         n = len(chunk.ids)
         memory = self.memory if chunk.m is not None else None
         # contiguous positions (streaming-vlm): the new tokens sit at the cache's end, whatever left it before
-        start = self.tags.n if self.cfg.contiguous_positions else self.pos
+        start = self.tags.n if self.policy.contiguous_positions else self.pos
         hidden = yield StepRequest(self, chunk, start, frame, memory, advance)
         logits = self.model.lm_head(hidden if self.record_logits else hidden[:, -1:]).float()
         if self.record_logits:
@@ -358,11 +347,7 @@ class Narrator:
     def _read_memory(self) -> torch.Tensor:
         """The memory tokens (Q, D) read out of CLAM's state after the narration frame (its query side, which
         depends on the weights only, computed once per video), or out of Flash Memory."""
-        if self.flash is not None:
-            return self.flash.read().to(self.dtype)
-        if self._clam_queries is None:
-            self._clam_queries = self.model.clam.queries(self.dtype)
-        return self.model.clam.read(self.readout_state, self._clam_queries)[0]
+        return self.memory_stream.read(self.dtype)
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, first_logits: torch.Tensor) -> tuple[list[int], bool]:
@@ -387,7 +372,7 @@ class Narrator:
         script_text: str | list[int] | None = None,
     ) -> NarrationEvent:
         """Speak at ``frame_idx``: feed ``pieces`` (:func:`flownar.layout.speak`), decode (or replay) the narration,
-        then drop what the cache policy drops (:func:`flownar.layout.dropped_after_narration`)."""
+        then drop what the cache policy drops (:meth:`flownar.layout.CachePolicy.dropped_after_narration`)."""
         nid = self.narration_count
         logits = yield from self._feed(self._chunk(pieces), nid)
         if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
@@ -407,9 +392,7 @@ class Narrator:
         self.narration_count += 1
         self.pending_eos = True
         self.last_narration_frame = frame_idx
-        segment, narration = layout.dropped_after_narration(
-            self.cfg.dcm, self.cfg.last_k_narration, self.segment, self.narration_count
-        )
+        segment, narration = self.policy.dropped_after_narration(self.segment, self.narration_count)
         if segment is not None:  # DCM: the segment's frame run and the memory block before it
             self._delete(self.tags.keep_mask(segment=segment))
         if narration is not None:  # FlowNar-C: the narration that left the window
@@ -447,8 +430,8 @@ class Narrator:
 
     def push_steps(self, frame: torch.Tensor, speak: bool | None, script_text: str | list[int] | None):
         """:meth:`push` as a step generator: it yields each decoder step it needs (a :class:`StepRequest`) and is
-        sent the step's hidden states. :meth:`push` runs it on this stream alone; :func:`drive_streams` runs several
-        streams' generators together, one batched step per round."""
+        sent the step's hidden states. :meth:`push` runs it on this stream alone;
+        :func:`flownar.drive.drive_streams` runs several streams' generators together, one batched step per round."""
         if (
             frame.ndim != 2
             or frame.shape[0] != self.cfg.frame_num_tokens
@@ -461,15 +444,13 @@ class Narrator:
         self.frame += 1
         self.counters.frames += 1
         i = self.frame
-        window = self.cfg.vision_window
-        if window is not None and i >= window:  # streaming-vlm: frame i - window leaves as frame i arrives
-            self._delete(self.tags.keep_mask(frames_upto=i - window))
+        upto = self.policy.frames_leaving(i)
+        if upto is not None:  # a vision window (streaming-vlm): frame i - W leaves as frame i arrives
+            self._delete(self.tags.keep_mask(frames_upto=upto))
         if i == 0:
             return (yield from self._prompt(frame, script_text))
         if self.pending_eos:
-            pieces = layout.after_narration(
-                self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory, self.cfg.last_k_narration
-            )
+            pieces = self.policy.after_narration(self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory)
             if self.has_memory:
                 self.memory = self._read_memory()  # (Q, D) after the narration frame
             # the EOS and the newline belong to the narration just decoded
@@ -546,109 +527,10 @@ def prompt_plan(
     return ids[:n_head], tags, ids[n_head:]
 
 
-def narrators_for(model, chat, n: int, **kwargs) -> list[Narrator]:
-    """``n`` narrators of one model that share its :class:`~flownar.engine.StepWeights` (for
-    :func:`drive_streams`)."""
-    first = Narrator(model, chat, **kwargs)
-    return [first] + [Narrator(model, chat, step_weights=first.step_weights, **kwargs) for _ in range(n - 1)]
-
-
-def _batchable(narrators: list[Narrator]) -> bool:
-    """Whether these narrators' steps can run as one batched step: one model on the static engine, one set of
-    StepWeights, no routing (MoD) and no compiled step."""
-    first = narrators[0]
-    return (
-        len(narrators) > 1
-        and first.engine == "static"
-        and not first.cfg.mod
-        and not first.compile
-        and not first.capture
-        and all(nr.model is first.model and nr.step_weights is first.step_weights for nr in narrators)
-    )
-
-
 def advance_memories(narrators: list[Narrator], frames: list[torch.Tensor]) -> None:
-    """Advance each narrator's CLAM state with its frame's tokens (N, D), all as one batch (no read-out: that
-    happens only when a memory block is fed, from the state after the narration frame). CLAM's update is
-    per-sequence arithmetic, so the batch gives each stream its state alone up to float rounding."""
+    """Advance each narrator's memory with its frame's tokens (N, D) (no read-out: that happens only when a memory
+    block is fed, from the state after the narration frame), all streams at once where the memory can batch them
+    (:meth:`flownar.models.memory.MemoryKind.write`; CLAM: one batch, each state equal to its state alone up to
+    float rounding)."""
     first = narrators[0]
-    if first.flash is not None:  # Flash Memory: per stream (weighted k-means on its own synopsis)
-        for nr, frame in zip(narrators, frames):
-            nr.flash.write(frame)
-        return
-    clam = first.model.clam
-    x = (frames[0][None] if len(frames) == 1 else torch.stack(frames)).to(first.device, first.dtype)  # (B, N, D)
-    for nr in narrators:
-        if nr.clam_state is None:
-            nr.clam_state = clam.init_state(1, device=first.device, dtype=torch.float32)
-    state = first.clam_state if len(narrators) == 1 else torch.cat([nr.clam_state for nr in narrators])  # (B,H,dk,dv)
-    if first.cfg.memory_readout == "frame_cls":  # the original: read after the frame's first (CLS) token
-        readout = clam.update(x[:, :1], state)
-        state = clam.update(x[:, 1:], readout)
-    else:
-        state = readout = clam.update(x, state)
-    if len(narrators) == 1:
-        first.clam_state, first.readout_state = state, readout
-        return
-    for nr, s, r in zip(narrators, state.split(1), readout.split(1)):
-        nr.clam_state, nr.readout_state = s, r
-
-
-def _run_round(requests: list[StepRequest]) -> list[torch.Tensor]:
-    """One decoder step for each request: batched when the narrators run one model on the static engine without
-    routing (one embedding call, :func:`flownar.engine.forward_batch`, one CLAM update for the frames), one by one
-    otherwise."""
-    from .engine import forward_batch
-
-    first = requests[0].narrator
-    if not _batchable([r.narrator for r in requests]):
-        return [r.run() for r in requests]
-    embeds = first.model.stream_embed_many([r.embed_args() for r in requests])
-    hidden = forward_batch(
-        first.model,
-        [(e[None], r.start, r.narrator.cache) for e, r in zip(embeds, requests)],
-        weights=first.step_weights,
-    )
-    advancing = [r for r in requests if r.advance]
-    if advancing:
-        advance_memories([r.narrator for r in advancing], [r.frame for r in advancing])
-    return hidden
-
-
-@torch.no_grad()
-def drive_streams(narrators: list[Narrator], jobs):
-    """Run step generators on several narrators at once. ``jobs``: an iterable of ``(key, make)``, ``make(narrator)``
-    returning a step generator (e.g. ``lambda nr: nr.clip_steps(frames)``). Each free narrator takes the next job;
-    each round runs one decoder step of every running job, batched. Yields ``(key, result)`` as jobs end.
-
-    Every stream's tokens, decisions and cache are its own: only the matmuls are shared, so each stream's logits
-    equal those of the stream alone up to float rounding (tested)."""
-    jobs = iter(jobs)
-    running: dict[int, tuple[object, object, StepRequest]] = {}  # narrator index -> (key, generator, request)
-    done: list[tuple[object, object]] = []
-
-    def take(i: int) -> None:
-        for key, make in jobs:
-            gen = make(narrators[i])
-            try:
-                running[i] = (key, gen, next(gen))
-                return
-            except StopIteration as stop:  # a job that needed no step
-                done.append((key, stop.value))
-
-    for i in range(len(narrators)):
-        take(i)
-    yield from done
-    while running:
-        done = []
-        order = sorted(running)
-        hidden = _run_round([running[i][2] for i in order])
-        for i, h in zip(order, hidden):
-            key, gen, _ = running[i]
-            try:
-                running[i] = (key, gen, gen.send(h))
-            except StopIteration as stop:
-                del running[i]
-                done.append((key, stop.value))
-                take(i)
-        yield from done
+    first.cfg.memory_kind.write(first.model, [nr.memory_stream for nr in narrators], frames)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .systems import colour, display_name, legend_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,8 +42,6 @@ def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
     """One row per system: parameters (total, trainable, CLAM's share), steps, samples, final losses."""
     import pandas as pd
 
-    from .models import SYSTEM_NAMES
-
     rows = []
     for system, run in runs.items():
         s = json.loads((Path(run) / "train_summary.json").read_text())
@@ -51,7 +50,7 @@ def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
         p = s["parameters"]
         rows.append(
             {
-                "system": SYSTEM_NAMES.get(system, system),
+                "system": display_name(system),
                 "parameters": p["total"],
                 "trainable": p["trainable"],
                 "CLAM share (%)": 100 * p["clam"] / p["total"],
@@ -63,12 +62,6 @@ def training_summary(runs: dict[str, Path]) -> "pd.DataFrame":
             }
         )
     return pd.DataFrame(rows).set_index("system")
-
-
-def short_name(name: str) -> str:
-    """A system's display name without the explanation after a colon: "Flash-VStream memory (ours: FlowNar with
-    Flash Memory)" -> "Flash-VStream memory (ours)"; names without one are unchanged."""
-    return re.sub(r":[^()]*\)", ")", name)
 
 
 def plot_training_curves(
@@ -85,16 +78,11 @@ def plot_training_curves(
 
     Each curve is a centred rolling mean over 2% of the steps (the raw per-step loss of a batch is too noisy to
     tell seven systems apart); the raw losses stay in each run's ``train_log.csv`` and ``fig_loss``. Systems are
-    named in :func:`short_name` form."""
+    named in legend form and coloured as in every figure (:mod:`flownar.systems`)."""
     import matplotlib.pyplot as plt
     import matplotlib.ticker as mticker
     import pandas as pd
     import seaborn as sns
-
-    from .models import SYSTEM_NAMES
-
-    def name(s: str) -> str:
-        return short_name(SYSTEM_NAMES.get(s, s))
 
     cols = ("loss", "lm_loss", "stream_loss")
     frames = []
@@ -102,9 +90,9 @@ def plot_training_curves(
         log = pd.read_csv(Path(r) / "train_log.csv")
         window = max(1, len(log) // 50)
         log[list(cols)] = log[list(cols)].rolling(window, center=True, min_periods=1).mean()
-        frames.append(log.assign(system=name(s)))
+        frames.append(log.assign(system=legend_name(s)))
     df = pd.concat(frames)
-    palette = dict(zip(df["system"].unique(), sns.color_palette(n_colors=len(runs))))
+    palette = {legend_name(s): colour(s) for s in runs}
     # constrained layout: each panel gets the room its own labels need (tight_layout gives every gap the widest)
     extra = int(bool(auc)) + int(bool(content))
     fig, axes = plt.subplots(1, 3 + extra, figsize=(12 + 4 * extra, 3.6), layout="constrained")
@@ -119,7 +107,7 @@ def plot_training_curves(
         ax.set_ylabel("cross-entropy (rolling mean)" if ax is axes[0] else "")
     if auc:
         ax = axes[3]
-        names = [name(s) for s in auc]
+        names = [legend_name(s) for s in auc]
         ax.barh(names, list(auc.values()), color=[palette.get(n, "grey") for n in names])
         ax.axvline(0.5, color="grey", ls=":", lw=1)
         ax.set_xlim(0.4, 1.0)
@@ -129,7 +117,7 @@ def plot_training_curves(
             ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     if content:
         ax = axes[-1]
-        names = [name(s) for s in content]
+        names = [legend_name(s) for s in content]
         y = np.arange(len(names))
         seen = [100 * a for a, _ in content.values()]
         blind = [100 * b for _, b in content.values()]

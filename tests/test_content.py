@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from flownar.data.readers import FlowNarData
-from flownar.data.synth import NOUNS, VERBS, write_synthetic_dataset
+from flownar.data.synth import write_synthetic_dataset
+from flownar.data.world import NOUNS, VERBS
 from flownar.eval import content, failures
 from flownar.eval.runner import PREDICTION_VERSION, clip_file
+from flownar.eval.text import parse_narration
 
 
 def test_closing_rule():
@@ -24,12 +26,12 @@ def test_closing_rule():
 
 
 def test_parse_narration():
-    assert content.parse_narration("You put down the knife.", VERBS, NOUNS) == ("put down", "knife")
-    assert content.parse_narration("You take the milk from the fridge.", VERBS, NOUNS) == ("take", "milk")
-    assert content.parse_narration("You pick up the cup.", VERBS, NOUNS) == ("take", "cup")  # a paraphrase
-    assert content.parse_narration("You switch off the hob.", VERBS, NOUNS) == ("turn off", "hob")
-    assert content.parse_narration("You the knife", VERBS, NOUNS) == (None, "knife")
-    assert content.parse_narration("", VERBS, NOUNS) == (None, None)
+    assert parse_narration("You put down the knife.", VERBS, NOUNS) == ("put down", "knife")
+    assert parse_narration("You take the milk from the fridge.", VERBS, NOUNS) == ("take", "milk")
+    assert parse_narration("You pick up the cup.", VERBS, NOUNS) == ("take", "cup")  # a paraphrase
+    assert parse_narration("You switch off the hob.", VERBS, NOUNS) == ("turn off", "hob")
+    assert parse_narration("You the knife", VERBS, NOUNS) == (None, "knife")
+    assert parse_narration("", VERBS, NOUNS) == (None, None)
 
 
 def test_wilson_interval():

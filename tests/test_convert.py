@@ -14,7 +14,8 @@ from flownar.checkpoint import CheckpointError, load_trained
 from flownar.cli import main
 from flownar.data.chat import ChatTokenizer
 from flownar.data.tokenizer import train_word_tokenizer
-from flownar.train import TrainConfig, build_model
+from flownar.train.config import TrainConfig
+from flownar.train.model import build_model
 
 D, N, M = 16, 10, 4  # vision width, tokens per frame, memory tokens
 

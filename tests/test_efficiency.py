@@ -19,9 +19,9 @@ from flownar.efficiency import (
     simulate_stream,
     stream_macs,
 )
-from flownar.engine import StaticKVCache
-from flownar.models import SYSTEMS
+from flownar.engine.kv import StaticKVCache
 from flownar.stream import Narrator
+from flownar.systems import learned
 
 TEXT = 5
 
@@ -48,7 +48,7 @@ def _replay(model, chat, schedule, n, **kw):
     return nar, sizes
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("system", sorted(learned()))
 def test_simulator_matches_engine_cache(chat, system):
     model = _model(chat, system)
     sched = narration_schedule(60, 3.83, 7.95, seed=3)

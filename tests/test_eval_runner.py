@@ -162,8 +162,8 @@ def test_roc_auc_hand_cases():
 
 def test_decision_probe_reads_the_decisions_the_trigger_sees(setup):
     """The probe's P(speak) at each learned decision equals 1 - P(stay silent) of the streaming engine there."""
+    from flownar.batches import StreamDataset
     from flownar.eval.oracle import decision_probe
-    from flownar.train import StreamDataset
 
     base, data, chat, model = setup
     r = decision_probe(model, chat, data, "val", limit=2, threshold=0.8)

@@ -130,7 +130,8 @@ def test_native_like_budget_through_the_train_config():
     """``--set num_m_tokens=360 --set flash_clusters=60 --set flash_detail_frames=30`` gives the native-like memory."""
     from flownar.data.chat import ChatTokenizer
     from flownar.data.tokenizer import train_word_tokenizer
-    from flownar.train import TrainConfig, build_model
+    from flownar.train.config import TrainConfig
+    from flownar.train.model import build_model
 
     tok = train_word_tokenizer(["you take the cup"])
     cfg = TrainConfig(

@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
+from flownar.eval import captions as C
 from flownar.eval import metrics as M
+from flownar.eval.captions import caption_scores
 from flownar.eval.metrics import (
     ClipPrediction,
     ClipReference,
-    caption_scores,
     clip_matches,
     evaluate_both,
     evaluate_clips,
@@ -35,8 +36,8 @@ def no_meteor(monkeypatch):
     def boom():
         raise AssertionError("METEOR must not be started here")
 
-    monkeypatch.setattr(M, "_new_meteor", boom)
-    monkeypatch.setattr(M, "_meteor_scorer", None)
+    monkeypatch.setattr(C, "_new_meteor", boom)
+    monkeypatch.setattr(C, "_meteor_scorer", None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_caption_scores_with_java():
 
 
 def test_caption_scores_without_java(monkeypatch, no_meteor):
-    monkeypatch.setattr(M, "java_available", lambda: False)
+    monkeypatch.setattr(C, "java_available", lambda: False)
     with pytest.warns(RuntimeWarning, match="METEOR skipped: no Java runtime"):
         out = caption_scores(SAME)
     assert math.isnan(out["METEOR"])
@@ -264,13 +265,13 @@ def test_caption_scores_java_failure(monkeypatch):
         m.meteor_p.wait()
         return m
 
-    monkeypatch.setattr(M, "java_available", lambda: True)
-    monkeypatch.setattr(M, "_meteor_scorer", None)
-    monkeypatch.setattr(M, "_new_meteor", dead_meteor)
+    monkeypatch.setattr(C, "java_available", lambda: True)
+    monkeypatch.setattr(C, "_meteor_scorer", None)
+    monkeypatch.setattr(C, "_new_meteor", dead_meteor)
     with pytest.warns(RuntimeWarning, match="METEOR skipped: the Java subprocess failed"):
         out = caption_scores(WRONG)
     assert math.isnan(out["METEOR"]) and out["ROUGE_L"] == 0.0
-    assert M._meteor_scorer is None  # dropped, so the next call starts a fresh JVM
+    assert C._meteor_scorer is None  # dropped, so the next call starts a fresh JVM
 
 
 def test_zero_pairs_give_zeros_without_java(no_meteor):
@@ -373,9 +374,9 @@ def test_empty_narration_is_scored_as_the_original():
     ours = caption_scores(pairs)["METEOR"]
     gts = {i: [g] for i, (g, _) in enumerate(pairs)}
     res = {i: [p] for i, (_, p) in enumerate(pairs)}
-    original, _ = M._meteor_scorer.compute_score(gts, res)  # pycocoevalcap's wrapper on the raw strings
+    original, _ = C._meteor_scorer.compute_score(gts, res)  # pycocoevalcap's wrapper on the raw strings
     assert ours == pytest.approx(float(original), abs=1e-9)
-    with_word, _ = M._meteor_scorer.compute_score(gts, {0: res[0], 1: ["<empty>"]})
+    with_word, _ = C._meteor_scorer.compute_score(gts, {0: res[0], 1: ["<empty>"]})
     assert ours != pytest.approx(float(with_word), abs=1e-6)
 
 
@@ -386,7 +387,8 @@ def test_narrator_records_the_raw_decoding():
     from flownar.data.chat import ChatTokenizer
     from flownar.data.tokenizer import train_word_tokenizer
     from flownar.models import FlowNarForCausalLM, config_for
-    from flownar.stream import Narrator, narration_cap
+    from flownar.profiles import get as get_profile
+    from flownar.stream import Narrator
 
     tok = train_word_tokenizer(["You open the fridge.", "You take the jar."])
     chat = ChatTokenizer(tok, frame_num_tokens=3, num_m_tokens=4)
@@ -397,7 +399,15 @@ def test_narrator_records_the_raw_decoding():
         assert e.raw_text == tok.decode(
             e.token_ids + ([chat.eos_id] if len(e.token_ids) < 3 else []), skip_special_tokens=False
         )
-    assert (narration_cap("paper"), narration_cap("default")) == (100, 32)
+    assert (
+        get_profile("paper").narration_cap,
+        get_profile("default").narration_cap,
+        get_profile(None).narration_cap,
+    ) == (
+        100,
+        32,
+        32,
+    )
 
 
 def test_temporal_prf_by_position_in_units_of_the_training_cap():

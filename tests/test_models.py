@@ -11,8 +11,10 @@ from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
-from flownar.models import SYSTEMS, CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for
+from flownar.layout import CachePolicy
+from flownar.models import CheckpointError, FlowNarConfig, FlowNarForCausalLM, config_for
 from flownar.models.masks import expiry_positions, render_visibility, sample_expiry, visibility
+from flownar.systems import learned
 
 TEXTS = [
     "You open the fridge.",
@@ -102,7 +104,7 @@ def test_dcm_mask_token_by_token(tok):
     )
     enc = chat.encode(s)
     names = tok.convert_ids_to_tokens(enc.input_ids.tolist())
-    until = expiry_positions(len(names), enc.spans, dcm=True, last_k_narration=1)
+    until = expiry_positions(len(names), enc.spans, CachePolicy(prune_at_narration=True, last_k_narrations=1))
     allowed = visibility(until)
     picture = render_visibility(allowed, [n.replace("\n", "\\n") for n in names])
     frames, mem, narr = enc.spans_of("frames"), enc.spans_of("memory"), enc.spans_of("narration")
@@ -130,12 +132,12 @@ def test_dcm_mask_token_by_token(tok):
 def test_no_dcm_is_causal(tok):
     chat = chat_for(tok)
     enc = chat.encode(make_sample(False))
-    until = expiry_positions(len(enc.input_ids), enc.spans, dcm=False, last_k_narration=None)
+    until = expiry_positions(len(enc.input_ids), enc.spans, CachePolicy())
     L = len(enc.input_ids)
     assert bool((visibility(until) == torch.tril(torch.ones(L, L, dtype=torch.bool))).all())
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("system", sorted(learned()))
 def test_loss_only_on_labelled_positions(tok, system):
     model, chat = micro_model(tok, system)
     b, enc = batch_for(model, chat, make_sample(model.config.use_memory))
@@ -168,9 +170,10 @@ def test_placeholders_take_frames_and_memory(tok):
     assert torch.allclose(emb[enc.memory_positions], mem)
     # segment_end reads after the last token of the previous segment's last frame; frame_cls at its CLS
     f = b["mem_frame_indices"]
-    assert model.memory_readout_index(f).tolist() == ((f + 1) * 3 - 1).tolist()
+    clam = model.config.memory_kind
+    assert clam.readout_index(model.config, f).tolist() == ((f + 1) * 3 - 1).tolist()
     model.config.memory_readout = "frame_cls"
-    assert model.memory_readout_index(f).tolist() == (f * 3).tolist()
+    assert clam.readout_index(model.config, f).tolist() == (f * 3).tolist()
     # memory block b depends only on frames up to its read-out: changing later frames leaves it unchanged
     model.config.memory_readout = "segment_end"
     frames2 = b["frames"].clone()
@@ -216,7 +219,7 @@ def test_mod_routes_top_share_of_each_frame(tok):
     assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("system", sorted(learned()))
 def test_save_load_round_trip_and_system_check(tok, tmp_path, system):
     model, chat = micro_model(tok, system)
     b, _ = batch_for(model, chat, make_sample(model.config.use_memory))
@@ -238,7 +241,7 @@ def test_format_version_is_checked(tok, tmp_path):
         load_model(tmp_path / "m")
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("system", sorted(learned()))
 def test_a_few_steps_lower_the_loss(tok, system):
     model, chat = micro_model(tok, system, seed=1)
     model.train()

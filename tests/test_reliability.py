@@ -26,7 +26,8 @@ from flownar.eval.runner import (
     run_self_conditioned,
 )
 from flownar.models import FlowNarForCausalLM, config_for
-from flownar.train import train, train_config
+from flownar.train.config import train_config
+from flownar.train.loop import train
 
 
 @pytest.fixture(scope="module")

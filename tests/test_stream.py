@@ -5,14 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import flownar.stream as stream_module
+import flownar.drive as drive_module
 from flownar.data.chat import ChatTokenizer
 from flownar.data.readers import Narration, NarrationStream, VideoInfo
 from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS, make_stream_sample
 from flownar.data.tokenizer import train_word_tokenizer
-from flownar.models import SYSTEMS, FlowNarForCausalLM, config_for
+from flownar.drive import drive_streams, narrators_for
+from flownar.models import FlowNarForCausalLM, config_for
 from flownar.models.masks import sample_expiry
-from flownar.stream import Narrator, drive_streams, narrators_for
+from flownar.stream import Narrator
+from flownar.systems import learned
 
 TEXTS = [
     "You open the fridge.",
@@ -60,7 +62,7 @@ def replay(narrator, s, frames):
         narrator.push(frames[i], speak=(i in at) if i else None, script_text=at.get(i))
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS) + ["flownar-c-k1", "flownar-frame-cls", "streaming-vlm-w3"])
+@pytest.mark.parametrize("system", sorted(learned()) + ["flownar-c-k1", "flownar-frame-cls", "streaming-vlm-w3"])
 def test_streaming_logits_equal_teacher_forced(tok, system):
     kw = {}
     if system == "flownar-c-k1":
@@ -160,7 +162,12 @@ def replay_steps(narrator, s, frames):
     narrator.reset()
     for i in range(s.num_frames):
         yield from narrator.push_steps(frames[i], (i in at) if i else None, at.get(i))
-    return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size(), narrator.clam_state
+    return list(narrator.fed_ids), torch.cat(narrator.fed_logits), narrator.state_size(), memory_state(narrator)
+
+
+def memory_state(narrator):
+    """CLAM's recurrent state of a narrator's stream (None for the other memories and without memory)."""
+    return getattr(narrator.memory_stream, "state", None)
 
 
 @pytest.mark.parametrize("system", ["videollm-online", "flownar", "flownar-c", "flash-vstream", "streaming-vlm"])
@@ -179,16 +186,16 @@ def test_batched_streams_equal_each_stream_alone(tok, system):
     for frames in clips:
         narrator = Narrator(model, chat, record_logits=True)
         replay(narrator, s, frames)
-        alone.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size(), narrator.clam_state))
+        alone.append((narrator.fed_ids, torch.cat(narrator.fed_logits), narrator.state_size(), memory_state(narrator)))
     narrators = narrators_for(model, chat, 2, record_logits=True)
     assert narrators[1].step_weights is narrators[0].step_weights
     rounds = []
-    real = stream_module._run_round
-    stream_module._run_round = lambda reqs: rounds.append(len(reqs)) or real(reqs)
+    real = drive_module._run_round
+    drive_module._run_round = lambda reqs: rounds.append(len(reqs)) or real(reqs)
     try:
         got = dict(drive_streams(narrators, [(k, lambda nr, f=f: replay_steps(nr, s, f)) for k, f in enumerate(clips)]))
     finally:
-        stream_module._run_round = real
+        drive_module._run_round = real
     assert sorted(got) == [0, 1, 2] and max(rounds) == 2  # batched: two streams per round
     for k, (ids, logits, state, clam_state) in enumerate(alone):
         assert got[k][0] == ids

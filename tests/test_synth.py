@@ -15,23 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from flownar.data.kitchen import simulate_video, video_length
 from flownar.data.layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
-from flownar.data.synth import (
-    CENTRAL_TOKENS,
-    NOUNS,
-    SYNTH_PROFILES,
-    SYNTH_VERSION,
-    VERBS,
-    SynthConfig,
-    narration_frames,
-    render_features,
-    simulate_video,
-    synth_config,
-    training_cap,
-    video_length,
-    world_prototypes,
-    write_synthetic_dataset,
-)
+from flownar.data.render import narration_frames, render_features
+from flownar.data.synth import SYNTH_VERSION, write_synthetic_dataset
+from flownar.data.world import CENTRAL_TOKENS, NOUNS, SYNTH_PROFILES, VERBS, SynthConfig, synth_config, world_prototypes
 
 LAYOUTS = ["ek100", "ego4d", "egoexo4d"]
 SMOKE = SYNTH_PROFILES["smoke"]
@@ -390,9 +378,11 @@ def test_memory_gaps_are_tagged(roots):
 def test_length_regime():
     """Lengths in units of the training cap: validation lengths are the lognormal's quantiles (a fixed spread with
     its long tail in every seed); training cuts at the cap, which is the profile's max_num_frames."""
-    from flownar.train import TRAIN_PROFILES
+    from flownar.train.config import TRAIN_PROFILES
 
     cfg = synth_config("default")
+    from flownar.data.world import training_cap
+
     assert training_cap("default") == cfg.cap_frames == TRAIN_PROFILES["default"]["max_num_frames"]
     assert training_cap("smoke") == SMOKE.cap_frames == TRAIN_PROFILES["smoke"]["max_num_frames"]
     assert training_cap("paper") == 1200
@@ -422,7 +412,7 @@ def test_completion_cue_is_causal_and_at_the_narration_frame():
     frame) and nowhere else: with cue_amp = 0 the features differ from the default ones exactly there."""
     import dataclasses
 
-    from flownar.data.synth import _feature_scale
+    from flownar.data.render import feature_scale
 
     cfg = dataclasses.replace(SMOKE, mix_share=0.0)
     with_cue, without = _render(cfg), _render(dataclasses.replace(cfg, cue_amp=0.0))
@@ -434,7 +424,7 @@ def test_completion_cue_is_causal_and_at_the_narration_frame():
     assert (diff[:, [t for t in range(10) if t not in CENTRAL_TOKENS]] < 1e-5).all()  # central tokens only
     effect = world_prototypes(0, cfg.feature_dim)["effect"]
     proj = (with_cue - without)[frames][:, CENTRAL_TOKENS] @ effect / (effect @ effect)
-    size = cfg.cue_amp / _feature_scale(cfg)  # cue_amp is the amplitude added, in prototype units
+    size = cfg.cue_amp / feature_scale(cfg)  # cue_amp is the amplitude added, in prototype units
     assert np.all(proj >= size * 0.999)  # the cue's full size (more where two narrations share a frame)
     after = [f + 1 for f in frames if f + 1 not in frames and f + 1 < len(with_cue)]
     lingering = (with_cue - without)[after][:, CENTRAL_TOKENS] @ effect / (effect @ effect)
@@ -447,14 +437,15 @@ def test_content_and_the_rest_are_mixed_at_their_own_shares():
     shares recover each part's deviation, and they add up to the unmixed frame's."""
     import dataclasses
 
-    from flownar.data.synth import CENTER, _feature_scale
+    from flownar.data.render import feature_scale
+    from flownar.data.world import CENTER
 
     a, b = SMOKE.mix_share, SMOKE.content_mix
     assert 0 < b < a < 1
 
     def render(**kw):
         cfg = dataclasses.replace(SMOKE, **kw)
-        return _render(cfg) * _feature_scale(cfg)
+        return _render(cfg) * feature_scale(cfg)
 
     def dev(x):
         return x - x.mean(axis=1, keepdims=True)

@@ -12,11 +12,14 @@ import torch
 from conftest import write_tiny_llama
 from transformers import LlamaForCausalLM
 
+from flownar.batches import StreamDataset, model_inputs
+from flownar.checkpoint import load_trained
 from flownar.cli import main
 from flownar.data.prepare import prepare_dataset
 from flownar.data.tokenizer import build_tokenizer
 from flownar.models import CheckpointError
-from flownar.train import StreamDataset, load_trained, model_inputs, train, train_config
+from flownar.train.config import train_config
+from flownar.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +202,7 @@ def test_parallel_training_equals_training_in_this_process(env):
     bits as a run trained here with the same settings (a result does not depend on which process trains it)."""
     from safetensors.torch import load_file
 
-    from flownar.train import ensure_trained_all
+    from flownar.train.launch import ensure_trained_all
 
     kw = dict(model_size="micro", max_steps=2, progress=False, threads=1)
     cfgs = [train_config(s, "smoke", out=str(env / f"par_{s}"), **kw) for s in ("flownar-c", "videollm-online")]
@@ -213,7 +216,7 @@ def test_parallel_training_equals_training_in_this_process(env):
 
 def test_paper_profile_needs_a_local_llama_and_real_data(env, tmp_path):
     from flownar.errors import FlowNarError
-    from flownar.train import check_paper_setup
+    from flownar.train.config import check_paper_setup
 
     with pytest.raises(FlowNarError, match="LLM_PATH"):
         check_paper_setup(train_config("flownar", "paper", data_root="/data/ek100"))
@@ -231,7 +234,8 @@ def test_deepspeed_launch_command_round_trips_the_config(env):
     import argparse
     from dataclasses import asdict
 
-    from flownar.train import _parse_overrides, add_train_arguments, deepspeed_command
+    from flownar.train.config import parse_overrides
+    from flownar.train.launch import add_train_arguments, deepspeed_command
 
     cfg = train_config(
         "flownar-c",
@@ -259,7 +263,7 @@ def test_deepspeed_launch_command_round_trips_the_config(env):
         out=args.out,
         seed=args.seed,
         llm_path=args.llm,
-        **_parse_overrides(args.set),
+        **parse_overrides(args.set),
     )
     mine, theirs = asdict(cfg), asdict(back)
     mine["out"] = str(cfg.run_dir())
@@ -271,7 +275,7 @@ def test_ensure_trained_reuses_a_run_launched_with_deepspeed(env):
     """A finished run is reused when only launch settings differ (e.g. it was trained under the deepspeed launcher)."""
     from dataclasses import asdict
 
-    from flownar.train import ensure_trained
+    from flownar.train.launch import ensure_trained
 
     # out left empty, as notebook 01 does: the run folder comes from FLOWNAR_RUNS_DIR (nothing else trains there)
     cfg = train_config("videollm-online", "smoke", "egoexo4d", model_size="micro", progress=False)
@@ -293,11 +297,11 @@ def test_a_run_saved_before_a_field_existed_still_matches_its_settings():
     finished runs are reused after an upgrade; a field it records with another value still differs."""
     from dataclasses import asdict
 
-    from flownar.train import TrainConfig, _settings_diff
+    from flownar.train.config import TrainConfig, settings_diff
 
     cfg = TrainConfig(system="flownar")
     old = asdict(cfg)
     del old["flash_clusters"], old["flash_detail_frames"]
-    assert _settings_diff(old, cfg) == {}
-    assert _settings_diff(old, TrainConfig(system="flownar", flash_clusters=4)) == {"flash_clusters": (-1, 4)}
-    assert _settings_diff({**old, "lr": 1.0}, cfg) == {"lr": (1.0, cfg.lr)}
+    assert settings_diff(old, cfg) == {}
+    assert settings_diff(old, TrainConfig(system="flownar", flash_clusters=4)) == {"flash_clusters": (-1, 4)}
+    assert settings_diff({**old, "lr": 1.0}, cfg) == {"lr": (1.0, cfg.lr)}

@@ -6,15 +6,15 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from flownar.models import SYSTEMS
 from flownar.report import save_figure
-from flownar.train_report import plot_training_curves, short_name
+from flownar.systems import learned, short_name
+from flownar.train_report import plot_training_curves
 
 
 def fake_runs(tmp_path):
     rng = np.random.default_rng(0)
     runs = {}
-    for s in SYSTEMS:
+    for s in learned():
         steps = np.arange(1, 201)
         loss = 5 * np.exp(-steps / 50) + rng.uniform(0, 0.3, steps.size)
         run = tmp_path / s
@@ -37,7 +37,7 @@ def test_training_figure_draws_every_system_without_warnings(tmp_path):
                 labels = [t.get_text() for t in fig.axes[3].get_yticklabels()]
             else:
                 labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-            assert len(labels) == len(SYSTEMS) and "Flash-VStream memory (ours)" in labels
+            assert len(labels) == len(learned()) and "Flash-VStream memory (ours)" in labels
             assert (tmp_path / f"fig_{auc is None}.png").stat().st_size > 0
 
 

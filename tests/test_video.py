@@ -33,11 +33,11 @@ def write_video(path, seconds=5.0, rate=10, w=64, h=48):
 def assets(tmp_path_factory):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
+    from flownar.checkpoint import save_trained
     from flownar.data.chat import ChatTokenizer
     from flownar.data.samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS
     from flownar.data.tokenizer import train_word_tokenizer
     from flownar.models import FlowNarForCausalLM, config_for
-    from flownar.train import save_trained
 
     d = tmp_path_factory.mktemp("video")
     torch.manual_seed(0)

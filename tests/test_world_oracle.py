@@ -24,8 +24,8 @@ def smoke(tmp_path_factory):
 
 
 def test_oracle_speaks_at_the_cue_frames_and_only_says_what_the_world_allows(smoke):
-    from flownar.data.synth import AFFORDANCES
-    from flownar.eval.content import parse_narration
+    from flownar.data.world import AFFORDANCES
+    from flownar.eval.text import parse_narration
 
     oracle = WorldOracleNarrator(smoke.synthetic_card)
     card = smoke.synthetic_card
@@ -75,13 +75,40 @@ def test_world_oracle_needs_the_world(smoke, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- claims
-def _seed_dir(path, f1: dict, banner="test"):
-    from flownar.models import SYSTEM_NAMES
-    from flownar.report import save_table
+ALL = ("videollm-online", "videollm-mod", "flownar-c", "flownar", "dcm-only", "flash-vstream", "streaming-vlm")
 
-    t = pd.DataFrame({"F1": {SYSTEM_NAMES[s]: v for s, v in f1.items()}})
-    t.index.name = "system"
-    save_table(t, path / "table_self_conditioned_corrected", banner)
+
+def _seed_dir(path, f1: dict, memory: dict | None = None, cache_reduction: float = 84.6):
+    """A complete seed folder as the pipeline writes it: per-system metrics and oracle JSON, the content scores,
+    the position and efficiency tables (every system not in ``f1`` at F1 25, memory accuracy 5 %)."""
+    import json
+
+    from flownar.report import save_table
+    from flownar.systems import display_name
+
+    path.mkdir(parents=True, exist_ok=True)
+    f1 = {s: f1.get(s, 25.0) for s in ALL}
+    memory = {s: (memory or {}).get(s, 0.05) for s in ALL}
+    for s in ALL:
+        for sub, obj in (
+            ("metrics", {"system": s, "scores": {"corrected": {"t_f1": f1[s] / 100}}}),
+            ("oracle", {"system": s, "metrics": {"lm_ppl": 1.5, "lm_correctness": 0.5}}),
+        ):
+            (path / sub).mkdir(exist_ok=True)
+            (path / sub / f"{s}.json").write_text(json.dumps(obj))
+    rows = [{"system": s, "group": "memory", "metric": "noun", "rate": memory[s]} for s in ALL]
+    (path / "content_rates.csv").write_text("# banner\n" + pd.DataFrame(rows).to_csv(index=False))
+    pos = pd.DataFrame(
+        {"F1 0-1x": {display_name(s): f1[s] for s in ALL}, "F1 >1x (pooled)": {display_name(s): f1[s] for s in ALL}}
+    )
+    eff = pd.DataFrame({"Cache reduction (x)": {display_name(s): cache_reduction for s in ALL}})
+    for name, t in (("table_position", pos), ("table_efficiency", eff)):
+        t.index.name = "system"
+        save_table(t, path / name, "test")
+    meas = pd.DataFrame(
+        {"source": "this run", "system": [display_name(s) for s in ALL], "FPS / VideoLLM-online": 1.5}
+    ).set_index("source")
+    save_table(meas, path / "table_efficiency_measured", "test")
     return path
 
 
@@ -105,8 +132,15 @@ def test_claims_verdicts_count_only_beyond_the_seed_spread(tmp_path):
     assert claims_table(worse, "ek100").iloc[0]["verdict"] == "opposite (beyond the seed spread)"
     one = claims_table(clear[:1], "ek100").iloc[0]
     assert one["verdict"] == "one seed: no spread to judge (on the claim's side)" and one["seeds"] == 1
-    # a claim whose table is missing is not testable, never made up
-    assert t.loc[t.index.str.startswith("CLAM helps"), "verdict"].str.startswith("not testable here").all()
+    # an input a claim needs and a folder lacks is an error naming the file, never a verdict
+    import shutil
+
+    shutil.rmtree(clear[1] / "oracle")
+    with pytest.raises(FlowNarError, match=r"a1/oracle/flownar.json: missing"):
+        claims_table(clear, "ek100")
+    (clear[2] / "content_rates.csv").unlink()
+    with pytest.raises(FlowNarError, match="content_rates.csv: missing"):
+        claims_table(clear[2:], "ek100")
 
 
 def test_verdicts_are_monotone_and_matching_the_paper_never_fails():
@@ -142,16 +176,7 @@ def test_paper_sign_only_where_the_paper_has_a_figure_and_no_spread_on_analytic_
     assert verdict([0.1, -0.2, 0.3], by_key["tf_corr"], 4.9).startswith("reproduced (on par")
     assert verdict([-9.0, -10.0, -11.0], by_key["tf_corr"], 4.9).startswith("not reproduced (worse")
     base = {"videollm-online": 20.0, "videollm-mod": 21.0, "flownar-c": 30.0, "dcm-only": 25.0, "flownar": 30.0}
-    dirs = []
-    for i in range(3):
-        d = _seed_dir(tmp_path / f"e{i}", base)
-        from flownar.models import SYSTEM_NAMES
-        from flownar.report import save_table
-
-        eff = pd.DataFrame({"Cache reduction (x)": {SYSTEM_NAMES["flownar-c"]: 84.6}})
-        eff.index.name = "system"
-        save_table(eff, d / "table_efficiency", "test")
-        dirs.append(d)
+    dirs = [_seed_dir(tmp_path / f"e{i}", base) for i in range(3)]
     row = claims_table(dirs, "ek100").loc[by_key["cache_ratio"].text]
     assert row["ours (mean +- std)"] == "84.60 (analytic)" and "+-" not in row["ours (mean +- std)"]
     assert row["verdict"] == "reproduced (direction; analytic, seed-independent)"
@@ -176,16 +201,8 @@ def test_memory_rows_read_the_content_scores(tmp_path):
     from flownar.claims import claims_table
 
     base = {"videollm-online": 20.0, "videollm-mod": 21.0, "flownar-c": 30.0, "dcm-only": 25.0, "flownar": 30.0}
-    dirs = []
-    for i, (f, d) in enumerate(((0.5, 0.2), (0.6, 0.2), (0.55, 0.25))):
-        p = _seed_dir(tmp_path / f"m{i}", base)
-        rows = [
-            {"system": s, "group": g, "metric": "noun", "rate": r}
-            for s, r in (("flownar", f), ("dcm-only", d))
-            for g in ("memory", "local")
-        ]
-        (p / "content_rates.csv").write_text("# banner\n" + pd.DataFrame(rows).to_csv(index=False))
-        dirs.append(p)
+    pairs = ((0.5, 0.2), (0.6, 0.2), (0.55, 0.25))
+    dirs = [_seed_dir(tmp_path / f"m{i}", base, {"flownar": f, "dcm-only": d}) for i, (f, d) in enumerate(pairs)]
     t = claims_table(dirs, "ek100")
     row = t.loc[t.index.str.startswith("CLAM helps")].iloc[0]
     assert row["ours (mean +- std)"].startswith("+33.33") and row["seeds"] == 3

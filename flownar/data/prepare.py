@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import paths
+from .. import paths, profiles
 from ..errors import DataRootError
 from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
 from .readers import FlowNarData
@@ -47,7 +47,7 @@ def prepare_dataset(
     layout = get_layout(dataset).name
     if data_root:
         return FlowNarData(data_root, layout)
-    if profile == "paper":
+    if profiles.get(profile).real_data:
         raise DataRootError(
             "the paper profile runs on FlowNar-Data: set DATA_ROOT (make) or data_root (notebooks) "
             "to a dataset folder such as FlowNar-Data/ek100"

@@ -144,7 +144,9 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
     state = {"perm": 0, "perm_r": 0}  # tokens never deleted (all layers / routed layers)
     seg: list[int] = [0, 0]  # current segment's tokens (unrouted, routed): deleted by DCM
     narr: list[list[int]] = []  # FlowNar-C: per kept narration [tokens, routed tokens]
-    window = cfg.vision_window
+    policy = cfg.cache_policy
+    windowed_text = policy.last_k_narrations is not None
+    window = policy.vision_window
     frames: dict[int, list[int]] = {}  # a vision window's frames: frame -> [tokens, routed tokens]
     frame = [0]  # the frame being fed
     peak = [0]
@@ -173,7 +175,7 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
             elif kind == "seg":
                 seg[0] += pn
                 seg[1] += nr
-            elif kind == "narr" and cfg.last_k_narration is not None:
+            elif kind == "narr" and windowed_text:
                 narr[-1][0] += pn
                 narr[-1][1] += nr
             else:
@@ -189,13 +191,13 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
         return [(sum(size.get(t, 1) for t in p.tokens), p.vision, owner[p.owner]) for p in pieces]
 
     def narrate(first: bool):
-        if cfg.last_k_narration is not None:
+        if windowed_text:
             narr.append([0, 0])
         feed(parts(layout.speak(first)))
         for _ in range(layout_.text):
             feed(parts([layout.narration_token()]))
         tr.narrations += 1
-        segment, old = layout.dropped_after_narration(cfg.dcm, cfg.last_k_narration, 0, tr.narrations)
+        segment, old = policy.dropped_after_narration(0, tr.narrations)
         if segment is not None:
             seg[0] = seg[1] = 0
         elif seg[0]:  # no DCM: the segment becomes permanent
@@ -210,8 +212,9 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
     last = -1
     for i in range(n_frames):
         frame[0] = i
-        if window is not None and i >= window:  # frame i - window leaves as frame i arrives
-            for f in [f for f in frames if f <= i - window]:
+        upto = policy.frames_leaving(i)
+        if upto is not None:  # frame i - window leaves as frame i arrives
+            for f in [f for f in frames if f <= upto]:
                 del frames[f]
         peak[0] = total()
         if i == 0:
@@ -221,7 +224,7 @@ def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, fi
             pending, last = True, 0
         else:
             if pending:
-                step = layout.after_narration(N, Q, cfg.use_memory, cfg.last_k_narration)
+                step = policy.after_narration(N, Q, cfg.use_memory)
                 tr.memory_blocks += cfg.use_memory
                 pending = False
             else:
@@ -258,38 +261,13 @@ def linear_macs_per_token(cfg) -> int:
     return H * (q + 2 * kv) + q * H + 3 * H * cfg.intermediate_size
 
 
-def clam_macs(cfg, n_tokens: int = None) -> dict[str, int]:
-    """CLAM's MACs per frame update (``frame_num_tokens`` tokens), per read-out, and for the read-out's query side
-    (``queries``: weights only, computed once per stream by the engine, at its first read), counted by
-    ``torch.utils.flop_counter`` on a meta-device CLAM of this config (FLOP / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..models.clam import CLAM, CLAMConfig
-
-    n = cfg.frame_num_tokens if n_tokens is None else n_tokens
-    with torch.device("meta"):
-        clam = CLAM(
-            CLAMConfig(
-                d_model=cfg.vision_hidden_size,
-                n_heads=cfg.clam_heads,
-                n_queries=cfg.num_m_tokens,
-                expand_k=cfg.clam_expand_k,
-                dropout=0.0,
-            )
-        ).eval()
-        x = torch.zeros(1, n, cfg.vision_hidden_size)
-        state = clam.init_state(1, dtype=torch.float32)
-        out = {}
-        queries = clam.queries()
-        for name, fn in (
-            ("update", lambda: clam.update(x, state)),
-            ("read", lambda: clam.read(state, queries)),
-            ("queries", lambda: clam.queries()),
-        ):
-            with FlopCounterMode(display=False) as fc:
-                fn()
-            out[name] = fc.get_total_flops() // 2
-    return out
+def memory_macs(cfg) -> dict[str, int] | None:
+    """The memory's MACs per frame update (``frame_num_tokens`` tokens), per read-out, and for the read-out's query
+    side (``queries``: weights only, computed once per stream by the engine, at its first read), from its kind
+    (:meth:`flownar.models.memory.MemoryKind.macs`; CLAM: counted by the flop counter); None when the system has
+    no memory or its memory is not counted (Flash Memory's k-means runs on the host)."""
+    kind = cfg.memory_kind
+    return kind.macs(cfg) if kind is not None else None
 
 
 def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
@@ -314,15 +292,15 @@ def _forward_macs(cfg, trace: StreamTrace) -> dict[str, np.ndarray]:
 
 
 def _input_macs(cfg, frames, memory_blocks, clam: dict | None) -> dict:
-    """Connector (frame and memory tokens) and CLAM (update per frame, read per memory block, the read's query
-    side once when there is a memory block) MACs."""
+    """Connector (frame and memory tokens) and memory (update per frame, read per memory block, the read's query
+    side once when there is a memory block) MACs; the memory's under the key ``clam`` whatever its kind."""
     D, H = cfg.vision_hidden_size, cfg.hidden_size
     out = {
         "connector": (D * H + H * H) * (frames * cfg.frame_num_tokens + memory_blocks * cfg.num_m_tokens),
         "clam": 0 * frames,
     }
-    if cfg.uses_clam:  # flash-vstream: Flash Memory's k-means (host-side) is not counted
-        clam = clam or clam_macs(cfg)
+    clam = clam or memory_macs(cfg)
+    if clam is not None:  # flash-vstream: Flash Memory's k-means (host-side) is not counted
         out["clam"] = (
             frames * clam["update"] + memory_blocks * clam["read"] + np.minimum(memory_blocks, 1) * clam["queries"]
         )

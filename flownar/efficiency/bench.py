@@ -80,12 +80,12 @@ def run_stream_bench(
     """Push ``n_frames`` random frames through a Narrator replaying ``schedule`` with ``text_tokens``-token
     narrations. Returns per-frame wall times and, at 1, 10, 100, ... frames, the cache and memory.
 
-    ``streams`` > 1: that many streams at once (:func:`flownar.stream.drive_streams`, one batched decoder step per
+    ``streams`` > 1: that many streams at once (:func:`flownar.drive.drive_streams`, one batched decoder step per
     round), each replaying the schedule on its own frames; ``fps`` is then all streams' frames over the wall time
     (throughput), ``fps_per_stream`` one stream's, and there are no per-frame times (a round serves every
-    stream). ``compile``: the compiled decoder step (:class:`flownar.engine.CompiledStep`; its compilation is done
+    stream). ``compile``: the compiled decoder step (:class:`flownar.engine.steps.CompiledStep`; its compilation is done
     on a warm-up stream first and not timed). ``capture``: the static-shape step replayed as CUDA graphs
-    (:class:`flownar.engine.CapturedStep`; graphs are captured as new shapes come, and that time is counted).
+    (:class:`flownar.engine.steps.CapturedStep`; graphs are captured as new shapes come, and that time is counted).
     ``max_seconds``: stop after this much wall time (one stream); ``frames`` then says how far it got."""
     from ..progress import progress_bar
     from ..stream import Narrator
@@ -165,8 +165,8 @@ def _cuda_point(cuda: bool) -> dict:
 
 def _run_streams_bench(model, chat, pool, speak, text, n_frames: int, engine: str, streams: int, progress: bool):
     """:func:`run_stream_bench` with several streams at once (see there)."""
+    from ..drive import drive_streams, narrators_for
     from ..progress import progress_bar
-    from ..stream import drive_streams, narrators_for
 
     cfg = model.config
     narrators = narrators_for(model, chat, streams, engine=engine)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..models import SYSTEMS
+from .. import systems as registry
+from ..systems import display_name
 from .accounting import (
     EK100_SEGMENT_STATS,
     Layout,
@@ -110,8 +111,6 @@ def best_definition(fit: "pd.DataFrame") -> str:
 
 # ---------------------------------------------------------------------------------------------------- report
 PAPER_LLM = {"llama-3.2-1b": "1B", "llama-3.1-8b": "8B"}
-TABLE_SYSTEMS = tuple(SYSTEMS)  # every system, in the presets' order
-BOUNDED_SYSTEMS = ("flownar-c", "flownar", "flash-vstream", "streaming-vlm")  # drawn out to 10^5 frames
 
 
 def paper_self_conditioned_efficiency() -> "pd.DataFrame":
@@ -155,7 +154,6 @@ def real_scale_table(
     import pandas as pd
 
     from ..eval.tables import PAPER_DATASET
-    from ..models import SYSTEM_NAMES
 
     name = PAPER_DATASET[dataset]
     row = fit[(fit.dataset == name) & (fit.definition == definition)]
@@ -169,7 +167,7 @@ def real_scale_table(
     paper = paper_self_conditioned_efficiency()
     paper = paper[paper.dataset == name].set_index("method")
     rows = []
-    for system in TABLE_SYSTEMS:
+    for system in registry.learned():
         cfg = bench_config(system, llm, chat)
         tr = simulate_stream(cfg, layout, sched, T, finish=False)
         n_r = len(cfg.routed_layers)
@@ -180,7 +178,7 @@ def real_scale_table(
         )
         cache = {"final": elems[-1], "peak": elems.max(), "mean": elems.mean()}[stat] * scale
         macs = stream_macs(cfg, tr)
-        disp = SYSTEM_NAMES[system]
+        disp = display_name(system)
         rows.append(
             {
                 "system": disp,
@@ -193,7 +191,7 @@ def real_scale_table(
             }
         )
     df = pd.DataFrame(rows).set_index("system")
-    on = df.loc[SYSTEM_NAMES["videollm-online"]]
+    on = df.loc[display_name("videollm-online")]
     df.insert(4, "Cache reduction (x)", on["Cache (M)"] / df["Cache (M)"])
     df.insert(5, "paper: Cache reduction (x)", on["paper: Cache (M)"] / df["paper: Cache (M)"])
     df.attrs.update(frames=T, minutes=T / 120, definition=definition, llm=llm)
@@ -203,8 +201,6 @@ def real_scale_table(
 def measured_table(results: list[dict]) -> "pd.DataFrame":
     """One row per (benchmark file, system): frames/s, time per frame at 10^2 frames and at the end, memory."""
     import pandas as pd
-
-    from ..models import SYSTEM_NAMES
 
     rows = []
     for res in results:
@@ -217,7 +213,7 @@ def measured_table(results: list[dict]) -> "pd.DataFrame":
                 "device": res["device"],
                 "config": res["config"],
                 "engine": res["engine"],
-                "system": SYSTEM_NAMES.get(r["system"], r["system"]),
+                "system": display_name(r["system"]),
                 "frames": n,
                 "streams": r.get("streams", 1),
                 "FPS": r["fps"],  # with several streams: all of them together
@@ -282,36 +278,28 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
     VideoLLM-online (ours measured, the paper's from its bars)."""
     import matplotlib.pyplot as plt
 
-    from ..models import SYSTEM_NAMES
-
-    colors = {
-        "videollm-online": "#1f77b4",
-        "videollm-mod": "#ff7f0e",
-        "flownar-c": "#2ca02c",
-        "flownar": "#d62728",
-        "dcm-only": "#9467bd",
-        "flash-vstream": "#8c564b",
-        "streaming-vlm": "#e377c2",
-    }
-    # the adaptations' curves lie on FlowNar's / FlowNar-C's: dashed and dotted, so those stay visible under them
-    styles = {"flash-vstream": "--", "streaming-vlm": ":"}
+    drawn = [s for s in registry.learned() if not registry.get(s).ablation]
+    # the adaptations' curves lie on the curves of the systems they are built from: dashed and dotted, so those
+    # stay visible under them
+    adaptations = [s for s in drawn if registry.get(s).built_from]
+    styles = dict(zip(adaptations, ("--", ":", "-.")))
     fig4 = paper_fig4()
     fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
     frames = [1, 10, 100, 1000, 10_000]
     for ax, llm in zip(axes, llms):
-        for system in ("videollm-online", "videollm-mod", *BOUNDED_SYSTEMS):
-            fr = frames + ([100_000] if system in BOUNDED_SYSTEMS else [])
+        for system in drawn:  # a bounded visual cache is drawn out to 10^5 frames
+            fr = frames + ([100_000] if registry.get(system).policy.bounded_vision else [])
             c = memory_curve(system, llm, fr, segment_stats)
             ax.plot(
                 c["frames"],
                 (c["weights"] + c["kv"]) / 1e9,
                 styles.get(system, "-"),
-                color=colors[system],
+                color=registry.colour(system),
                 lw=2 if system in styles else 1.5,
-                label=f"{SYSTEM_NAMES[system]} (analytic)",
+                label=f"{display_name(system)} (analytic)",
             )
-            pts = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == SYSTEM_NAMES[system])]
-            ax.plot(pts.frames, pts.value, "o", mfc="none", color=colors[system], ms=8)
+            pts = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == display_name(system))]
+            ax.plot(pts.frames, pts.value, "o", mfc="none", color=registry.colour(system), ms=8)
             for res in results:
                 if res["config"] != llm:
                     continue
@@ -321,7 +309,7 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
                         [p["frames"] for p in run["points"]],
                         [p["cuda_max_allocated_bytes"] / 1e9 for p in run["points"]],
                         "x--",
-                        color=colors[system],
+                        color=registry.colour(system),
                     )
         both = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == "all")]
         ax.plot(both.frames, both.value, "ko", mfc="none", ms=8, label="paper (circles)")
@@ -335,21 +323,21 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
     handles, labels = axes[0].get_legend_handles_labels()  # one legend for the memory panels, below them
     fig.legend(handles, labels, loc="lower left", ncol=3, fontsize=7, frameon=False)
     ax = axes[-1]
-    systems = [s for s in TABLE_SYSTEMS if s != "dcm-only"]
+    systems = drawn
     groups = [
         (
             "paper 1B (H100)",
             {
-                SYSTEM_NAMES[s]: fig4[
-                    (fig4.figure == "fps") & (fig4.llm == "1B") & (fig4.method == SYSTEM_NAMES[s])
+                display_name(s): fig4[
+                    (fig4.figure == "fps") & (fig4.llm == "1B") & (fig4.method == display_name(s))
                 ].value.mean()
                 for s in systems
             },
         )
     ]
     for res in results:
-        fps = {SYSTEM_NAMES[r["system"]]: r["fps"] for r in res["runs"]}
-        if SYSTEM_NAMES["videollm-online"] in fps and len({r["frames"] for r in res["runs"]}) == 1:
+        fps = {display_name(r["system"]): r["fps"] for r in res["runs"]}
+        if display_name("videollm-online") in fps and len({r["frames"] for r in res["runs"]}) == 1:
             groups.append(
                 (
                     f"ours: {res['config']}, {res.get('label') or res['device'][:18]}, {res['runs'][0]['frames']} fr.",
@@ -358,8 +346,8 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
             )
     width = 0.8 / len(groups)
     for g, (label, fps) in enumerate(groups):
-        base = fps[SYSTEM_NAMES["videollm-online"]]
-        vals = [fps.get(SYSTEM_NAMES[s], np.nan) / base for s in systems]
+        base = fps[display_name("videollm-online")]
+        vals = [fps.get(display_name(s), np.nan) / base for s in systems]
         ax.bar(np.arange(len(systems)) + g * width, vals, width, label=label, alpha=0.85)
     ax.set_xticks(np.arange(len(systems)) + width * (len(groups) - 1) / 2, systems, rotation=25, fontsize=8)
     ax.set(ylabel="frames/s relative to VideoLLM-online", title="speed (same narration schedule)")

@@ -24,21 +24,20 @@ system from its predictions).
 from __future__ import annotations
 
 import math
-import re
 from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
+from .. import systems as registry
 from ..data.probes import verb_habit
-from ..data.synth import PARAPHRASES
-from ..models import SYSTEM_NAMES, SYSTEMS
 from .metrics import POSITION_BINS
+from .text import parse_narration
 
 HABIT = "habit"
 HABIT_NAME = "Verb habit (the verb's most frequent training noun; verb given)"
 #: FlowNar-C keeps the last ``last_k_narration`` narrations in its context: a memory gap past it is past its window
-WINDOW = int(SYSTEMS["flownar-c"]["last_k_narration"])
+WINDOW = int(registry.get("flownar-c").policy.last_k_narrations)
 #: memory-gap bins in segments; the last is past FlowNar-C's text window
 GAP_BINS = ((1, 2), (3, 5), (6, WINDOW), (WINDOW + 1, 10**9))
 KINDS = {"local": "local", "held": "held_item", "hidden": "hidden_item"}
@@ -55,21 +54,6 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def parse_narration(text: str, verbs: list[str], nouns: list[str]) -> tuple[str | None, str | None]:
-    """``(verb, noun)`` of "You <verb> the <noun> ...": the verb (or a paraphrase of it) right after "You", the
-    first vocabulary noun after it; None for a part that is not there."""
-    low = " ".join(re.findall(r"[a-z']+", text.lower()))
-    low = low[4:] if low.startswith("you ") else low
-    synonyms = [(v, v) for v in verbs] + [(p, v) for v, p in PARAPHRASES.items() if v in verbs]
-    verb, rest = None, low
-    for said, v in sorted(synonyms, key=lambda sv: -len(sv[0])):
-        if re.match(rf"{re.escape(said)}\b", low):
-            verb, rest = v, low[len(said) :]
-            break
-    found = [(m.start(), -len(n), n) for n in nouns for m in [re.search(rf"\b{re.escape(n)}\b", rest)] if m]
-    return verb, (min(found)[2] if found else None)
 
 
 def closing_pairs(ends: list[float], times: list[float], fps: float) -> dict[int, int]:
@@ -108,7 +92,7 @@ def segments_of(data, split: str = "val") -> pd.DataFrame:
     """One row per ground-truth segment of the evaluation clips of ``split`` (from the synthetic card): clip,
     verb, noun, kind, memory gap, position along the stream (units of the training cap) and the verb habit's
     noun. Empty on real data."""
-    from ..data.synth import training_cap
+    from ..data.world import training_cap
 
     card = data.synthetic_card
     if not card or "videos" not in card:
@@ -255,8 +239,9 @@ def rates(scored: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def display_name(system: str) -> str:
-    return HABIT_NAME if system == HABIT else SYSTEM_NAMES.get(system, system)
+def row_name(system: str) -> str:
+    """A table row's name: the system's display name, or the habit's."""
+    return HABIT_NAME if system == HABIT else registry.display_name(system)
 
 
 def _cell(r) -> str:
@@ -271,7 +256,7 @@ def wide(long: pd.DataFrame, groups: list[str], metric: str = "noun") -> pd.Data
     table = sel.assign(cell=[_cell(r) for r in sel.itertuples()]).pivot(index="system", columns="group", values="cell")
     order = [s for s in dict.fromkeys(long.system) if s in table.index]
     table = table.loc[order, [g for g in groups if g in table.columns]]
-    table.index = [display_name(s) for s in table.index]
+    table.index = [row_name(s) for s in table.index]
     table.index.name = "system"
     return table
 
@@ -291,7 +276,7 @@ def content_table(long: pd.DataFrame) -> pd.DataFrame:
         .mul(100)
         .round(1)
     )
-    closed.index = [display_name(s) for s in closed.index]
+    closed.index = [row_name(s) for s in closed.index]
     closed = closed.add_prefix("closed (%): ")
     return noun.join(verb).join(pair).join(closed)
 
@@ -313,8 +298,6 @@ def plot_content(long: pd.DataFrame, title: str = ""):
     habit and the oracle as reference lines."""
     import matplotlib.pyplot as plt
 
-    from ..train_report import short_name
-
     panels = [
         ("by kind", ["local", "local, habit wrong", "held", "hidden"]),
         ("memory segments by gap (segments back)", [f"memory, {gap_bin(lo)}" for lo, _ in GAP_BINS]),
@@ -333,7 +316,7 @@ def plot_content(long: pd.DataFrame, title: str = ""):
             if "oracle" in s:
                 style = {"color": "k", "marker": "*", "ms": 8}
             err = [np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)]
-            ax.errorbar(x + off, y, yerr=err, ls="none", capsize=2, label=display_name(s), **style)
+            ax.errorbar(x + off, y, yerr=err, ls="none", capsize=2, label=row_name(s), **style)
         labels = [
             g.replace("memory, ", "").replace(" (past FlowNar-C's window)", "\n(past FlowNar-C's window)")
             for g in groups
@@ -344,7 +327,7 @@ def plot_content(long: pd.DataFrame, title: str = ""):
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("object named right (%), narrations closing a segment")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, [short_name(x) for x in labels], loc="outside lower center", ncol=5, fontsize=7)
+    fig.legend(handles, [registry.short_name(x) for x in labels], loc="outside lower center", ncol=5, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
@@ -358,7 +341,6 @@ __all__ = [
     "content_table",
     "habit_scores",
     "memory_gap_table",
-    "parse_narration",
     "plot_content",
     "position_table",
     "rates",

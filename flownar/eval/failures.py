@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from ..systems import display_name
 from .metrics import IOU_THRESHOLD, ClipReference, clip_matches
 from .runner import clip_references, load_predictions
 
@@ -135,8 +136,6 @@ def _rate(s: pd.Series) -> float:
 
 def category_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
     """Counts and rates of the failure categories, one row per system (percentages)."""
-    from ..models import SYSTEM_NAMES
-
     rows = []
     for system, r in results.items():
         gt, pr = r["gt"], r["preds"]
@@ -145,7 +144,7 @@ def category_table(results: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
         named = pr[pr.noun.notna()] if len(pr) else pr
         rows.append(
             {
-                "system": SYSTEM_NAMES.get(system, system),
+                "system": display_name(system),
                 "narrations": len(pr),
                 "GT segments": len(gt),
                 "false alarms (%)": 100 * _rate(~pr.matched) if len(pr) else np.nan,
@@ -192,15 +191,13 @@ def worst_clips(results: dict, system: str, k: int = 2) -> list[str]:
 def plot_f1_distribution(results: dict):
     import matplotlib.pyplot as plt
 
-    from ..models import SYSTEM_NAMES
-
     fig, ax = plt.subplots(figsize=(1.6 * len(results) + 2, 3.5))
     data = [results[s]["clips"].f1.to_numpy() * 100 if len(results[s]["clips"]) else np.array([]) for s in results]
     ax.boxplot(data, showmeans=True)
     rng = np.random.default_rng(0)
     for i, d in enumerate(data, 1):
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=10, alpha=0.6, color="k")
-    ax.set_xticks(range(1, len(results) + 1), [SYSTEM_NAMES.get(s, s) for s in results], rotation=15, fontsize=8)
+    ax.set_xticks(range(1, len(results) + 1), [display_name(s) for s in results], rotation=15, fontsize=8)
     ax.set(ylabel="per-video temporal F1 (%)", title="F1 per video (corrected scoring)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -218,8 +215,6 @@ def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None,
     alarms as red crosses), matched pairs linked; with ``texts`` what was said (below each narration) next to what
     the ground truth says (above each segment's end), in short form."""
     import matplotlib.pyplot as plt
-
-    from ..models import SYSTEM_NAMES
 
     systems = systems or list(results)
     height = 2.6 if texts else 1.6
@@ -254,7 +249,7 @@ def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None,
         ax.set_ylim(-2.2 if texts else -0.6, 3.2 if texts else 1.6)
         f1 = results[system]["clips"].set_index("clip_id").f1.get(clip_id, np.nan)
         ax.set_title(
-            f"{SYSTEM_NAMES.get(system, system)} on {clip_id}: F1 {100 * f1:.1f}  "
+            f"{display_name(system)} on {clip_id}: F1 {100 * f1:.1f}  "
             "(red bars: missed segments; red crosses: false alarms; lines: matched pairs"
             + ("; above: what the ground truth says, below: what was said)" if texts else ")"),
             fontsize=8,

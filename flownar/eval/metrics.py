@@ -59,11 +59,11 @@ Everything else is shared by both scorings, each as the original unless listed u
   P + R = 0).  A clip with no predictions has P = R = F1 = 0.  (The original would crash on such a clip.)
   The reported ``t_precision`` / ``t_recall`` / ``t_f1`` are unweighted means over clips.  A clip with no GT
   narration at all is left out of the means, as the original skips it (a warning says so).
-* Caption scores (:func:`caption_scores`): METEOR, ROUGE-L and CIDEr(-D) from pycocoevalcap at corpus level over
-  all (GT text, paired prediction text) pairs of all clips, one reference per pair, **without** the PTB
-  tokenizer (texts as they are: whitespace tokens, case and punctuation kept).  Empty texts are scored as they
-  are (pycocoevalcap 1.2 scores an empty candidate as zero words).  METEOR needs a Java runtime; without one it
-  is NaN and a warning says so.
+* Caption scores (:func:`flownar.eval.captions.caption_scores`): METEOR, ROUGE-L and CIDEr(-D) from
+  pycocoevalcap at corpus level over all (GT text, paired prediction text) pairs of all clips, one reference per
+  pair, **without** the PTB tokenizer (texts as they are: whitespace tokens, case and punctuation kept).  Empty
+  texts are scored as they are (pycocoevalcap 1.2 scores an empty candidate as zero words).  METEOR needs a Java
+  runtime; without one it is NaN and a warning says so.
 
 Deliberate differences from the original pipeline that reach the scored inputs (the scoring itself has none):
 
@@ -72,7 +72,7 @@ Deliberate differences from the original pipeline that reach the scored inputs (
   scores are the same) except that we do it per text, so a stray ``|||`` or newline in a narration cannot break
   the jar's line protocol.
 * The narration cap: the original decodes at most 100 tokens; so does the ``paper`` profile here
-  (:func:`flownar.stream.narration_cap`); the embedded profiles cap word-level narrations at 32 tokens.
+  (:attr:`flownar.profiles.Profile.narration_cap`); the embedded profiles cap word-level narrations at 32 tokens.
 * Frame of a GT time (:func:`flownar.data.samples.frame_of`): ``ceil(t * fps - 1e-6)`` rather than
   ``ceil(t * fps)``, so that a time written as 1.5000000001 s does not move to the next frame through float error.
   This affects which frame a narration is trained and teacher-forced at, not the self-conditioned scoring.
@@ -84,11 +84,7 @@ Returned metrics are fractions (not percentages).
 
 from __future__ import annotations
 
-import atexit
 import math
-import re
-import shutil
-import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +94,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.layouts import DATASETS
+from .captions import caption_scores
 
 __all__ = [
     "ClipPrediction",
@@ -105,8 +102,6 @@ __all__ = [
     "DATASETS",
     "SCORINGS",
     "IOU_THRESHOLD",
-    "java_available",
-    "close_meteor",
     "clean_text",
     "prediction_time",
     "chain_start",
@@ -115,7 +110,6 @@ __all__ = [
     "giou_matrix",
     "temporal_prf",
     "clip_matches",
-    "caption_scores",
     "evaluate_clips",
     "evaluate_both",
     "POSITION_BINS",
@@ -125,7 +119,6 @@ __all__ = [
 SCORINGS = ("paper", "corrected")
 IOU_THRESHOLD = 0.5
 _UNION_EPS = 1e-8
-_METEOR_NO_JAVA = "METEOR skipped: no Java runtime (install a JRE, e.g. `apt-get install default-jre-headless`)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,11 +165,6 @@ class ClipReference:
         if scoring == "corrected" and self.corrected_references is not None:
             return self.corrected_references
         return self.references
-
-
-def java_available() -> bool:
-    """Whether a ``java`` executable is on PATH (METEOR runs a Java program).  Tests monkeypatch this."""
-    return shutil.which("java") is not None
 
 
 def _check_scoring(scoring: str) -> str:
@@ -372,109 +360,42 @@ def clip_matches(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Caption scores
-# ----------------------------------------------------------------------------------------------------------------
-_meteor_lock = threading.Lock()
-_meteor_scorer = None  # one METEOR JVM per process, started on first use (a JVM start costs seconds)
-
-
-def _new_meteor():
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    return Meteor()
-
-
-def close_meteor() -> None:
-    """Stop the cached METEOR JVM (it holds about 1 GB of memory once started); the next METEOR score starts a
-    new one.  Also called at interpreter exit."""
-    global _meteor_scorer
-    scorer, _meteor_scorer = _meteor_scorer, None
-    proc = getattr(scorer, "meteor_p", None)
-    if proc is not None:
-        try:
-            proc.stdin.close()
-        except Exception:  # noqa: BLE001 - the pipe may already be broken
-            pass
-        try:
-            proc.kill()
-            proc.wait()
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-    if scorer is not None and hasattr(scorer, "lock"):
-        # pycocoevalcap 1.2's Meteor.compute_score takes its lock without try/finally, so after a failure the lock
-        # stays held and Meteor.__del__ (which acquires it) would block forever: give it a fresh one.
-        scorer.lock = threading.Lock()
-
-
-atexit.register(close_meteor)
-
-
-def _meteor_text(s: str) -> str:
-    # The METEOR jar speaks a line protocol with ' ||| ' separators: drop '|||' and collapse every whitespace run
-    # (newlines included) to one space, as the original's vendored meteor.py does with its score line.
-    return re.sub(r"\s+", " ", s.replace("|||", "")).strip()
-
-
-def _meteor_score(gts: dict, res: dict) -> float:
-    """Corpus-level METEOR 1.5 (``-l en -norm``) or NaN with a warning if Java is missing or fails."""
-    global _meteor_scorer
-    if not java_available():
-        warnings.warn(_METEOR_NO_JAVA, RuntimeWarning, stacklevel=3)
-        return float("nan")
-    g = {k: [_meteor_text(x) for x in v] for k, v in gts.items()}
-    r = {k: [_meteor_text(x) for x in v] for k, v in res.items()}
-    with _meteor_lock:
-        try:
-            if _meteor_scorer is None:
-                _meteor_scorer = _new_meteor()
-            score, _ = _meteor_scorer.compute_score(g, r)
-            score = float(score)
-            if not math.isfinite(score):
-                raise ValueError(f"non-finite METEOR score {score}")
-            return score
-        except Exception as exc:  # noqa: BLE001 - a dead JVM surfaces as OSError/ValueError/BrokenPipeError/...
-            close_meteor()
-            warnings.warn(
-                f"METEOR skipped: the Java subprocess failed ({type(exc).__name__}: {exc})",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return float("nan")
-
-
-def caption_scores(pairs: Iterable[tuple[str, str]]) -> dict:
-    """Corpus-level caption scores over ``(reference, candidate)`` pairs (extra tuple items are ignored).
-
-    Each pair is one "image" with a single reference.  ``METEOR``: pycocoevalcap's Meteor (METEOR 1.5, the
-    jar's aggregate over all pairs; NaN plus a warning without a working Java runtime).  ``ROUGE_L``: mean over
-    pairs of ROUGE-L (LCS F-measure, beta 1.2, tokens = ``split(" ")``).  ``CIDEr``: pycocoevalcap's ``Cider``
-    (CIDEr-D, n = 4, sigma = 6, document frequencies from the references of all pairs, x10).  No PTB tokenizer:
-    texts are passed as they are, empty ones included (as the original).  No pairs: all three are 0.0 and Java is
-    not started.
-    """
-    pairs = [(str(p[0]), str(p[1])) for p in pairs]
-    if not pairs:
-        return {"METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0}
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    gts = {i: [ref] for i, (ref, _) in enumerate(pairs)}
-    res = {i: [cand] for i, (_, cand) in enumerate(pairs)}
-    rouge, _ = Rouge().compute_score(gts, res)
-    if any(ref.split() for ref, _ in pairs):
-        cider, _ = Cider().compute_score(gts, res)
-    else:  # pycocoevalcap's CIDEr fails (empty document frequencies) when no reference has a word
-        warnings.warn("CIDEr undefined: every reference text is empty", RuntimeWarning, stacklevel=2)
-        cider = float("nan")
-    return {"METEOR": _meteor_score(gts, res), "ROUGE_L": float(rouge), "CIDEr": float(cider)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # All clips
 # ----------------------------------------------------------------------------------------------------------------
 def _preview(ids: Sequence[str], n: int = 5) -> str:
     ids = list(ids)
     return ", ".join(map(repr, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
+
+
+def _predictions_by_clip(preds: Iterable[ClipPrediction], refs: list[ClipReference]) -> dict[str, ClipPrediction]:
+    """The predictions by clip id, checked against the references: duplicates refused, clips without predictions
+    and predictions without a reference warned about (stacklevel: the caller of :func:`evaluate_clips`)."""
+    by_id: dict[str, ClipPrediction] = {}
+    for p in preds:
+        cid = str(p.clip_id)
+        if cid in by_id:
+            raise ValueError(f"two predictions for clip {cid!r}")
+        by_id[cid] = p
+    ref_ids = [str(r.clip_id) for r in refs]
+    if len(set(ref_ids)) != len(ref_ids):
+        dup = sorted({c for c in ref_ids if ref_ids.count(c) > 1})
+        raise ValueError(f"duplicate reference clip ids: {_preview(dup)}")
+    missing = [c for c in ref_ids if c not in by_id]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
+            f"narration (P = R = F1 = 0): {_preview(missing)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    unknown = sorted(set(by_id) - set(ref_ids))
+    if unknown:
+        warnings.warn(
+            f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return by_id
 
 
 def evaluate_clips(
@@ -491,40 +412,14 @@ def evaluate_clips(
     scored as a clip with no predictions (P = R = F1 = 0, no caption pairs) and a warning names it; predictions
     for unknown clip ids are ignored with a warning; a reference without any GT narration is left out (warned),
     as the original skips it.  Returns ``t_precision``, ``t_recall``, ``t_f1`` (unweighted means over clips; NaN
-    if no clip was scored), ``METEOR``, ``ROUGE_L``, ``CIDEr`` (:func:`caption_scores` over the pairs of all
-    clips; NaN with ``with_captions=False``), ``n_clips``, ``n_pairs``, ``n_skipped_no_gt``, ``scoring``,
-    ``pairs`` (list of ``(clip_id, gt_text, pred_text)``) and ``per_clip`` (a DataFrame with clip_id, dataset,
-    precision, recall, f1, n_pred, n_gt, n_pairs).
+    if no clip was scored), ``METEOR``, ``ROUGE_L``, ``CIDEr`` (:func:`~flownar.eval.captions.caption_scores`
+    over the pairs of all clips; NaN with ``with_captions=False``), ``n_clips``, ``n_pairs``, ``n_skipped_no_gt``,
+    ``scoring``, ``pairs`` (list of ``(clip_id, gt_text, pred_text)``) and ``per_clip`` (a DataFrame with
+    clip_id, dataset, precision, recall, f1, n_pred, n_gt, n_pairs).
     """
     scoring = _check_scoring(scoring)
     refs = list(refs)
-    by_id: dict[str, ClipPrediction] = {}
-    for p in preds:
-        cid = str(p.clip_id)
-        if cid in by_id:
-            raise ValueError(f"two predictions for clip {cid!r}")
-        by_id[cid] = p
-    ref_ids = [str(r.clip_id) for r in refs]
-    if len(set(ref_ids)) != len(ref_ids):
-        dup = sorted({c for c in ref_ids if ref_ids.count(c) > 1})
-        raise ValueError(f"duplicate reference clip ids: {_preview(dup)}")
-
-    missing = [c for c in ref_ids if c not in by_id]
-    if missing:
-        warnings.warn(
-            f"{len(missing)} of {len(ref_ids)} clips have no predictions and are scored as clips with no "
-            f"narration (P = R = F1 = 0): {_preview(missing)}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    unknown = sorted(set(by_id) - set(ref_ids))
-    if unknown:
-        warnings.warn(
-            f"predictions for {len(unknown)} clip ids without a reference are ignored: {_preview(unknown)}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
+    by_id = _predictions_by_clip(preds, refs)
     rows, all_pairs, no_gt = [], [], []
     for ref in refs:
         cid = str(ref.clip_id)

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..data.chat import IGNORE_INDEX
 from ..data.probes import roc_auc
-from ..engine import StaticKVCache, forward_step
+from ..engine.kv import StaticKVCache
+from ..engine.steps import forward_step
 from ..models.masks import additive_mask, frame_steps, sample_expiry, visibility
 from ..trigger import TriggerRule
 
@@ -151,7 +152,7 @@ class OracleEvaluator:
         mem_idx = enc.mem_frame_indices.to(self.device)
         emb = self.model.joint_embed(ids[None], frames, mem_idx)
         # contiguous positions: the look-ahead continues from the pass's own (un-rotated) keys and values
-        kv_out = {} if cfg.contiguous_positions and expiry is not None else None
+        kv_out = {} if cfg.cache_policy.contiguous_positions and expiry is not None else None
         extra = {"dcm_kv_out": kv_out} if kv_out is not None else {}
         out = self.model(input_ids=ids[None], inputs_embeds=emb, expiry=expiry, use_cache=False, **extra)
         logits = out.logits[0].float()
@@ -228,7 +229,7 @@ class OracleEvaluator:
             )
         silent = self.model.model.embed_tokens(torch.tensor([self.chat.silent_id], device=self.device))
         new_emb = torch.cat([piece for j in range(m) for piece in (silent, emb[plan.frame_tokens[j].to(self.device)])])
-        if self.cfg.contiguous_positions:
+        if self.cfg.cache_policy.contiguous_positions:
             return self._look_ahead_window(plan, new_emb, sub, owner)
         fpos = None
         if self.cfg.mod:  # where each appended frame's <v> tokens are among the new tokens
@@ -244,14 +245,15 @@ class OracleEvaluator:
         stream that stayed silent would feed them, each after its vision window has let the oldest frame go (the
         positions are re-indexed, so the frames cannot be fed as one block)."""
         n = self.cfg.frame_num_tokens
-        window = self.cfg.vision_window
+        policy = self.cfg.cache_policy
         owner = frame_of[np.asarray(plan.alive)]  # frame of each cached token (-1: not a frame's)
         first = int(frame_of[plan.alive[-1]]) + 1  # the appended frames continue the turn's last one
         out = []
         for j in range(plan.frame_tokens.shape[0]):
             f = first + j
-            if window is not None and f >= window:
-                keep = (owner < 0) | (owner > f - window)
+            upto = policy.frames_leaving(f)
+            if upto is not None:
+                keep = (owner < 0) | (owner > upto)
                 sub.compact(keep)
                 owner = owner[keep]
             hidden = forward_step(self.model, new_emb[None, j * (n + 1) : (j + 1) * (n + 1)], None, sub)
@@ -275,7 +277,7 @@ class OracleEvaluator:
         if plan is None:
             return None
         kv_out = None
-        if cfg.contiguous_positions and expiry is not None:
+        if cfg.cache_policy.contiguous_positions and expiry is not None:
             kv_out = {}
             self.model(input_ids=ids[None], inputs_embeds=emb[None], expiry=expiry, use_cache=False, dcm_kv_out=kv_out)
         return plan, self._look_ahead_logits(plan, emb, *self._stream_kv(enc, emb, expiry, kv_out))
@@ -350,7 +352,7 @@ def content_probe(
     from ..batches import StreamDataset, model_inputs
     from ..data.probes import segment_table, verb_habit
     from ..data.samples import MAX_NUM_FRAMES
-    from .content import parse_narration
+    from .text import parse_narration
 
     card = data.synthetic_card
     if not card or "videos" not in card:

@@ -436,19 +436,19 @@ def run_self_conditioned(
     ``predictions_dir`` (one file per clip), score them both ways, and write ``metrics_file`` (if given) as
     ``{system, checkpoint, model_fingerprint, run, timing, scores}``. Returns that record with the full scores
     (per-clip tables and caption pairs included). ``max_new_tokens`` defaults to the run's profile's cap
-    (:func:`flownar.stream.narration_cap`).
+    (:attr:`flownar.profiles.Profile.narration_cap`).
 
     ``shard`` (``"i/N"``, a :class:`~flownar.eval.shards.Shard`, or None: torchrun's environment if any): this
     process narrates its part of the clips; the merging process (torchrun's rank 0 after all ranks; with
     ``--shard``, whichever finds every clip narrated by this model) scores all of them and writes
     ``metrics_file``; the others return ``{..., "shard", "run"}`` without ``"scores"``."""
-    from ..stream import narration_cap
+    from .. import profiles
     from .shards import resolve
 
     shard = resolve(shard)
     model, chat = _open_run(run, data, system, shard.device() if shard is not None else None)
     if max_new_tokens is None:
-        max_new_tokens = narration_cap(_run_profile(run))
+        max_new_tokens = profiles.get(_run_profile(run)).narration_cap
     sys_name = model.config.system
     fingerprint = run_fingerprint(run)
     r = narrate_clips(
@@ -495,14 +495,14 @@ def run_self_conditioned(
 
 def _narrate_worker(job: tuple) -> tuple[str, dict]:
     """One system's narrations in a worker process with one CPU thread (see :func:`narrate_systems`)."""
-    from ..stream import narration_cap
+    from .. import profiles
 
     system, run, data, predictions_dir, kwargs = job
     torch.set_num_threads(1)
     model, chat = _open_run(run, data, system)
     kwargs = dict(kwargs)
     if kwargs.get("max_new_tokens") is None:
-        kwargs["max_new_tokens"] = narration_cap(_run_profile(run))
+        kwargs["max_new_tokens"] = profiles.get(_run_profile(run)).narration_cap
     r = narrate_clips(
         model, chat, data, predictions_dir, system=model.config.system, fingerprint=run_fingerprint(run), **kwargs
     )

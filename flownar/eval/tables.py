@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..models import SYSTEM_NAMES
 from ..paths import RESOURCES_DIR
+from ..systems import display_name
 
 PAPER_DATASET = {"ek100": "EK100", "ego4d": "Ego4D", "egoexo4d": "EgoExo4D"}
 SC_COLUMNS = [
@@ -69,7 +69,7 @@ def self_conditioned_table(scores: dict[str, dict], dataset: str, scoring: str =
     paper = paper_self_conditioned(dataset)
     rows = []
     for system, res in scores.items():
-        name = SYSTEM_NAMES.get(system, system)
+        name = display_name(system)
         r = {"system": name}
         for key, col in SC_COLUMNS:
             r[col] = 100.0 * res[scoring][key]
@@ -84,7 +84,7 @@ def teacher_forcing_table(results: dict[str, dict]) -> pd.DataFrame:
     paper = paper_teacher_forcing()
     rows = []
     for system, res in results.items():
-        name = SYSTEM_NAMES.get(system, system)
+        name = display_name(system)
         r = {"system": name}
         for key, col, scale in TF_COLUMNS:
             r[col] = scale * res[key]
@@ -135,10 +135,10 @@ def position_table(data, pred_dirs: dict, cap_seconds: float, scoring: str = "co
         preds = load_predictions(folder, [r.clip_id for r in refs])
         last = temporal_prf_by_position(preds, refs, cap_seconds, scoring=scoring, fps=data.fps)
         pooled = temporal_prf_by_position(preds, refs, cap_seconds, scoring=scoring, fps=data.fps, bins=(0, 1, np.inf))
-        rows[SYSTEM_NAMES.get(system, system)] = {f"F1 {k}": 100 * v for k, v in last.f1.items()}
-        rows[SYSTEM_NAMES.get(system, system)]["F1 >1x (pooled)"] = 100 * pooled.f1.iloc[1]
+        rows[display_name(system)] = {f"F1 {k}": 100 * v for k, v in last.f1.items()}
+        rows[display_name(system)]["F1 >1x (pooled)"] = 100 * pooled.f1.iloc[1]
         for k, v in last.predictions.items():
-            rows[SYSTEM_NAMES.get(system, system)][f"narrations {k}"] = v
+            rows[display_name(system)][f"narrations {k}"] = v
     table = pd.DataFrame(rows).T
     if last is not None:
         table.loc["ground truth: segments"] = {f"narrations {k}": v for k, v in last.gt_segments.items()}

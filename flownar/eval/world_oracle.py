@@ -5,7 +5,7 @@ It narrates a clip causally, frame by frame, through the same interface as :clas
 scored by the same code. It knows the world's prototypes and how a frame is made (:mod:`flownar.data.synth`):
 
 * **When: the cue as the world defines it.** The world renders its completion cue in the frame where a narration
-  is due (``ceil(end * fps)`` of each segment, :func:`flownar.data.synth.narration_frames`); the oracle reads that
+  is due (``ceil(end * fps)`` of each segment, :func:`flownar.data.render.narration_frames`); the oracle reads that
   schedule from the card, as it reads the prototypes, and speaks in exactly those frames. A learned narrator must
   find the cue in noise (the one-frame timing probe, ROC AUC ~0.96, says how hard that is); the oracle's timing is
   the ceiling of that task, not a detector of it. (World v3's oracle detected the cue by comparing each frame with
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..data.layouts import SYNTHETIC_CARD_FILE
-from ..data.synth import AFFORDANCES, CONTAINERS, NOUNS, VERBS, _text, world_prototypes
+from ..data.world import AFFORDANCES, CONTAINERS, NOUNS, VERBS, action_text, world_prototypes
 from ..stream import NarrationEvent, StreamCounters
 
 WORLD_ORACLE = "world-oracle"
@@ -94,7 +94,7 @@ class WorldOracleNarrator:
                 noun = seg["noun"]
             if verb == "take" and seg.get("container") in CONTAINERS and seg["noun"] == noun:
                 container = seg["container"]
-        return _text(verb, noun, container)
+        return action_text(verb, noun, container)
 
     def _nearest_segment(self, f: int) -> dict | None:
         if self._clip is None or self._clip.video_uid not in self.videos:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .. import systems
 from ..errors import CheckpointError
 from .config import (
     FLOWNAR_FORMAT_VERSION,
     REAL_LLMS,
-    SYSTEM_NAMES,
-    SYSTEMS,
     TINY_SIZES,
     FlowNarConfig,
     tiny_llama_kwargs,
@@ -33,8 +32,7 @@ def config_for(
     ``size``: a from-scratch tiny Llama (``micro``, ``mini``, ``tiny``, ``small``; the vocabulary is the
     tokenizer's) or a real model's shape with random weights (``llama-3.2-1b``, ``llama-3.1-8b``; benchmarks).
     ``overrides``: any other config field."""
-    if system not in SYSTEMS:
-        raise ValueError(f"unknown system {system!r}; expected one of {sorted(SYSTEMS)}")
+    systems.get(system)  # a clear error for an unknown key
     if llm is not None:
         shape = {
             k: v for k, v in llm.items() if k not in ("model_type", "architectures", "transformers_version", "auto_map")
@@ -63,8 +61,6 @@ __all__ = [
     "FLOWNAR_FORMAT_VERSION",
     "FlowNarConfig",
     "FlowNarForCausalLM",
-    "SYSTEMS",
-    "SYSTEM_NAMES",
     "REAL_LLMS",
     "TINY_SIZES",
     "config_for",

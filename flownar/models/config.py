@@ -1,6 +1,7 @@
 """One config for every system: a Llama config plus the streaming-narration fields, selected by ``system``.
 
-The systems (rows of the paper's tables) differ only in these fields:
+The systems (rows of the paper's tables; their records and presets in :mod:`flownar.systems`) differ only in
+these fields:
 
 | system          | dcm (visual KV pruned after each narration) | memory (CLAM) | last_k narrations | MoD |
 |-----------------|----------------------------------------------|---------------|-------------------|-----|
@@ -35,37 +36,19 @@ import math
 
 from transformers import LlamaConfig
 
-FLOWNAR_FORMAT_VERSION = 1  # bump when a checkpoint of an older version can no longer be read as is
+from .. import systems
+from ..layout import CachePolicy
+from .memory import MemoryKind, memory_kind
 
-SYSTEMS: dict[str, dict] = {
-    "videollm-online": dict(dcm=False, use_memory=False, last_k_narration=None, mod=False),
-    "videollm-mod": dict(dcm=False, use_memory=False, last_k_narration=None, mod=True),
-    "flownar-c": dict(dcm=True, use_memory=True, last_k_narration=10, mod=False),
-    "flownar": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False),
-    "dcm-only": dict(dcm=True, use_memory=False, last_k_narration=None, mod=False),
-    "flash-vstream": dict(dcm=True, use_memory=True, last_k_narration=None, mod=False, memory="flash"),
-    "streaming-vlm": dict(
-        dcm=False, use_memory=False, last_k_narration=10, mod=False, vision_window=32, contiguous_positions=True
-    ),
-}
-# Display names used in tables.
-SYSTEM_NAMES = {
-    "videollm-online": "VideoLLM-online",
-    "videollm-mod": "VideoLLM-MoD",
-    "flownar-c": "FlowNar-C",
-    "flownar": "FlowNar",
-    "dcm-only": "DCM only (no CLAM)",
-    "flash-vstream": "Flash-VStream memory (ours: FlowNar with Flash Memory)",
-    "streaming-vlm": "StreamingVLM-style cache (ours: sinks + recent frames + recent text)",
-    "world-oracle": "World oracle (reference: not learned, knows the world)",
-}
+FLOWNAR_FORMAT_VERSION = 1  # bump when a checkpoint of an older version can no longer be read as is
 
 
 class FlowNarConfig(LlamaConfig):
     """Llama config + connector, placeholders, CLAM, DCM, last-k and MoD settings.
 
     Args (beyond LlamaConfig):
-        system: the preset name (``SYSTEMS``); recorded in checkpoints so they cannot be loaded as another system.
+        system: the system's key in :mod:`flownar.systems` (its preset); recorded in checkpoints so they cannot
+            be loaded as another system.
         vision_hidden_size: feature dim of the frame tokens (from the data: 1024 for SigLIP-L).
         frame_num_tokens: tokens per frame (from the data: 10 = 1 CLS + 3x3).
         v_placeholder_id, m_placeholder_id: ids of ``<v>`` and ``<m>`` (from the tokenizer; may exceed vocab_size,
@@ -123,15 +106,17 @@ class FlowNarConfig(LlamaConfig):
         flownar_format_version: int = FLOWNAR_FORMAT_VERSION,
         **kwargs,
     ):
-        if system not in SYSTEMS:
-            raise ValueError(f"unknown system {system!r}; expected one of {sorted(SYSTEMS)}")
-        preset = SYSTEMS[system]
+        record = systems.SYSTEMS.get(system)
+        if record is None or not record.learned:
+            raise ValueError(f"unknown system {system!r}; expected one of {systems.learned()}")
+        preset = record.preset
         self.system = system
         # preset values unless explicitly overridden (None / -1 = take the preset's)
-        self.dcm = preset["dcm"] if dcm is None else bool(dcm)
-        self.use_memory = preset["use_memory"] if use_memory is None else bool(use_memory)
-        self.last_k_narration = preset["last_k_narration"] if last_k_narration == -1 else last_k_narration
-        self.mod = preset["mod"] if mod is None else bool(mod)
+        # (a field the preset leaves out: no DCM, no memory, every narration kept, no MoD)
+        self.dcm = preset.get("dcm", False) if dcm is None else bool(dcm)
+        self.use_memory = preset.get("use_memory", False) if use_memory is None else bool(use_memory)
+        self.last_k_narration = preset.get("last_k_narration") if last_k_narration == -1 else last_k_narration
+        self.mod = preset.get("mod", False) if mod is None else bool(mod)
         self.vision_hidden_size = vision_hidden_size
         self.frame_num_tokens = frame_num_tokens
         self.v_placeholder_id = v_placeholder_id
@@ -148,44 +133,48 @@ class FlowNarConfig(LlamaConfig):
             raise ValueError(f"memory_readout must be 'segment_end' or 'frame_cls', got {memory_readout!r}")
         self.memory_readout = memory_readout
         self.memory = preset.get("memory", "clam") if memory is None else memory
-        if self.memory not in ("clam", "flash"):
-            raise ValueError(f"memory must be 'clam' or 'flash', got {self.memory!r}")
         if flash_detail_frames is None:  # one retrieved frame when the memory block has room for it and a centroid
             flash_detail_frames = 1 if num_m_tokens > frame_num_tokens else 0
         if flash_clusters is None:  # the rest of the memory block after the retrieved frames
             flash_clusters = max(1, num_m_tokens - flash_detail_frames * frame_num_tokens)
         self.flash_clusters, self.flash_detail_frames, self.flash_low = flash_clusters, flash_detail_frames, flash_low
-        if self.use_memory and self.memory == "flash":
-            if memory_readout != "segment_end":
-                raise ValueError("Flash Memory is read after the narration frame (memory_readout='segment_end')")
-            if self.flash_config.tokens(frame_num_tokens) != num_m_tokens:
-                raise ValueError(
-                    f"Flash Memory reads out {self.flash_config.tokens(frame_num_tokens)} tokens "
-                    f"({flash_clusters} centroids + {flash_detail_frames} frames x {frame_num_tokens}) but the "
-                    f"memory block has num_m_tokens={num_m_tokens}"
-                )
         self.vision_window = preset.get("vision_window") if vision_window == -1 else vision_window
-        if self.vision_window is not None and int(self.vision_window) < 1:
-            raise ValueError(f"vision_window must be >= 1 frames (or None), got {self.vision_window!r}")
         self.contiguous_positions = (
             preset.get("contiguous_positions", False) if contiguous_positions is None else bool(contiguous_positions)
         )
-        if self.vision_window is not None and self.dcm:
-            raise ValueError("a vision window and DCM are two cache policies: choose one")
-        if self.vision_window is not None and self.use_memory:
-            raise ValueError("a vision window has no memory blocks (they belong to DCM's segments): use_memory=False")
         self.mod_capacity = mod_capacity
         self.mod_every = mod_every
+        self.flownar_format_version = flownar_format_version
+        self._check_combination()
+        super().__init__(**kwargs)
+
+    def _check_combination(self) -> None:
+        """Refuse fields that do not work together (the memory's own conditions, the cache policy's)."""
+        kind = memory_kind(self.memory)  # a clear error for an unknown memory
+        if self.use_memory:
+            kind.check(self)
+        self.cache_policy  # noqa: B018  (validates the policy's fields)
+        if self.vision_window is not None and self.use_memory:
+            raise ValueError("a vision window has no memory blocks (they belong to DCM's segments): use_memory=False")
         if self.contiguous_positions and self.mod:
             raise ValueError(
                 "contiguous positions with MoD's routed layers (each with its own cache) are not supported"
             )
-        self.flownar_format_version = flownar_format_version
-        super().__init__(**kwargs)
 
     @property
     def display_name(self) -> str:
-        return SYSTEM_NAMES.get(self.system, self.system)
+        return systems.display_name(self.system)
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        """What leaves the KV cache and how positions count (:class:`flownar.layout.CachePolicy`): every form of
+        the rule (engine, simulator, teacher-forced mask, look-ahead) asks this object."""
+        return CachePolicy(
+            prune_at_narration=self.dcm,
+            last_k_narrations=self.last_k_narration,
+            vision_window=self.vision_window,
+            contiguous_positions=self.contiguous_positions,
+        )
 
     # ------------------------------------------------------------------ derived facts (computed here only)
     @property
@@ -203,18 +192,9 @@ class FlowNarConfig(LlamaConfig):
         )
 
     @property
-    def uses_clam(self) -> bool:
-        return self.use_memory and self.memory == "clam"
-
-    @property
-    def uses_flash(self) -> bool:
-        return self.use_memory and self.memory == "flash"
-
-    @property
-    def evicts(self) -> bool:
-        """Whether anything ever leaves the cache (DCM, a narration window or a vision window): then a
-        teacher-forced pass needs the expiry positions (:func:`flownar.models.masks.sample_expiry`)."""
-        return self.dcm or self.last_k_narration is not None or self.vision_window is not None
+    def memory_kind(self) -> MemoryKind | None:
+        """The memory the ``<m>`` blocks read (:mod:`flownar.models.memory`), None for a system without memory."""
+        return memory_kind(self.memory) if self.use_memory else None
 
     @property
     def routed_layers(self) -> tuple[int, ...]:

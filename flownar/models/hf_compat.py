@@ -5,7 +5,7 @@ transformers 5.24 renamed the key/value cache of model and layer forwards, and o
 to transformers or reads one back uses :data:`CACHE_ARG` / :data:`CACHE_FIELD`; a layer that has to *find* the
 cache among the arguments it was given uses :func:`find_cache` (by type, not by name). Nothing else in flownar
 depends on how transformers spells its cache: the streaming engine and the oracle's look-ahead run on
-:class:`flownar.engine.StaticKVCache`, which is ours.
+:class:`flownar.engine.kv.StaticKVCache`, which is ours.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..data.chat import Span
+from ..layout import CachePolicy
 
 
 def frame_steps(spans: list[Span], frame_positions: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -56,29 +57,19 @@ def frame_steps(spans: list[Span], frame_positions: torch.Tensor) -> list[tuple[
 def sample_expiry(enc, cfg) -> torch.Tensor | None:
     """The expiry positions of an encoded sample under ``cfg``'s cache policy (None when nothing ever leaves the
     cache: plain causal attention). The one call every teacher-forced pass makes (training, oracle, tests)."""
-    if not cfg.evicts:
+    policy = cfg.cache_policy
+    if not policy.evicts:
         return None
-    return expiry_positions(
-        len(enc.input_ids),
-        enc.spans,
-        cfg.dcm,
-        cfg.last_k_narration,
-        vision_window=cfg.vision_window,
-        frame_positions=enc.frame_positions,
-    )
+    return expiry_positions(len(enc.input_ids), enc.spans, policy, frame_positions=enc.frame_positions)
 
 
 def expiry_positions(
-    length: int,
-    spans: list[Span],
-    dcm: bool,
-    last_k_narration: int | None,
-    vision_window: int | None = None,
-    frame_positions: torch.Tensor | None = None,
+    length: int, spans: list[Span], policy: CachePolicy, frame_positions: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``until`` (L,) long: the first query position that may no longer see each token (``frame_positions`` (F, N)
-    is needed with a ``vision_window``)."""
+    """``until`` (L,) long under ``policy``: the first query position that may no longer see each token
+    (``frame_positions`` (F, N) is needed with a vision window)."""
     until = torch.full((length,), length, dtype=torch.long)
+    vision_window, last_k_narration = policy.vision_window, policy.last_k_narrations
     if vision_window is not None:
         if frame_positions is None:
             raise ValueError("a vision window needs the frames' token positions")
@@ -89,7 +80,7 @@ def expiry_positions(
                 until[first:stop] = steps[f + W][0]
     narrations = [s for s in spans if s.kind == "narration"]
     eos = [s.stop - 1 for s in narrations]  # the EOS is the last token of a narration span
-    if dcm:
+    if policy.prune_at_narration:
         frames = [s for s in spans if s.kind == "frames"]
         memory = [s for s in spans if s.kind == "memory"]
         for g, run in enumerate(frames):

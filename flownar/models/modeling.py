@@ -30,10 +30,8 @@ from transformers import LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from .clam import CLAM, CLAMConfig
 from .config import FlowNarConfig
 from .dcm_attention import dcm_blocks, register
-from .flash_memory import flash_readouts
 from .hf_compat import CACHE_ARG, CACHE_FIELD, find_cache
 from .masks import additive_mask, visibility
 
@@ -158,21 +156,13 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             for i in range(config.num_hidden_layers):
                 self.model.layers[i] = FlowNarDecoderLayer(config, i, routed=i in config.routed_layers)
         self.connector = Connector(config.vision_hidden_size, config.hidden_size)
-        self.clam = None
-        if config.uses_clam:
-            self.clam = CLAM(
-                CLAMConfig(
-                    d_model=config.vision_hidden_size,
-                    n_heads=config.clam_heads,
-                    n_queries=config.num_m_tokens,
-                    expand_k=config.clam_expand_k,
-                    dropout=config.clam_dropout,
-                    gate_bias_init=config.clam_gate_bias_init,
-                )
-            )
-            for m in self.clam.modules():  # initialised by CLAM's scheme, not HF's generic one
-                m._clam_owned = True
-            self.clam.gk_proj[1]._clam_gate = True
+        self.clam = None  # CLAM's parameters (state-dict prefix "clam."), None for the other systems
+        kind = config.memory_kind
+        module = kind.build(config) if kind is not None else None
+        if module is not None:
+            for m in module.modules():  # initialised by the memory's own scheme, not HF's generic one
+                m._memory_owned = True
+            setattr(self, kind.module_name, module)
         self.post_init()
         self._use_dcm_attention()
 
@@ -184,55 +174,26 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             self.config._attn_implementation = DCM_ATTENTION
 
     def _init_weights(self, module):
-        if getattr(module, "_clam_owned", False):
-            self._init_clam_module(module)
+        if getattr(module, "_memory_owned", False):  # fresh models, or a memory missing from a Llama checkpoint
+            self.config.memory_kind.init_module(module, self.config)
         else:
             super()._init_weights(module)
-
-    @torch.no_grad()
-    def _init_clam_module(self, module: nn.Module) -> None:
-        """CLAM's own scheme for the parts HF initialises (fresh models, or CLAM missing from a Llama checkpoint):
-        xavier on matrices, norms at 1, MHA biases at 0, the forget gate's bias at ``clam_gate_bias_init``."""
-        if isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()
-        is_norm = "norm" in type(module).__name__.lower()
-        for name, p in module.named_parameters(recurse=False):
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-            elif is_norm:
-                nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
-            elif (
-                name == "bias" and getattr(module, "_clam_gate", False) and self.config.clam_gate_bias_init is not None
-            ):
-                nn.init.constant_(p, self.config.clam_gate_bias_init)
 
     # ------------------------------------------------------------------ embeddings
     def frame_embeds(self, frames: torch.Tensor) -> torch.Tensor:
         """(F, N, D) frame features -> (F, N, H) token embeddings."""
         return self.connector(frames.to(self.connector.fc1.weight.dtype))
 
-    def memory_readout_index(self, mem_frame_indices: torch.Tensor) -> torch.Tensor:
-        """Flattened-token index at which each memory block reads CLAM, from the frame it follows."""
-        n = self.config.frame_num_tokens
-        if self.config.memory_readout == "segment_end":
-            return (mem_frame_indices + 1) * n - 1  # after the last token of the previous segment's last frame
-        return mem_frame_indices * n  # the original: the narration frame's CLS token
-
     def memory_embeds(
         self, frames: torch.Tensor, mem_frame_indices: torch.Tensor, memory_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The memory blocks' embeddings (B, Q, H): CLAM over the clip's frame tokens (frame-major), read out per
-        memory block; or Flash Memory read after each block's frame (non-parametric: ``memory_features``
-        (B, Q, D), its read-outs computed beforehand by :func:`~flownar.models.flash_memory.flash_readouts`, may be
-        passed instead of recomputing them)."""
+        """The memory blocks' embeddings (B, Q, H): the memory's read-out after each block's frame
+        (:meth:`flownar.models.memory.MemoryKind.readouts`: CLAM over the clip's frame tokens, frame-major; Flash
+        Memory written frame by frame), through the connector. ``memory_features``: what the memory computed
+        beforehand for this sample (:meth:`~flownar.models.memory.MemoryKind.precompute`), if anything."""
         dtype = self.connector.fc1.weight.dtype
-        if self.config.uses_flash:
-            if memory_features is None:
-                memory_features = flash_readouts(self.config.flash_config, frames.float(), mem_frame_indices)
-            return self.connector(memory_features.to(frames.device, dtype))  # (B, Q, D) -> (B, Q, H)
-        x = frames.to(dtype).reshape(1, -1, frames.shape[-1])  # (1, F*N, D)
-        mem, _ = self.clam(x, readout_index=self.memory_readout_index(mem_frame_indices.to(x.device)))
-        return self.connector(mem[0])  # (B, Q, D) -> (B, Q, H)
+        mem = self.config.memory_kind.readouts(self, frames, mem_frame_indices, memory_features)  # (B, Q, D)
+        return self.connector(mem.to(dtype))  # (B, Q, D) -> (B, Q, H)
 
     def joint_embed(
         self,
@@ -365,31 +326,9 @@ class FlowNarForCausalLM(LlamaForCausalLM):
         if expiry is not None:
             if attention_mask is not None:
                 raise ValueError("pass either expiry or attention_mask")
-            if (
-                self.config._attn_implementation == DCM_ATTENTION
-                and not self.config.mod
-                and inputs_embeds.shape[0] == 1
-                and past_key_values is None
-            ):
-                # exact block attention over each query block's visible keys (no L x L mask)
-                kwargs["dcm_blocks"] = blocks = dcm_blocks(expiry.cpu())
-                if self.config.contiguous_positions:
-                    # positions are indices among the visible tokens: all position ids 0 (no rotation in the
-                    # layers), each block rotates its gathered keys and queries (dcm_attention.dcm_sdpa)
-                    if position_ids is not None:
-                        raise ValueError("contiguous positions are derived from the expiry; pass no position_ids")
-                    L = inputs_embeds.shape[1]
-                    position_ids = torch.zeros(1, L, dtype=torch.long, device=inputs_embeds.device)
-                    most = max(keys.numel() for _, _, keys in blocks)
-                    table = torch.arange(most, device=inputs_embeds.device)[None]
-                    kwargs["dcm_rope"] = self.model.rotary_emb(inputs_embeds, table)  # (1, most, hd) x 2
-            elif self.config.contiguous_positions:
-                raise NotImplementedError(
-                    f"{self.config.system}: contiguous positions need sdpa (the block attention), one sequence, no "
-                    "cache"
-                )
-            else:
-                attention_mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
+            attention_mask, position_ids = self._expiry_attention(
+                expiry, inputs_embeds, position_ids, past_key_values, kwargs
+            )
         if use_cache is None and past_key_values is None:
             use_cache = False  # a teacher-forced pass needs no cache (the streaming engine passes its own)
         with self._routing(input_ids):
@@ -415,6 +354,36 @@ class FlowNarForCausalLM(LlamaForCausalLM):
             stream_loss=stream_loss,
             **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
         )
+
+    def _expiry_attention(self, expiry, inputs_embeds, position_ids, past_key_values, kwargs):
+        """How a teacher-forced pass sees the cache policy's expiry positions: the exact block attention over each
+        query block's visible keys (``dcm_blocks`` in ``kwargs``; no L x L mask), or a 4-D additive mask (MoD, a
+        batch, a cache). Returns (attention_mask, position_ids)."""
+        if not (
+            self.config._attn_implementation == DCM_ATTENTION
+            and not self.config.mod
+            and inputs_embeds.shape[0] == 1
+            and past_key_values is None
+        ):
+            if self.config.contiguous_positions:
+                raise NotImplementedError(
+                    f"{self.config.system}: contiguous positions need sdpa (the block attention), one sequence, no "
+                    "cache"
+                )
+            mask = additive_mask(visibility(expiry.cpu()), inputs_embeds.dtype).to(inputs_embeds.device)
+            return mask, position_ids
+        kwargs["dcm_blocks"] = blocks = dcm_blocks(expiry.cpu())
+        if self.config.contiguous_positions:
+            # positions are indices among the visible tokens: all position ids 0 (no rotation in the layers), each
+            # block rotates its gathered keys and queries (dcm_attention.dcm_sdpa)
+            if position_ids is not None:
+                raise ValueError("contiguous positions are derived from the expiry; pass no position_ids")
+            L = inputs_embeds.shape[1]
+            position_ids = torch.zeros(1, L, dtype=torch.long, device=inputs_embeds.device)
+            most = max(keys.numel() for _, _, keys in blocks)
+            table = torch.arange(most, device=inputs_embeds.device)[None]
+            kwargs["dcm_rope"] = self.model.rotary_emb(inputs_embeds, table)  # (1, most, hd) x 2
+        return None, position_ids
 
     def streaming_loss(self, logits, labels, input_ids, label_weights=None):
         """sum(w * CE) / #labelled, with w = stream_loss_weight on <v> inputs and 1 elsewhere (paper Eq. 5), times
