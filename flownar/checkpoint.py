@@ -138,13 +138,40 @@ def check_compatible(model, tokens_per_frame: int, feature_dim: int, checkpoint,
         )
 
 
+#: config.json entries that say which tools wrote a run, not which model it is
+TOOL_KEYS = ("transformers_version",)
+
+
+def canonical_config(path: str | Path) -> bytes:
+    """A run's ``config.json`` in canonical form: the config as this code reads it (a field the file lacks takes
+    its default), keeping only the entries that differ from the system's defaults, without tool versions,
+    sorted. So a field added later at its default, a reordering or a new ``transformers`` leaves it unchanged;
+    a changed value changes it."""
+    import json
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        loaded = FlowNarConfig.from_dict(raw).to_dict()
+        defaults = FlowNarConfig(system=raw["system"]).to_dict()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable flownar config ({type(e).__name__}: {e})") from e
+    missing = object()
+    kept = {k: v for k, v in loaded.items() if k not in TOOL_KEYS and defaults.get(k, missing) != v}
+    return json.dumps(kept, sort_keys=True).encode()
+
+
 def run_fingerprint(run_dir: str | Path) -> str:
-    """Identifies a trained model: sha256 of its config and weights (``config.json``, the safetensors weights,
-    the LoRA adapter and its config), first 16 hex digits. Retraining changes it; copying or moving a run does
-    not, and neither does anything about how it was trained (logs, wall times)."""
+    """Identifies a trained model: sha256 of its config (:func:`canonical_config`) and weights (the safetensors
+    weights, the LoRA adapter and its config), first 16 hex digits. Retraining changes it; copying or moving a
+    run does not, nor does anything about how it was trained (logs, wall times), nor a config field added at
+    its default after the run was made."""
     run_dir = Path(run_dir)
     h = hashlib.sha256()
-    for name in ("config.json", "adapter_config.json", *WEIGHT_FILES):
+    if (run_dir / "config.json").is_file():
+        h.update(b"config.json")
+        h.update(canonical_config(run_dir / "config.json"))
+    for name in ("adapter_config.json", *WEIGHT_FILES):
         p = run_dir / name
         if p.is_file():
             h.update(name.encode())

@@ -241,6 +241,33 @@ def test_format_version_is_checked(tok, tmp_path):
         load_model(tmp_path / "m")
 
 
+def test_fingerprint_survives_a_new_field_at_its_default(tok, tmp_path):
+    """A config field added later (written at its default by newer code, absent from an older run's file), a
+    reordering and another transformers version keep a run's fingerprint; a changed value or weight does not."""
+    import json
+
+    from flownar.checkpoint import run_fingerprint
+
+    model, _ = micro_model(tok, "flownar")
+    model.save_pretrained(tmp_path / "m")
+    cfg_file = tmp_path / "m" / "config.json"
+    fp = run_fingerprint(tmp_path / "m")
+    cfg = json.loads(cfg_file.read_text())
+    assert "vision_window" in cfg  # a field at its default, as newer code writes it
+    older = {k: v for k, v in reversed(cfg.items()) if k != "vision_window"}  # as older code wrote it
+    cfg_file.write_text(json.dumps(older | {"transformers_version": "0.0.1"}))
+    assert run_fingerprint(tmp_path / "m") == fp
+    cfg_file.write_text(json.dumps(cfg | {"num_m_tokens": cfg["num_m_tokens"] + 1}))
+    assert run_fingerprint(tmp_path / "m") != fp
+    cfg_file.write_text(json.dumps(cfg))
+    model.lm_head.weight.data[0, 0] += 1
+    model.save_pretrained(tmp_path / "m")
+    assert run_fingerprint(tmp_path / "m") != fp
+    cfg_file.write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not a readable flownar config"):
+        run_fingerprint(tmp_path / "m")
+
+
 @pytest.mark.parametrize("system", sorted(learned()))
 def test_a_few_steps_lower_the_loss(tok, system):
     model, chat = micro_model(tok, system, seed=1)

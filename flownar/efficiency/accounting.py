@@ -133,115 +133,119 @@ class StreamTrace:
     memory_blocks: int = 0
 
 
-def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
-    """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for ``system`` flags of ``cfg`` (dcm,
-    use_memory, last_k_narration, vision_window, mod) without a model. Narrations happen at ``schedule`` frames
-    (0 is forced), each ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish``
-    forces one at the last frame, as ``Narrator.finish`` does."""
-    N, Q = layout_.frame_tokens, layout_.memory_tokens
-    k_sel = cfg.mod_tokens_per_frame
-    tr = StreamTrace()
-    state = {"perm": 0, "perm_r": 0}  # tokens never deleted (all layers / routed layers)
-    seg: list[int] = [0, 0]  # current segment's tokens (unrouted, routed): deleted by DCM
-    narr: list[list[int]] = []  # FlowNar-C: per kept narration [tokens, routed tokens]
-    policy = cfg.cache_policy
-    windowed_text = policy.last_k_narrations is not None
-    window = policy.vision_window
-    frames: dict[int, list[int]] = {}  # a vision window's frames: frame -> [tokens, routed tokens]
-    frame = [0]  # the frame being fed
-    peak = [0]
+_OWNER = {layout.SEGMENT: "seg", layout.NARRATION: "narr", layout.PERMANENT: "perm"}
 
-    def total():
-        return state["perm"] + seg[0] + sum(x[0] for x in narr) + sum(x[0] for x in frames.values())
 
-    def total_r():
-        return state["perm_r"] + seg[1] + sum(x[1] for x in narr) + sum(x[1] for x in frames.values())
+class _CacheCount:
+    """The simulator's cache: token counts [all layers, MoD's routed layers] by who owns them (the pieces of
+    :mod:`flownar.layout`): kept for good, the current segment (deleted by DCM), each kept narration (FlowNar-C's
+    last k) and each frame of a vision window."""
 
-    def feed(parts):
-        """One forward of tagged parts [(tokens, of which <v>, kind)]; kind: 'perm', 'seg' or 'narr' (the
+    def __init__(self, cfg, layout_: Layout, trace: StreamTrace):
+        self.cfg, self.lay, self.tr = cfg, layout_, trace
+        self.policy = cfg.cache_policy
+        self.perm = [0, 0]  # tokens never deleted
+        self.seg = [0, 0]  # the current segment's tokens
+        self.narr: list[list[int]] = []  # per kept narration, when the policy keeps the last k
+        self.frames: dict[int, list[int]] = {}  # a vision window's frames: frame -> counts
+        self.frame = 0  # the frame being fed
+        self.peak = 0
+
+    def total(self, routed: int = 0) -> int:
+        return self.perm[routed] + self.seg[routed] + sum(x[routed] for x in [*self.narr, *self.frames.values()])
+
+    def feed(self, parts: list[tuple[int, int, str]]) -> None:
+        """One forward of tagged parts [(tokens, of which <v>, owner)]; owner 'perm', 'seg' or 'narr' (the
         narration being written)."""
-        n = sum(p[0] for p in parts)
-        v = sum(p[1] for p in parts)
-        tr.n.append(n)
-        tr.vision.append(v)
-        tr.cached.append(total())
-        tr.cached_routed.append(total_r())
-        for pn, pv, kind in parts:
-            nr = pn - pv + (pv // N) * k_sel
-            if kind == "seg" and window is not None:  # the frame's own tokens, dropped by the window
-                x = frames.setdefault(frame[0], [0, 0])
-                x[0] += pn
-                x[1] += nr
-            elif kind == "seg":
-                seg[0] += pn
-                seg[1] += nr
-            elif kind == "narr" and windowed_text:
-                narr[-1][0] += pn
-                narr[-1][1] += nr
+        tr, N = self.tr, self.lay.frame_tokens
+        tr.n.append(sum(p[0] for p in parts))
+        tr.vision.append(sum(p[1] for p in parts))
+        tr.cached.append(self.total())
+        tr.cached_routed.append(self.total(1))
+        for pn, pv, owner in parts:
+            routed = pn - pv + (pv // N) * self.cfg.mod_tokens_per_frame
+            if owner == "seg" and self.policy.vision_window is not None:  # the frame's tokens, dropped by the window
+                into = self.frames.setdefault(self.frame, [0, 0])
+            elif owner == "seg":
+                into = self.seg
+            elif owner == "narr" and self.policy.last_k_narrations is not None:
+                into = self.narr[-1]
             else:
-                state["perm"] += pn
-                state["perm_r"] += nr
-        peak[0] = max(peak[0], total())
+                into = self.perm
+            into[0] += pn
+            into[1] += routed
+        self.peak = max(self.peak, self.total())
 
-    owner = {layout.SEGMENT: "seg", layout.NARRATION: "narr", layout.PERMANENT: "perm"}
+    def feed_pieces(self, pieces) -> None:
+        size = {"assistant": self.lay.assistant}
+        self.feed([(sum(size.get(t, 1) for t in p.tokens), p.vision, _OWNER[p.owner]) for p in pieces])
 
-    def parts(pieces):
-        """The simulator's (tokens, of which <v>, kind) for a step's pieces (:mod:`flownar.layout`)."""
-        size = {"assistant": layout_.assistant}
-        return [(sum(size.get(t, 1) for t in p.tokens), p.vision, owner[p.owner]) for p in pieces]
-
-    def narrate(first: bool):
-        if windowed_text:
-            narr.append([0, 0])
-        feed(parts(layout.speak(first)))
-        for _ in range(layout_.text):
-            feed(parts([layout.narration_token()]))
-        tr.narrations += 1
-        segment, old = policy.dropped_after_narration(0, tr.narrations)
-        if segment is not None:
-            seg[0] = seg[1] = 0
-        elif seg[0]:  # no DCM: the segment becomes permanent
-            state["perm"] += seg[0]
-            state["perm_r"] += seg[1]
-            seg[0] = seg[1] = 0
+    def narrate(self, first: bool) -> None:
+        """A narration of ``layout.text`` tokens, one per forward (greedy decoding), then the policy's deletions."""
+        if self.policy.last_k_narrations is not None:
+            self.narr.append([0, 0])
+        self.feed_pieces(layout.speak(first))
+        for _ in range(self.lay.text):
+            self.feed_pieces([layout.narration_token()])
+        self.tr.narrations += 1
+        segment, old = self.policy.dropped_after_narration(0, self.tr.narrations)
+        if segment is None:  # no DCM: the segment becomes permanent
+            self.perm = [a + b for a, b in zip(self.perm, self.seg)]
+        self.seg = [0, 0]
         if old is not None:
-            narr.pop(0)
+            self.narr.pop(0)
 
+    def enter_frame(self, i: int) -> None:
+        """Frame ``i`` arrives: the frames that leave a vision window go."""
+        self.frame = i
+        upto = self.policy.frames_leaving(i)
+        if upto is not None:
+            for f in [f for f in self.frames if f <= upto]:
+                del self.frames[f]
+        self.peak = self.total()
+
+    def end_frame(self) -> None:
+        tr = self.tr
+        tr.frames += 1
+        tr.frame_forwards.append(len(tr.n))
+        tr.frame_memory_blocks.append(tr.memory_blocks)
+        tr.frame_tokens_after.append(self.total())
+        tr.frame_tokens_after_routed.append(self.total(1))
+        tr.frame_tokens_peak.append(self.peak)
+
+
+def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
+    """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for the system of ``cfg`` (its cache policy,
+    memory and MoD routing) without a model. Narrations happen at ``schedule`` frames (0 is forced), each
+    ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish`` forces one at the last
+    frame, as ``Narrator.finish`` does."""
+    tr = StreamTrace()
+    cache = _CacheCount(cfg, layout_, tr)
+    N, Q = layout_.frame_tokens, layout_.memory_tokens
     speak_at = set(schedule)
-    pending = False
-    last = -1
+    pending, last = False, -1
     for i in range(n_frames):
-        frame[0] = i
-        upto = policy.frames_leaving(i)
-        if upto is not None:  # frame i - window leaves as frame i arrives
-            for f in [f for f in frames if f <= upto]:
-                del frames[f]
-        peak[0] = total()
+        cache.enter_frame(i)
         if i == 0:
             run = layout_.prompt_frame_run
-            feed([(layout_.prompt_head - run, 0, "perm"), (run, N, "seg")])
-            narrate(first=True)
+            cache.feed([(layout_.prompt_head - run, 0, "perm"), (run, N, "seg")])
+            cache.narrate(first=True)
             pending, last = True, 0
         else:
             if pending:
-                step = policy.after_narration(N, Q, cfg.use_memory)
+                step = cache.policy.after_narration(N, Q, cfg.use_memory)
                 tr.memory_blocks += cfg.use_memory
                 pending = False
             else:
                 step = layout.silent_frame(N)
-            feed(parts(step))
+            cache.feed_pieces(step)
             if i in speak_at:
-                narrate(first=False)
+                cache.narrate(first=False)
                 pending, last = True, i
-        tr.frames += 1
-        tr.frame_forwards.append(len(tr.n))
-        tr.frame_memory_blocks.append(tr.memory_blocks)
-        tr.frame_tokens_after.append(total())
-        tr.frame_tokens_after_routed.append(total_r())
-        tr.frame_tokens_peak.append(peak[0])
+        cache.end_frame()
     if finish and n_frames and last != n_frames - 1:
-        narrate(first=False)
-        tr.frame_tokens_peak[-1] = max(tr.frame_tokens_peak[-1], peak[0])
+        cache.narrate(first=False)
+        tr.frame_tokens_peak[-1] = max(tr.frame_tokens_peak[-1], cache.peak)
     return tr
 
 

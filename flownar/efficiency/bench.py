@@ -131,9 +131,14 @@ def run_stream_bench(
         if i + 1 in marks:
             points.append(_point(narrator, i + 1, base_rss, t_all) | _cuda_point(cuda))
     total = time.perf_counter() - t_all
+    return _one_stream_record(narrator, engine, compile, capture, done, n_frames, total, points, times)
+
+
+def _one_stream_record(narrator, engine, compile, capture, done, n_frames, total, points, times) -> dict:
+    """:func:`run_stream_bench`'s record of one stream."""
     step = narrator.step_weights.compiled if narrator.step_weights is not None else None
     return {
-        "system": cfg.system,
+        "system": narrator.model.config.system,
         "engine": engine,
         "compile": compile,
         "capture": capture,

@@ -279,71 +279,62 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
     import matplotlib.pyplot as plt
 
     drawn = [s for s in registry.learned() if not registry.get(s).ablation]
+    fig4 = paper_fig4()
+    fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
+    for ax, llm in zip(axes, llms):
+        _memory_panel(ax, llm, drawn, results, fig4, segment_stats)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend for the memory panels, below them
+    fig.legend(handles, labels, loc="lower left", ncol=3, fontsize=7, frameon=False)
+    _speed_panel(axes[-1], drawn, results, fig4)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    return fig
+
+
+def _memory_panel(ax, llm: str, drawn: list[str], results: list[dict], fig4, segment_stats) -> None:
+    """One LLM size's memory vs stream length: analytic curves, the paper's points, our GPU measurements."""
     # the adaptations' curves lie on the curves of the systems they are built from: dashed and dotted, so those
     # stay visible under them
     adaptations = [s for s in drawn if registry.get(s).built_from]
     styles = dict(zip(adaptations, ("--", ":", "-.")))
-    fig4 = paper_fig4()
-    fig, axes = plt.subplots(1, len(llms) + 1, figsize=(5 * (len(llms) + 1), 4))
     frames = [1, 10, 100, 1000, 10_000]
-    for ax, llm in zip(axes, llms):
-        for system in drawn:  # a bounded visual cache is drawn out to 10^5 frames
-            fr = frames + ([100_000] if registry.get(system).policy.bounded_vision else [])
-            c = memory_curve(system, llm, fr, segment_stats)
-            ax.plot(
-                c["frames"],
-                (c["weights"] + c["kv"]) / 1e9,
-                styles.get(system, "-"),
-                color=registry.colour(system),
-                lw=2 if system in styles else 1.5,
-                label=f"{display_name(system)} (analytic)",
-            )
-            pts = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == display_name(system))]
-            ax.plot(pts.frames, pts.value, "o", mfc="none", color=registry.colour(system), ms=8)
-            for res in results:
-                if res["config"] != llm:
-                    continue
-                run = {r["system"]: r for r in res["runs"]}.get(system)
-                if run and "cuda_max_allocated_bytes" in run["points"][0]:
-                    ax.plot(
-                        [p["frames"] for p in run["points"]],
-                        [p["cuda_max_allocated_bytes"] / 1e9 for p in run["points"]],
-                        "x--",
-                        color=registry.colour(system),
-                    )
-        both = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == "all")]
-        ax.plot(both.frames, both.value, "ko", mfc="none", ms=8, label="paper (circles)")
-        ax.set(
-            xscale="log",
-            xlabel="frames in the stream",
-            ylabel="GPU memory (GB)",
-            title=f"{llm}: weights + KV cache (bf16)",
+    for system in drawn:  # a bounded visual cache is drawn out to 10^5 frames
+        colour = registry.colour(system)
+        fr = frames + ([100_000] if registry.get(system).policy.bounded_vision else [])
+        c = memory_curve(system, llm, fr, segment_stats)
+        ax.plot(
+            c["frames"],
+            (c["weights"] + c["kv"]) / 1e9,
+            styles.get(system, "-"),
+            color=colour,
+            lw=2 if system in styles else 1.5,
+            label=f"{display_name(system)} (analytic)",
         )
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()  # one legend for the memory panels, below them
-    fig.legend(handles, labels, loc="lower left", ncol=3, fontsize=7, frameon=False)
-    ax = axes[-1]
-    systems = drawn
+        pts = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == display_name(system))]
+        ax.plot(pts.frames, pts.value, "o", mfc="none", color=colour, ms=8)
+        for res in results:
+            run = {r["system"]: r for r in res["runs"]}.get(system) if res["config"] == llm else None
+            if run and "cuda_max_allocated_bytes" in run["points"][0]:
+                measured = [p["cuda_max_allocated_bytes"] / 1e9 for p in run["points"]]
+                ax.plot([p["frames"] for p in run["points"]], measured, "x--", color=colour)
+    both = fig4[(fig4.figure == "vram") & (fig4.llm == PAPER_LLM[llm]) & (fig4.method == "all")]
+    ax.plot(both.frames, both.value, "ko", mfc="none", ms=8, label="paper (circles)")
+    ax.set(
+        xscale="log", xlabel="frames in the stream", ylabel="GPU memory (GB)", title=f"{llm}: weights + KV cache (bf16)"
+    )
+    ax.grid(alpha=0.3)
+
+
+def _speed_panel(ax, systems: list[str], results: list[dict], fig4) -> None:
+    """Frames per second relative to VideoLLM-online: the paper's 1B bars, then each of our runs of one length."""
+    paper = fig4[(fig4.figure == "fps") & (fig4.llm == "1B")]
     groups = [
-        (
-            "paper 1B (H100)",
-            {
-                display_name(s): fig4[
-                    (fig4.figure == "fps") & (fig4.llm == "1B") & (fig4.method == display_name(s))
-                ].value.mean()
-                for s in systems
-            },
-        )
+        ("paper 1B (H100)", {display_name(s): paper[paper.method == display_name(s)].value.mean() for s in systems})
     ]
     for res in results:
         fps = {display_name(r["system"]): r["fps"] for r in res["runs"]}
         if display_name("videollm-online") in fps and len({r["frames"] for r in res["runs"]}) == 1:
-            groups.append(
-                (
-                    f"ours: {res['config']}, {res.get('label') or res['device'][:18]}, {res['runs'][0]['frames']} fr.",
-                    fps,
-                )
-            )
+            label = f"ours: {res['config']}, {res.get('label') or res['device'][:18]}, {res['runs'][0]['frames']} fr."
+            groups.append((label, fps))
     width = 0.8 / len(groups)
     for g, (label, fps) in enumerate(groups):
         base = fps[display_name("videollm-online")]
@@ -353,5 +344,3 @@ def plot_efficiency(results: list[dict], llms=("llama-3.2-1b", "llama-3.1-8b"), 
     ax.set(ylabel="frames/s relative to VideoLLM-online", title="speed (same narration schedule)")
     ax.axhline(1, color="k", lw=0.5)
     ax.legend(fontsize=7)
-    fig.tight_layout(rect=(0, 0.15, 1, 1))
-    return fig
