@@ -15,7 +15,20 @@ the frame after a narration    EOS -> narration; ``\\n`` -> narration (last-k sy
                                [``[`` M x Q ``]\\n`` -> segment: the memory block, CLAM systems];
                                ``[`` V x N -> segment
 speaking                       ``]\\n`` -> segment; ``Assistant:`` and each decoded token -> narration
+a question                     after a frame: ``]\\n`` -> segment; after a turn: its EOS and newline, and
+                               after a narration the memory block -> segment (the next one); then
+                               ``User: {question}\\nAssistant:`` and each answer token -> the answer's turn
+                               (:meth:`CachePolicy.before_question`, :func:`question`)
+the frame after an answer      EOS, ``\\n`` -> the answer's turn (or permanent); ``[`` V x N -> segment
+speaking after an answer       (the forced narration at the end) EOS, ``\\n`` as above; ``Assistant:`` ...
 =============================  ==========================================================================
+
+A narration and an answer are both *turns* (the engine's narration ids count turns). A question does not end a
+segment: DCM drops a segment's frames (all its runs, when questions split them) at its narration, as before; a
+last-k window keeps the last k turns, narrations and answers alike, a question leaving with its answer; a
+vision window treats the run-closing ``]\\n`` before a question as it treats the one before a narration. Without a
+window the question and answer stay. There is no memory block after an answer: the block after each narration
+(read after the narration frame) and the frames since are what the model sees.
 
 What is kept (:func:`dropped_after_narration`): once the narration of segment ``s`` is decoded, DCM drops the
 pieces owned by segment ``s`` (its frame run and the memory block before it); with ``last_k_narration = k`` the
@@ -42,7 +55,7 @@ SEGMENT, NARRATION, PERMANENT = "segment", "narration", "permanent"
 
 @dataclass(frozen=True)
 class Piece:
-    kind: str  # what the tokens are: "frames", "memory", "narration" or "other" (the engine's SlotTags kinds)
+    kind: str  # what the tokens are: "frames", "memory", "narration", "question" or "other" (SlotTags kinds)
     owner: str  # SEGMENT, NARRATION or PERMANENT: when the tokens leave the cache
     tokens: tuple[str, ...]  # symbols: v, m, silent (","), open ("["), close ("]\n"), eos, newline, assistant
 
@@ -56,14 +69,24 @@ def silent_frame(frame_tokens: int) -> list[Piece]:
     return [Piece("frames", SEGMENT, ("silent",) + ("v",) * frame_tokens)]
 
 
+def open_frame(frame_tokens: int) -> Piece:
+    """A frame that opens a new run (after a turn): ``[`` then its ``<v>`` tokens."""
+    return Piece("frames", SEGMENT, ("open",) + ("v",) * frame_tokens)
+
+
 def speak(first: bool = False) -> list[Piece]:
     """Speaking: close the frame run (not at frame 0, where the prompt closed it) and open the narration."""
     return ([] if first else [Piece("frames", SEGMENT, ("close",))]) + [Piece("narration", NARRATION, ("assistant",))]
 
 
 def narration_token() -> Piece:
-    """One decoded (or replayed) narration token."""
+    """One decoded (or replayed) narration or answer token."""
     return Piece("narration", NARRATION, ("text",))
+
+
+def question(tokens: int) -> Piece:
+    """A question's ``User: {question}\\nAssistant:`` (``tokens`` long; the engine fills in the ids)."""
+    return Piece("question", NARRATION, ("question",) * tokens)
 
 
 @dataclass(frozen=True)
@@ -119,16 +142,31 @@ class CachePolicy:
         ]
         if memory:
             pieces.append(Piece("memory", SEGMENT, ("open",) + ("m",) * memory_tokens + ("close",)))
-        pieces.append(Piece("frames", SEGMENT, ("open",) + ("v",) * frame_tokens))
-        return pieces
+        return pieces + [open_frame(frame_tokens)]
 
-    def dropped_after_narration(self, segment: int, narrations: int) -> tuple[int | None, int | None]:
-        """What leaves the cache once narration ``narrations - 1`` (of segment ``segment``) is decoded: (the
-        segment whose pieces go, or None; the narration whose pieces go, or None)."""
-        k = self.last_k_narrations
+    def after_answer(self, frame_tokens: int) -> list[Piece]:
+        """The first frame after an answer: its EOS and newline (as after a narration), the new frame run."""
+        return self.after_narration(frame_tokens, 0, memory=False)
+
+    def before_question(self, after: str | None, frame_tokens: int, memory_tokens: int, memory: bool) -> list[Piece]:
+        """What precedes a question's ``User:`` line: the open frame run's closing token (``after=None``), or the
+        EOS and newline of the turn just decoded (``"narration"``: and the memory block; ``"answer"``)."""
+        if after is None:
+            return [Piece("frames", SEGMENT, ("close",))]
+        if after == "narration":
+            return self.after_narration(frame_tokens, memory_tokens, memory)[:-1]
+        return self.after_answer(frame_tokens)[:-1]
+
+    def dropped_after_narration(self, segment: int, turns: int) -> tuple[int | None, int | None]:
+        """What leaves the cache once turn ``turns - 1``, a narration of segment ``segment``, is decoded: (the
+        segment whose pieces go, or None; the turn whose pieces go, or None)."""
         seg = segment if self.prune_at_narration else None
-        old = narrations - 1 - k if k is not None and narrations > k else None
-        return seg, old
+        return seg, self.dropped_after_answer(turns)
+
+    def dropped_after_answer(self, turns: int) -> int | None:
+        """The turn that leaves the cache once turn ``turns - 1``, an answer, is decoded (a last-k window), or None."""
+        k = self.last_k_narrations
+        return turns - 1 - k if k is not None and turns > k else None
 
     def frames_leaving(self, frame: int) -> int | None:
         """As ``frame`` arrives, the frames up to this index leave (a vision window), or None."""

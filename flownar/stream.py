@@ -44,7 +44,8 @@ import torch
 
 from . import layout
 from .data.chat import ChatTokenizer
-from .data.samples import Message, eval_prompt_messages
+from .data.samples import Message, Question, eval_prompt_messages
+from .engine.chunks import Chunk, ChunkBuilder
 from .engine.kv import ENGINES, SlotTags, make_kv_store
 from .engine.weights import StepWeights
 from .trigger import TriggerRule
@@ -63,6 +64,15 @@ class NarrationEvent:
 
 
 @dataclass
+class AnswerEvent:
+    frame: int  # the frame after which the question was asked (0 = the first frame pushed)
+    question: str
+    text: str  # the answer, decoded without special tokens, stripped
+    token_ids: list[int]
+    raw_text: str = ""  # special tokens kept, the EOS included when one was emitted
+
+
+@dataclass
 class StepRequest:
     """One decoder step a narrator needs: the tokens of ``chunk`` at positions ``start, ...`` on its cache, with
     ``frame`` (N, D) in the chunk's ``<v>`` run and the CLAM read-out ``memory`` (Q, D) in its ``<m>`` run.
@@ -72,7 +82,7 @@ class StepRequest:
     and frames in one call and advance their CLAM states as one batch (:func:`flownar.drive.drive_streams`)."""
 
     narrator: "Narrator"
-    chunk: "_Chunk"
+    chunk: Chunk
     start: int
     frame: torch.Tensor | None = None
     memory: torch.Tensor | None = None
@@ -91,22 +101,6 @@ class StepRequest:
         if self.advance:
             advance_memories([nr], [self.frame])
         return hidden
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """The tokens of one step, prepared once per pattern (a silent frame, the frame after a narration, speaking, a
-    decoded token) so that the per-frame path builds no lists: ids (host and device), the SlotTags kind codes, which
-    tokens belong to the current segment / narration, and where the placeholder runs are."""
-
-    ids: list[int]
-    ids_t: torch.Tensor  # (n,) on the device, clamped to the vocabulary (placeholders are overwritten)
-    kind: np.ndarray  # (n,) int8 SlotTags kind codes
-    seg_owned: np.ndarray  # (n,) bool: tagged with the current segment (else PERMANENT)
-    nar_owned: np.ndarray  # (n,) bool: tagged with the narration being fed (else PERMANENT)
-    v: slice | None  # the <v> run
-    m: slice | None  # the <m> run
-    frame_positions: torch.Tensor | None  # (1, N) positions of the <v> run (MoD routing), else None
 
 
 @dataclass
@@ -165,24 +159,12 @@ class Narrator:
             raise ValueError("compile=True / capture=True need the static engine")
         self.engine, self.cache_capacity, self.fuse, self.compile = engine, cache_capacity, fuse, compile
         self.capture = capture
-        self._chunks: dict[tuple, _Chunk] = {}
         self.step_weights: StepWeights | None = step_weights
 
         self.model = model.eval()
         self.cfg = model.config
         self.chat = chat
         self.trigger = TriggerRule(threshold_high, threshold_low, avg_duration, rule)
-        c = chat
-        self._symbols = {  # the layout's token symbols -> ids of this tokenizer
-            "v": [self.cfg.v_placeholder_id],
-            "m": [self.cfg.m_placeholder_id],
-            "silent": [c.silent_id],
-            "open": [c.open_id],
-            "close": [c.speak_id],
-            "eos": [c.eos_id],
-            "newline": [c.newline_id],
-            "assistant": list(c.assistant_prompt_ids),
-        }
         self._silent = layout.silent_frame(self.cfg.frame_num_tokens)
         self.max_new_tokens = max_new_tokens
         kw = {}
@@ -194,6 +176,7 @@ class Narrator:
         self.record_logits = record_logits
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self.chunks = ChunkBuilder(self.cfg, chat, self.device)  # a step's pieces -> token ids and tags
         self.policy = self.cfg.cache_policy  # what leaves the cache (flownar.layout.CachePolicy)
         if self.cfg.mod and self.policy.evicts:
             raise NotImplementedError(
@@ -220,15 +203,16 @@ class Narrator:
         self.tags = SlotTags(self.cache_capacity)  # one entry per cached token (of the unrouted layers)
         self.pos = 0  # next position id (counts deleted tokens too)
         self.frame = -1  # index of the last pushed frame
-        self.segment = 0  # index of the current frame run
-        self.narration_count = 0
-        self.pending_eos = False
+        self.segment = 0  # index of the current segment (it ends at a narration; questions split its frame run)
+        self.turns = 0  # assistant turns decoded: narrations and answers (the tags' narration ids count turns)
+        self.pending: str | None = None  # "narration" / "answer": that turn's EOS is fed with the next step
         self.last_narration_frame = 0
         self.memory = None  # the memory tokens being fed, (Q, D)
         kind = self.cfg.memory_kind  # this stream's memory state (flownar.models.memory), None without memory
         self.memory_stream = kind.stream(self.model, self.device, self.dtype) if kind is not None else None
         self.counters = StreamCounters()
         self.events: list[NarrationEvent] = []
+        self.answers: list[AnswerEvent] = []
         self.fed_ids: list[int] = []  # every token id fed, in order (for tests and debugging)
         self.fed_logits: list[torch.Tensor] = []
 
@@ -254,63 +238,7 @@ class Narrator:
         return {**out, **{f"tokens_{k}": v for k, v in sorted(self.tags.counts().items())}}
 
     # ------------------------------------------------------------------ feeding
-    def _make_chunk(self, ids: list[int], kinds: list[str], seg_owned: list[bool], nar_owned: list[bool]) -> _Chunk:
-        vocab = self.cfg.vocab_size
-        v = self._run(ids, self.cfg.v_placeholder_id)
-        fp = None
-        if self.cfg.mod and v is not None:  # MoD: where the frame's tokens are among the new ones
-            fp = torch.arange(v.start, v.stop, device=self.device).view(-1, self.cfg.frame_num_tokens)
-        return _Chunk(
-            ids=list(ids),
-            ids_t=torch.tensor([min(i, vocab - 1) for i in ids], device=self.device),
-            kind=np.array([SlotTags.KINDS.index(k) for k in kinds], np.int8),
-            seg_owned=np.array(seg_owned, bool),
-            nar_owned=np.array(nar_owned, bool),
-            v=v,
-            m=self._run(ids, self.cfg.m_placeholder_id),
-            frame_positions=fp,
-        )
-
-    def _chunk(self, pieces) -> _Chunk:
-        """The :class:`_Chunk` of a step's pieces (:mod:`flownar.layout`), built once per pattern."""
-        key = tuple(pieces)
-        c = self._chunks.get(key)
-        if c is None:
-            ids, kinds, seg, nar = [], [], [], []
-            for piece in pieces:
-                for sym in piece.tokens:
-                    run = self._symbols[sym]
-                    ids += run
-                    kinds += [piece.kind] * len(run)
-                    seg += [piece.owner == layout.SEGMENT] * len(run)
-                    nar += [piece.owner == layout.NARRATION] * len(run)
-            c = self._chunks[key] = self._make_chunk(ids, kinds, seg, nar)
-        return c
-
-    def _token_chunk(self, token: int) -> _Chunk:
-        """One decoded (or replayed) narration token (kept for the most frequent 4096 tokens of a run)."""
-        key = ("token", token)
-        c = self._chunks.get(key)
-        if c is None:
-            c = self._make_chunk([token], ["narration"], [False], [True])
-            if len(self._chunks) < 4096:
-                self._chunks[key] = c
-        return c
-
-    @staticmethod
-    def _run(ids: list[int], token: int) -> slice | None:
-        """The contiguous run of ``token`` in ``ids`` (placeholders always come in one run per fed chunk)."""
-        if token not in ids:
-            return None
-        a = ids.index(token)
-        b = a
-        while b < len(ids) and ids[b] == token:
-            b += 1
-        if token in ids[b:]:
-            raise ValueError("placeholder tokens must form one contiguous run per forward")
-        return slice(a, b)
-
-    def _feed(self, chunk: _Chunk, narration: int = PERMANENT, frame: torch.Tensor | None = None, advance=False):
+    def _feed(self, chunk: Chunk, narration: int = PERMANENT, frame: torch.Tensor | None = None, advance=False):
         """Run the model on a chunk of new tokens; returns the logits of the last one. Its tokens are tagged with
         the current segment and with ``narration`` where the chunk says they belong to them. ``advance``: CLAM's
         state takes in ``frame`` along with the step (systems with memory).
@@ -329,7 +257,7 @@ class Narrator:
         self.tags.add_codes(
             chunk.kind,
             np.where(chunk.seg_owned, self.segment, PERMANENT),
-            np.where(chunk.nar_owned, narration, PERMANENT),
+            np.where(chunk.nar_owned, narration + chunk.nar_next, PERMANENT),
             self.frame,  # kept for "frames" tokens only (the vision window)
         )
         self.pos += n
@@ -351,17 +279,38 @@ class Narrator:
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, first_logits: torch.Tensor) -> tuple[list[int], bool]:
-        """Greedy narration: feed argmax tokens until EOS (not fed) or the cap. Returns (ids, capped)."""
+        """Greedy narration or answer: feed argmax tokens until EOS (not fed) or the cap. Returns (ids, capped)."""
         out: list[int] = []
         logits = first_logits
-        nid = self.narration_count
+        nid = self.turns
         for _ in range(self.max_new_tokens):
             tok = int(logits.argmax())
             if tok == self.chat.eos_id:
                 return out, False
             out.append(tok)
-            logits = yield from self._feed(self._token_chunk(tok), nid)
+            logits = yield from self._feed(self.chunks.token(tok), nid)
         return out, True
+
+    def _turn_text(self, logits: torch.Tensor, script_text: str | list[int] | None):
+        """Decode a turn greedily from ``logits``, or replay ``script_text`` (text or token ids) one token per
+        forward. Returns (ids, capped)."""
+        if script_text is None:
+            return (yield from self._decode(logits))
+        ids = (
+            self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
+            if isinstance(script_text, str)
+            else list(script_text)
+        )
+        for t in ids:
+            yield from self._feed(self.chunks.token(t), self.turns)
+        return ids, False
+
+    def _end_turn(self, ids: list[int], capped: bool, kind: str) -> str:
+        """Count a decoded turn; its EOS is fed with the next step. Returns its raw text."""
+        self.counters.capped += capped
+        self.turns += 1
+        self.pending = kind
+        return self.chat.decode_raw(ids + ([] if capped else [self.chat.eos_id]))
 
     def _narrate(
         self,
@@ -373,34 +322,49 @@ class Narrator:
     ) -> NarrationEvent:
         """Speak at ``frame_idx``: feed ``pieces`` (:func:`flownar.layout.speak`), decode (or replay) the narration,
         then drop what the cache policy drops (:meth:`flownar.layout.CachePolicy.dropped_after_narration`)."""
-        nid = self.narration_count
-        logits = yield from self._feed(self._chunk(pieces), nid)
-        if script_text is not None:  # replay a given narration (teacher-forced schedules, benchmarks)
-            ids = (
-                self.chat.tok(" " + script_text, add_special_tokens=False)["input_ids"]
-                if isinstance(script_text, str)
-                else list(script_text)
-            )  # text, or token ids (benchmarks)
-            for t in ids:
-                yield from self._feed(self._token_chunk(t), nid)
-            capped = False
-        else:
-            ids, capped = yield from self._decode(logits)
-        if capped:
-            self.counters.capped += 1
+        logits = yield from self._feed(self.chunks.pieces(pieces), self.turns)
+        ids, capped = yield from self._turn_text(logits, script_text)
         self.counters.narrations += 1
-        self.narration_count += 1
-        self.pending_eos = True
         self.last_narration_frame = frame_idx
-        segment, narration = self.policy.dropped_after_narration(self.segment, self.narration_count)
-        if segment is not None:  # DCM: the segment's frame run and the memory block before it
+        raw = self._end_turn(ids, capped, "narration")
+        segment, turn = self.policy.dropped_after_narration(self.segment, self.turns)
+        if segment is not None:  # DCM: the segment's frame runs and the memory block before them
             self._delete(self.tags.keep_mask(segment=segment))
-        if narration is not None:  # FlowNar-C: the narration that left the window
-            self._delete(self.tags.keep_mask(narration=narration))
+        if turn is not None:  # a last-k window: the turn that left it
+            self._delete(self.tags.keep_mask(narration=turn))
         self.segment += 1
-        raw = self.chat.decode_raw(ids + ([] if capped else [self.chat.eos_id]))
         ev = NarrationEvent(frame_idx, self.chat.decode(ids), ids, forced, p_silent, raw)
         self.events.append(ev)
+        return ev
+
+    def _after_turn(self, frame_tokens: int) -> list:
+        """The pieces that feed the EOS (and the newline, and after a narration the memory block) of the turn just
+        decoded, before anything else; reads the memory for its block."""
+        if self.pending == "narration" and self.has_memory:
+            self.memory = self._read_memory()  # (Q, D) after the narration frame
+        return self.policy.before_question(self.pending, frame_tokens, self.chat.num_m_tokens, self.has_memory)
+
+    def ask_steps(self, question: str, answer: str | list[int] | None = None):
+        """:meth:`ask` as a step generator."""
+        if self.frame < 0:
+            raise ValueError("a question is asked after a frame: push the first frame before asking")
+        qids = self.chat.question_ids(question)
+        if self.pos + len(qids) + self.max_new_tokens > self.cfg.max_position_embeddings:
+            raise ValueError(
+                f"the question ({len(qids)} tokens) and its answer do not fit in the model's context "
+                f"({self.cfg.max_position_embeddings} positions, {self.pos} used)"
+            )
+        pieces = self._after_turn(self.cfg.frame_num_tokens) + [layout.question(len(qids))]
+        chunk = self.chunks.pieces(pieces, fill=qids)
+        # the EOS and newline before it belong to the turn before; the question to its own (the answer's) turn
+        logits = yield from self._feed(chunk, self.turns - 1)
+        ids, capped = yield from self._turn_text(logits, answer)
+        raw = self._end_turn(ids, capped, "answer")
+        turn = self.policy.dropped_after_answer(self.turns)
+        if turn is not None:
+            self._delete(self.tags.keep_mask(narration=turn))
+        ev = AnswerEvent(self.frame, question, self.chat.decode(ids), ids, raw)
+        self.answers.append(ev)
         return ev
 
     # ------------------------------------------------------------------ public API
@@ -415,9 +379,17 @@ class Narrator:
         return self._drive(self.push_steps(frame, speak, script_text))
 
     @torch.no_grad()
-    def finish(self) -> NarrationEvent | None:
-        """End of the video: force a narration at the last frame unless it just narrated."""
-        return self._drive(self.finish_steps())
+    def ask(self, question: str, answer: str | list[int] | None = None) -> AnswerEvent:
+        """Ask ``question`` now, after the last pushed frame (and its narration, if it spoke): the model answers at
+        once, greedily (``answer``: replay this text or these token ids instead), then the stream goes on with the
+        next :meth:`push`. The layout and what the cache keeps of it: :mod:`flownar.layout`."""
+        return self._drive(self.ask_steps(question, answer))
+
+    @torch.no_grad()
+    def finish(self, script_text: str | list[int] | None = None) -> NarrationEvent | None:
+        """End of the video: force a narration at the last frame unless it just narrated (``script_text``: replay
+        this text or these token ids instead of decoding)."""
+        return self._drive(self.finish_steps(script_text))
 
     def _drive(self, gen):
         """Run one of the narrator's step generators to its end on this stream's own cache; returns its value."""
@@ -449,15 +421,13 @@ class Narrator:
             self._delete(self.tags.keep_mask(frames_upto=upto))
         if i == 0:
             return (yield from self._prompt(frame, script_text))
-        if self.pending_eos:
-            pieces = self.policy.after_narration(self.cfg.frame_num_tokens, self.chat.num_m_tokens, self.has_memory)
-            if self.has_memory:
-                self.memory = self._read_memory()  # (Q, D) after the narration frame
-            # the EOS and the newline belong to the narration just decoded
-            logits = yield from self._feed(self._chunk(pieces), self.narration_count - 1, frame, self.has_memory)
-            self.pending_eos = False
+        if self.pending is not None:
+            # the EOS and the newline belong to the turn just decoded (after a narration: then the memory block)
+            pieces = self._after_turn(self.cfg.frame_num_tokens) + [layout.open_frame(self.cfg.frame_num_tokens)]
+            logits = yield from self._feed(self.chunks.pieces(pieces), self.turns - 1, frame, self.has_memory)
+            self.pending = None
         else:
-            logits = yield from self._feed(self._chunk(self._silent), PERMANENT, frame, self.has_memory)
+            logits = yield from self._feed(self.chunks.pieces(self._silent), PERMANENT, frame, self.has_memory)
         p = torch.softmax(logits, dim=-1)
         p_silent = float(p[self.chat.silent_id])
         if speak is None:
@@ -480,33 +450,53 @@ class Narrator:
         kinds, segs, nars = zip(*head_tags)
         if any(n != PERMANENT for n in nars) or any(g not in (PERMANENT, self.segment) for g in segs):
             raise AssertionError(f"prompt tags {head_tags} outside the current segment")
-        chunk = self._make_chunk(head, list(kinds), [g != PERMANENT for g in segs], [False] * len(head))
+        chunk = self.chunks.tokens(head, list(kinds), [g != PERMANENT for g in segs], [False] * len(head))
         yield from self._feed(chunk, PERMANENT, frame)
         return (yield from self._narrate(0, layout.speak(first=True), True, float("nan"), script_text=script_text))
 
-    def finish_steps(self):
+    def finish_steps(self, script_text: str | list[int] | None = None):
         """:meth:`finish` as a step generator."""
         if self.frame < 0 or (self.events and self.events[-1].frame == self.frame):
             return None
-        return (yield from self._narrate(self.frame, layout.speak(), True, float("nan")))
+        pieces = layout.speak() if self.pending is None else self._after_turn(0) + layout.speak(first=True)
+        return (yield from self._narrate(self.frame, pieces, True, float("nan"), script_text))
 
-    def clip_steps(self, frames: torch.Tensor):
-        """A whole clip as one step generator (reset, every frame, finish); returns the events."""
+    def clip_steps(self, frames: torch.Tensor, questions: list[Question] = ()):
+        """A whole clip as one step generator (reset, every frame and the questions asked after it, finish);
+        returns the narration events (the answers are in :attr:`answers`)."""
         self.reset()
-        for f in frames:
+        at = _by_frame(questions, len(frames))
+        for i, f in enumerate(frames):
             yield from self.push_steps(f, None, None)
+            for q in at.get(i, ()):
+                yield from self.ask_steps(q.text)
         yield from self.finish_steps()
         return self.events
 
-    def narrate(self, frames: torch.Tensor, progress: bool = False) -> list[NarrationEvent]:
-        """Narrate a whole clip ``(T, tokens, D)``; returns every narration event."""
+    def narrate(
+        self, frames: torch.Tensor, progress: bool = False, questions: list[Question] = ()
+    ) -> list[NarrationEvent]:
+        """Narrate a whole clip ``(T, tokens, D)``, answering ``questions`` after their frames; returns every
+        narration event (the answers are in :attr:`answers`)."""
         from tqdm.auto import tqdm
 
         self.reset()
-        for f in tqdm(frames, disable=not progress, desc="narrating", leave=False):
+        at = _by_frame(questions, len(frames))
+        for i, f in enumerate(tqdm(frames, disable=not progress, desc="narrating", leave=False)):
             self.push(f)
+            for q in at.get(i, ()):
+                self.ask(q.text)
         self.finish()
         return self.events
+
+
+def _by_frame(questions: list[Question], n_frames: int) -> dict[int, list[Question]]:
+    at: dict[int, list[Question]] = {}
+    for q in questions:
+        if not 0 <= q.frame < n_frames:
+            raise ValueError(f"a question at frame {q.frame}, outside the clip's frames 0..{n_frames - 1}: {q.text!r}")
+        at.setdefault(q.frame, []).append(q)
+    return at
 
 
 def prompt_plan(

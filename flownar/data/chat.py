@@ -8,11 +8,16 @@ Layout (``V`` = ``frame_num_tokens`` x ``<v>``, ``M`` = ``num_m_tokens`` x ``<m>
     \\n[M]                                 memory block (systems with memory)
     \\n[V,V,...,V]                         the frames of the next segment
     \\nAssistant: {narration_2}<eos> ...
+    \\n[V,V]\\nUser: {question}          a question during the stream after a frame
+    \\nAssistant: {answer}<eos>            or after a narration (and its memory block); answered at once
+    \\n[V,...]
 
 Labels (pre-shifted, ``labels[i-1] = input_ids[i]``, as reference 3.3):
 
 * every learned frame is labelled at its *last* ``<v>`` with the token that follows the frame: the frame
-  separator (``,`` = stay silent) or the token that closes the run (``]\\n`` with Llama-3 = speak now);
+  separator (``,`` = stay silent) or the token that closes the run (``]\\n`` with Llama-3 = speak now); a run
+  that a question closes is labelled "stay silent" at its last frame (the question comes after that decision);
+* an answer is learned as a narration is (from ``Assistant`` through the EOS); the question is not;
 * every assistant turn is labelled from the ``Assistant`` marker through the EOS, so the token before
   ``Assistant`` predicts it; the newline after EOS, memory, brackets, system, user line and the first frame are
   never learned.
@@ -35,7 +40,7 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Span:
-    kind: str  # "system" | "user" | "frames" | "memory" | "narration"
+    kind: str  # "system" | "user" | "frames" | "memory" | "narration" | "question" | "answer"
     start: int  # first token
     stop: int  # one past the last token
     index: int  # ordinal among spans of this kind
@@ -72,6 +77,7 @@ class _Rendered:
     frame_chars: list[int]  # char start of each frame's <v> run (clip-relative frame order)
     memory_chars: list[int]  # char start of each memory block's <m> run
     decision_chars: list[int]  # char of the separator after each *learned* frame
+    silent_chars: list[int]  # of those, the run-closing "]" that a question forced: labelled "stay silent"
     learn_ranges: list[tuple[int, int]]  # assistant learn ranges (char_start, char_stop)
 
 
@@ -107,6 +113,24 @@ class ChatTokenizer:
         after = self._ids(f"{V_TOKEN}]\nAssistant:")
         self.assistant_prompt_ids = after[2:] if after[1] == self.speak_id else after[1:]
 
+    def question_ids(self, question: str) -> list[int]:
+        """The tokens of a question turn, ``User: {question}\\nAssistant:``, as they follow a frame run's closing
+        ``]\\n`` or a turn's EOS and newline (the rendering of :meth:`render`; the same in both places, else an
+        error: the tokenizer would merge the turn with what precedes it)."""
+        if not question.strip():
+            raise ValueError("an empty question")
+        turn = f"User: {question}\nAssistant:"
+        after_eos = self._ids(f"{self.eos_token}\n{turn}")
+        after_run = self._ids(f"{V_TOKEN}]\n{turn}")
+        if (
+            after_eos[:2] != [self.eos_id, self.newline_id]
+            or after_run[:2] != [self.v_id, self.speak_id]
+            or after_eos[2:] != after_run[2:]
+            or after_eos[-len(self.assistant_prompt_ids) :] != self.assistant_prompt_ids
+        ):
+            raise ValueError(f"the tokenizer merges the question turn {turn!r} with the tokens around it")
+        return after_eos[2:]
+
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
@@ -121,7 +145,7 @@ class ChatTokenizer:
         """Render messages to text, recording character positions for labels and spans."""
         parts: list[str] = []
         pos = 0
-        spans, frame_chars, memory_chars, decision_chars, learn = [], [], [], [], []
+        spans, frame_chars, memory_chars, decision_chars, silent_chars, learn = [], [], [], [], [], []
         counters: dict[str, int] = {}
         v_run = V_TOKEN * self.frame_num_tokens
 
@@ -152,6 +176,8 @@ class ChatTokenizer:
                     frame_chars.append(emit(v_run))
                     if m.learn:
                         decision_chars.append(pos)  # the char after the frame: "," or "]"
+                if m.learn and m.silent_end:
+                    silent_chars.append(pos)
                 emit("]")
                 span("frames", a, pos)
             elif m.role == "memory":
@@ -163,18 +189,18 @@ class ChatTokenizer:
             elif m.role == "user":
                 emit("\n")
                 a = emit("User: " + m.content)
-                span("user", a, pos)
+                span("question" if m.qa else "user", a, pos)
             elif m.role == "assistant":
                 emit("\n")
                 a = emit("Assistant: " + m.content + self.eos_token)
-                span("narration", a, pos)
+                span("answer" if m.qa else "narration", a, pos)
                 if m.learn:
                     learn.append((a, pos))
             else:
                 raise ValueError(f"unknown message role {m.role!r}")
         if add_generation_prompt:
             emit("\nAssistant:")
-        return _Rendered("".join(parts), spans, frame_chars, memory_chars, decision_chars, learn)
+        return _Rendered("".join(parts), spans, frame_chars, memory_chars, decision_chars, silent_chars, learn)
 
     def render_text(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
         return self.render(messages, add_generation_prompt).text
@@ -209,11 +235,12 @@ class ChatTokenizer:
             return t
 
         labels = torch.full_like(ids, IGNORE_INDEX)
+        silent = set(r.silent_chars)
         for c in r.decision_chars:
             i = tok_at(c)
             if int(ids[i - 1]) != self.v_id:
                 raise ValueError(f"the token before the frame separator at char {c} is not {V_TOKEN}")
-            labels[i - 1] = ids[i]
+            labels[i - 1] = ids[i] if c not in silent else self.silent_id
         for a, b in r.learn_ranges:
             for i in range(tok_at(a), tok_at(b - 1) + 1):
                 if a <= starts[i] < b:

@@ -52,6 +52,18 @@ class Message:
     content: str = ""
     num_frames: int = 0  # stream only
     learn: bool = False
+    qa: bool = False  # user / assistant: a question asked during the stream / its answer (not a narration)
+    silent_end: bool = False  # stream: a question closes the run, so its last frame's decision is "stay silent"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A user turn during the stream: asked right after clip-relative ``frame`` (after that frame's narration,
+    if any), answered at once with ``answer`` (None: not known, e.g. when a person asks)."""
+
+    frame: int
+    text: str
+    answer: str | None = None
 
 
 @dataclass
@@ -63,7 +75,8 @@ class StreamSample:
     messages: list[Message]
     frames: range  # absolute frame indices into the video's feature file
     mem_frame_indices: list[int] = field(default_factory=list)  # clip-relative frame each memory block reads after
-    narration_frames: list[int] = field(default_factory=list)  # clip-relative frame of each assistant turn
+    narration_frames: list[int] = field(default_factory=list)  # clip-relative frame of each narration
+    questions: list[Question] = field(default_factory=list)  # the questions asked in it, in order
 
     @property
     def num_frames(self) -> int:
@@ -152,16 +165,75 @@ def make_stream_sample(
         instruction = random.Random(f"{seed}:{stream.stream_id}").choice(instructions)
     messages = [Message("system", system_prompt), first, Message("user", instruction)] + msgs[1:]
 
-    # clip-relative bookkeeping: where each narration is emitted, and after which frame each memory block reads
-    narration_frames, mem_frames, f = [], [], -1
-    for m in messages:
+    return _sample_from(stream.stream_id, stream.video_uid, messages, frames)
+
+
+def _sample_from(sample_id: str, video_uid: str, messages: list[Message], frames: range) -> StreamSample:
+    """A sample with its clip-relative bookkeeping: where each narration is emitted, after which frame each memory
+    block reads, which questions are asked where."""
+    narration_frames, mem_frames, questions, f = [], [], [], -1
+    for i, m in enumerate(messages):
         if m.role == "stream":
             f += m.num_frames
-        elif m.role == "assistant":
+        elif m.role == "assistant" and not m.qa:
             narration_frames.append(f)
         elif m.role == "memory":
             mem_frames.append(f)
-    return StreamSample(stream.stream_id, stream.video_uid, messages, frames, mem_frames, narration_frames)
+        elif m.role == "user" and m.qa:
+            questions.append(Question(f, m.content, messages[i + 1].content))
+    return StreamSample(sample_id, video_uid, messages, frames, mem_frames, narration_frames, questions)
+
+
+def with_questions(sample: StreamSample, questions: list[Question], use_memory: bool) -> StreamSample:
+    """``sample`` with each question inserted as a user turn and its answer right after clip-relative frame
+    ``q.frame``: after that frame's narration and the memory block that follows it (one is added after a last
+    narration, with memory), after earlier questions at that frame; a frame run that a question interrupts is
+    split there, its last frame labelled "stay silent" (the question came after the decision). Questions need
+    their answers (they are learned)."""
+    by_frame: dict[int, list[Question]] = {}
+    for q in questions:
+        if not 0 <= q.frame < sample.num_frames:
+            raise ValueError(
+                f"{sample.sample_id}: a question at frame {q.frame}, outside the clip's 0..{sample.num_frames - 1}"
+            )
+        if not q.text.strip() or not (q.answer or "").strip():
+            raise ValueError(f"{sample.sample_id}: a question at frame {q.frame} without text or answer: {q}")
+        by_frame.setdefault(q.frame, []).append(q)
+    out: list[Message] = []
+    f = -1  # the last frame of the messages so far
+
+    def turns(at: int) -> list[Message]:
+        return [
+            m
+            for q in by_frame.pop(at, [])
+            for m in (Message("user", q.text, qa=True), Message("assistant", q.answer, learn=True, qa=True))
+        ]
+
+    msgs = sample.messages
+    for i, m in enumerate(msgs):
+        if m.role == "stream":
+            while True:  # questions inside the run (not at its last frame) split it
+                inside = sorted(t for t in by_frame if f < t < f + m.num_frames)
+                if not inside:
+                    break
+                n = inside[0] - f
+                out.append(Message("stream", num_frames=n, learn=m.learn, silent_end=True))
+                out += turns(inside[0])
+                f += n
+                m = Message("stream", num_frames=m.num_frames - n, learn=m.learn, silent_end=m.silent_end)
+            out.append(m)
+            f += m.num_frames
+            continue
+        out.append(m)
+        after_narration = m.role == "assistant" and not m.qa and i > 0
+        nxt = msgs[i + 1] if i + 1 < len(msgs) else None
+        if m.role == "memory" or (after_narration and (nxt is None or nxt.role != "memory")):
+            if f in by_frame and m.role != "memory" and use_memory:
+                out.append(Message("memory"))
+            out += turns(f)
+    if by_frame:  # a sample ends with a narration, so every frame has a place for its questions
+        raise AssertionError(f"{sample.sample_id}: questions left at frames {sorted(by_frame)}")
+    return _sample_from(sample.sample_id, sample.video_uid, out, sample.frames)
 
 
 def build_stream_samples(
@@ -194,7 +266,9 @@ __all__ = [
     "NARRATION_INSTRUCTIONS",
     "MAX_NUM_FRAMES",
     "Message",
+    "Question",
     "StreamSample",
+    "with_questions",
     "EvalClip",
     "frame_of",
     "stream_conversation",

@@ -129,6 +129,7 @@ class StreamTrace:
     frame_forwards: list[int] = field(default_factory=list)  # forwards done by the end of each frame
     frame_memory_blocks: list[int] = field(default_factory=list)  # memory blocks fed by the end of each frame
     narrations: int = 0
+    answers: int = 0
     frames: int = 0
     memory_blocks: int = 0
 
@@ -155,9 +156,10 @@ class _CacheCount:
         return self.perm[routed] + self.seg[routed] + sum(x[routed] for x in [*self.narr, *self.frames.values()])
 
     def feed(self, parts: list[tuple[int, int, str]]) -> None:
-        """One forward of tagged parts [(tokens, of which <v>, owner)]; owner 'perm', 'seg' or 'narr' (the
-        narration being written)."""
+        """One forward of tagged parts [(tokens, of which <v>, owner)]; owner 'perm', 'seg', 'narr' (the turn being
+        written, or whose EOS is fed) or 'next' (a question: the turn after it)."""
         tr, N = self.tr, self.lay.frame_tokens
+        windowed = self.policy.last_k_narrations is not None
         tr.n.append(sum(p[0] for p in parts))
         tr.vision.append(sum(p[1] for p in parts))
         tr.cached.append(self.total())
@@ -168,7 +170,9 @@ class _CacheCount:
                 into = self.frames.setdefault(self.frame, [0, 0])
             elif owner == "seg":
                 into = self.seg
-            elif owner == "narr" and self.policy.last_k_narrations is not None:
+            elif owner in ("narr", "next") and windowed:
+                if owner == "next":  # a question opens its answer's turn
+                    self.narr.append([0, 0])
                 into = self.narr[-1]
             else:
                 into = self.perm
@@ -178,21 +182,43 @@ class _CacheCount:
 
     def feed_pieces(self, pieces) -> None:
         size = {"assistant": self.lay.assistant}
-        self.feed([(sum(size.get(t, 1) for t in p.tokens), p.vision, _OWNER[p.owner]) for p in pieces])
+        owner = {**_OWNER, "question": "next"}
+        self.feed(
+            [(sum(size.get(t, 1) for t in p.tokens), p.vision, owner.get(p.kind, owner[p.owner])) for p in pieces]
+        )
 
-    def narrate(self, first: bool) -> None:
-        """A narration of ``layout.text`` tokens, one per forward (greedy decoding), then the policy's deletions."""
-        if self.policy.last_k_narrations is not None:
-            self.narr.append([0, 0])
-        self.feed_pieces(layout.speak(first))
+    def after_turn(self, pending: str | None) -> list:
+        """The pieces that feed the pending turn's EOS and newline (and after a narration the memory block)."""
+        memory = self.cfg.use_memory
+        self.tr.memory_blocks += pending == "narration" and memory
+        return self.policy.before_question(pending, self.lay.frame_tokens, self.lay.memory_tokens, memory)
+
+    def _text(self) -> None:
+        """A turn's ``layout.text`` tokens, one per forward (greedy decoding)."""
         for _ in range(self.lay.text):
             self.feed_pieces([layout.narration_token()])
+
+    def narrate(self, first: bool, after: str | None = None) -> None:
+        """A narration (right ``after`` an answer: the forced one at the end), then the policy's deletions."""
+        if self.policy.last_k_narrations is not None:
+            self.narr.append([0, 0])
+        pieces = layout.speak(first) if after is None else self.after_turn(after) + layout.speak(first=True)
+        self.feed_pieces(pieces)
+        self._text()
         self.tr.narrations += 1
-        segment, old = self.policy.dropped_after_narration(0, self.tr.narrations)
+        segment, old = self.policy.dropped_after_narration(0, self.tr.narrations + self.tr.answers)
         if segment is None:  # no DCM: the segment becomes permanent
             self.perm = [a + b for a, b in zip(self.perm, self.seg)]
         self.seg = [0, 0]
         if old is not None:
+            self.narr.pop(0)
+
+    def ask(self, question_tokens: int, pending: str | None) -> None:
+        """A question (``question_tokens`` long) and its answer (``layout.text`` tokens), then the window's deletion."""
+        self.feed_pieces(self.after_turn(pending) + [layout.question(question_tokens)])
+        self._text()
+        self.tr.answers += 1
+        if self.policy.dropped_after_answer(self.tr.narrations + self.tr.answers) is not None:
             self.narr.pop(0)
 
     def enter_frame(self, i: int) -> None:
@@ -214,37 +240,42 @@ class _CacheCount:
         tr.frame_tokens_peak.append(self.peak)
 
 
-def simulate_stream(cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True) -> StreamTrace:
+def simulate_stream(
+    cfg, layout_: Layout, schedule: list[int], n_frames: int, finish: bool = True, asks: list[tuple[int, int]] = ()
+) -> StreamTrace:
     """Replay :class:`~flownar.stream.Narrator`'s token bookkeeping for the system of ``cfg`` (its cache policy,
     memory and MoD routing) without a model. Narrations happen at ``schedule`` frames (0 is forced), each
     ``layout.text`` tokens long and fed one per forward (like greedy decoding); ``finish`` forces one at the last
-    frame, as ``Narrator.finish`` does."""
+    frame, as ``Narrator.finish`` does. ``asks``: (frame, question tokens) pairs, a question asked after that frame
+    (and its narration) as ``Narrator.ask`` does, its answer ``layout.text`` tokens long."""
     tr = StreamTrace()
     cache = _CacheCount(cfg, layout_, tr)
-    N, Q = layout_.frame_tokens, layout_.memory_tokens
+    N = layout_.frame_tokens
     speak_at = set(schedule)
-    pending, last = False, -1
+    questions: dict[int, list[int]] = {}
+    for f, n in asks:
+        questions.setdefault(f, []).append(n)
+    pending, last = None, -1  # pending: the turn whose EOS the next step feeds
     for i in range(n_frames):
         cache.enter_frame(i)
         if i == 0:
             run = layout_.prompt_frame_run
             cache.feed([(layout_.prompt_head - run, 0, "perm"), (run, N, "seg")])
             cache.narrate(first=True)
-            pending, last = True, 0
+            pending, last = "narration", 0
         else:
-            if pending:
-                step = cache.policy.after_narration(N, Q, cfg.use_memory)
-                tr.memory_blocks += cfg.use_memory
-                pending = False
-            else:
-                step = layout.silent_frame(N)
+            step = layout.silent_frame(N) if pending is None else cache.after_turn(pending) + [layout.open_frame(N)]
             cache.feed_pieces(step)
+            pending = None
             if i in speak_at:
                 cache.narrate(first=False)
-                pending, last = True, i
+                pending, last = "narration", i
+        for n in questions.get(i, ()):
+            cache.ask(n, pending)
+            pending = "answer"
         cache.end_frame()
     if finish and n_frames and last != n_frames - 1:
-        cache.narrate(first=False)
+        cache.narrate(first=False, after=pending)
         tr.frame_tokens_peak[-1] = max(tr.frame_tokens_peak[-1], cache.peak)
     return tr
 

@@ -143,7 +143,7 @@ class SlotTags:
     compact with the cache, so the cache policies' deletions are vectorised rather than Python loops over the
     cache."""
 
-    KINDS = ("other", "frames", "memory", "narration")
+    KINDS = ("other", "frames", "memory", "narration", "question")
     FIELDS = ("kind", "segment", "narration", "frame")
 
     def __init__(self, capacity: int = 1024):

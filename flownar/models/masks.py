@@ -29,14 +29,16 @@ import torch
 from ..data.chat import Span
 from ..layout import CachePolicy
 
+TURNS = ("narration", "answer")  # the assistant turns: each ends with an EOS and counts in a last-k window
+
 
 def frame_steps(spans: list[Span], frame_positions: torch.Tensor) -> list[tuple[int, int, int]]:
     """Per frame of a sample, ``(step, first, stop)``: where the streaming step that feeds it starts (its ``,``, or
-    the EOS of the narration before it for the first frame of a run; 0 for a run no narration precedes: the prompt)
+    the EOS of the turn before it for the first frame of a run; 0 for a run no turn precedes: the prompt)
     and the token range the frame owns (its ``,`` / ``[``, its ``<v>`` tokens, and the run-closing token after the
     last frame of a run). ``frame_positions``: (F, N) positions of each frame's ``<v>`` tokens."""
     fp = frame_positions
-    eos = [s.stop - 1 for s in spans if s.kind == "narration"]
+    eos = [s.stop - 1 for s in spans if s.kind in TURNS]
     out = []
     for run in (s for s in spans if s.kind == "frames"):
         inside = [f for f in range(fp.shape[0]) if run.start <= int(fp[f, 0]) < run.stop]
@@ -79,29 +81,44 @@ def expiry_positions(
             if f + W < len(steps):
                 until[first:stop] = steps[f + W][0]
     narrations = [s for s in spans if s.kind == "narration"]
-    eos = [s.stop - 1 for s in narrations]  # the EOS is the last token of a narration span
     if policy.prune_at_narration:
-        frames = [s for s in spans if s.kind == "frames"]
-        memory = [s for s in spans if s.kind == "memory"]
-        for g, run in enumerate(frames):
-            end = eos[g] if g < len(eos) else length
-            until[run.start : run.stop] = end
-            # the memory block that precedes this run (if any) lives as long as the run
-            before = [m for m in memory if m.stop <= run.start]
-            if before and (g == 0 or before[-1].start > frames[g - 1].stop):
-                until[before[-1].start : before[-1].stop] = end
+        _prune_segments(until, spans, [s.stop - 1 for s in narrations], length)
     if last_k_narration is not None:
-        k = int(last_k_narration)
-        starts = {s.start for s in spans}
-        for j, span in enumerate(narrations):
-            if j + k < len(narrations):
-                stop = span.stop
-                # the newline token after the EOS (when it stands alone) goes with its narration, so that
-                # FlowNar-C's cache is truly bounded (deviation: the original keeps every EOS and newline)
-                if stop < length and stop not in starts:
-                    stop += 1
-                until[span.start : stop] = torch.minimum(until[span.start : stop], torch.tensor(eos[j + k]))
+        _window_turns(until, spans, int(last_k_narration), length)
     return until
+
+
+def _prune_segments(until: torch.Tensor, spans: list[Span], eos: list[int], length: int) -> None:
+    """DCM: the frame runs of segment g (those before narration g: a question may split a segment's frames into
+    several runs) and the memory block before its first run expire at the EOS of narration g."""
+    frames = [s for s in spans if s.kind == "frames"]
+    memory = [s for s in spans if s.kind == "memory"]
+    for g, run in enumerate(frames):
+        segment = sum(e < run.start for e in eos)
+        end = eos[segment] if segment < len(eos) else length
+        until[run.start : run.stop] = end
+        # the memory block that precedes this run (if any, and no run between them) lives as long as the run
+        before = [m for m in memory if m.stop <= run.start]
+        if before and (g == 0 or before[-1].start > frames[g - 1].stop):
+            until[before[-1].start : before[-1].stop] = end
+
+
+def _window_turns(until: torch.Tensor, spans: list[Span], k: int, length: int) -> None:
+    """The last-k window over assistant turns (narrations and answers alike): turn j (with the question before an
+    answer, and the newline after its EOS) expires at the EOS of turn j + k."""
+    turns = [s for s in spans if s.kind in TURNS]
+    starts = {s.start for s in spans}
+    for j, span in enumerate(turns):
+        if j + k >= len(turns):
+            continue
+        first, stop = span.start, span.stop
+        if span.kind == "answer":  # its question goes with it
+            first = max(s.start for s in spans if s.kind == "question" and s.stop <= span.start)
+        # the newline token after the EOS (when it stands alone) goes with its turn, so that FlowNar-C's cache is
+        # truly bounded (deviation: the original keeps every EOS and newline)
+        if stop < length and stop not in starts:
+            stop += 1
+        until[first:stop] = torch.minimum(until[first:stop], torch.tensor(turns[j + k].stop - 1))
 
 
 def visibility(until: torch.Tensor) -> torch.Tensor:
