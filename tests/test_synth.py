@@ -264,7 +264,7 @@ def test_determinism(tmp_path):
     b = write_synthetic_dataset(tmp_path / "b", layout="ego4d", seed=3, progress=False)
     c = write_synthetic_dataset(tmp_path / "c", layout="ego4d", seed=4, progress=False)
     ha, hb, hc = _tree_hashes(a), _tree_hashes(b), _tree_hashes(c)
-    assert ha == hb and len(ha) == SMOKE.n_videos + 5
+    assert ha == hb and len(ha) == SMOKE.n_videos + 7  # features, metadata, card, 2 narration + 2 QA files, summaries
     assert set(ha.values()).isdisjoint(hc.values())  # another seed: every file differs (uids too)
 
 

@@ -80,6 +80,7 @@ class SynthVideo:
     duration: float  # seconds, a multiple of 1/fps; T = duration * fps + 1 frames
     segments: list[Segment]
     spans: list[Span]  # contiguous, covering [0, duration]
+    states: list[dict] = field(default_factory=list)  # the kitchen after each segment (:meth:`_Kitchen.snapshot`)
 
     def num_frames(self, fps: float) -> int:
         return int(round(self.duration * fps)) + 1
@@ -101,6 +102,7 @@ class _Kitchen:
         self.t = self.tick(float(rng.uniform(1.0, 4.0)))  # lead-in
         self.segments: list[Segment] = []
         self.spans: list[Span] = []
+        self.states: list[dict] = []  # the state after each segment, for the world's questions
         self.last_seen: dict[str, int] = {}  # noun -> last segment index whose frames show it
         self.pending: list[tuple[int, str, str]] = []  # (due segment index, "put_down" | "retrieve", item)
         self.reserved: set[str] = set()  # items bound to a pending obligation
@@ -215,7 +217,20 @@ class _Kitchen:
         self.t = end
         self._update(verb, noun, container)
         self._drift_clutter()
+        self.states.append(self.snapshot(comps))
         return idx
+
+    def snapshot(self, comps: list[tuple[int, str, float]]) -> dict:
+        """The state after a segment (it draws nothing, so the world is the same with or without it): what is held,
+        which container is open, what each holds, and which container's front item the segment showed
+        (``revealed``: [container, item]); an item in no container and not held is on the counter."""
+        shown = {tok: key[5:] for tok, key, _ in comps if key.startswith("noun:")}
+        return {
+            "held": list(self.held),
+            "open": self.open,
+            "inside": {c: list(items) for c, items in self.inside.items()},
+            "revealed": [shown[LEFT], shown[TOP]] if TOP in shown and LEFT in shown else None,
+        }
 
     def _update(self, verb: str, noun: str, container: str | None) -> None:
         if verb == "take":
@@ -454,4 +469,4 @@ def simulate_video(cfg: SynthConfig, seed: int, index: int) -> SynthVideo:
     duration = math.floor(seconds * cfg.fps) / cfg.fps  # T = duration * fps + 1 frames, frame j <-> j / fps
     kitchen = _Kitchen(rng, cfg, duration)
     kitchen.run()
-    return SynthVideo(index, duration, kitchen.segments, kitchen.spans)
+    return SynthVideo(index, duration, kitchen.segments, kitchen.spans, kitchen.states)

@@ -22,6 +22,8 @@ METADATA_FILE = "features_metadata.json"
 # Written by `flownar data synth` beside the released files; never present in FlowNar-Data. Its presence is how
 # every table and figure knows to say "embedded synthetic data, not the paper's".
 SYNTHETIC_CARD_FILE = "flownar_synthetic.json"
+# The embedded world's questions (streaming QA), one file per split in annotations/; FlowNar-Data has none.
+QA_FILE = "flownar_qa_{split}.json"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import torch
 
 from ..errors import AnnotationError, DataRootError, FeatureFileError
 from .features import load_features, read_feature_tensor, validate_features
-from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, Layout, fps_from_folder, get_layout
+from .layouts import METADATA_FILE, QA_FILE, SYNTHETIC_CARD_FILE, Layout, fps_from_folder, get_layout
 
 
 class DataWarning(UserWarning):
@@ -52,6 +52,59 @@ class Narration:
     def annotated(self) -> str:
         """The text exactly as in the annotation file (what the original evaluator scores)."""
         return self.text if self.raw is None else self.raw
+
+
+@dataclass(frozen=True)
+class WorldQuestion:
+    """A question of the embedded world's QA file (:mod:`flownar.data.questions`): asked at ``time`` (s) in video
+    ``video_uid``, with its answer, the answer's key words, its type and how far back its evidence lies."""
+
+    video_uid: str
+    time: float
+    text: str
+    answer: str
+    keywords: tuple[str, ...]
+    type: str
+    gap_s: float
+    gap_segments: int
+    gap_caps: float
+    in_view: bool
+
+
+_QUESTION_KEYS = {"time": (int, float), "question": str, "answer": str, "keywords": list, "type": str}
+_QUESTION_KEYS |= {"gap_s": (int, float), "gap_segments": int, "gap_caps": (int, float), "in_view": bool}
+
+
+def _parse_questions(raw, path: Path) -> dict[str, list[WorldQuestion]]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("questions"), dict):
+        raise AnnotationError(f"{path}: expected an object with 'questions': {{video_uid: [question, ...]}}")
+    out = {}
+    for uid, items in raw["questions"].items():
+        if not isinstance(items, list):
+            raise AnnotationError(f"{path}: {uid}: expected a list of questions, found {type(items).__name__}")
+        qs = []
+        for i, q in enumerate(items):
+            bad = [k for k, t in _QUESTION_KEYS.items() if not isinstance(q, dict) or not isinstance(q.get(k), t)]
+            if bad or isinstance(q["time"], bool) or not q["question"].strip() or not q["answer"].strip():
+                raise AnnotationError(
+                    f"{path}: {uid}[{i}]: missing or invalid {bad or 'question text'}: {str(q)[:80]!r}"
+                )
+            qs.append(
+                WorldQuestion(
+                    uid,
+                    float(q["time"]),
+                    q["question"],
+                    q["answer"],
+                    tuple(map(str, q["keywords"])),
+                    q["type"],
+                    float(q["gap_s"]),
+                    q["gap_segments"],
+                    float(q["gap_caps"]),
+                    q["in_view"],
+                )
+            )
+        out[uid] = sorted(qs, key=lambda q: q.time)
+    return out
 
 
 @dataclass
@@ -277,6 +330,21 @@ class FlowNarData:
             have = sorted(p.name for p in (self.root / "annotations").iterdir())
             raise DataRootError(f"{path}: annotation file for split {split!r} is missing (annotations/ holds {have})")
         return path, _read_json(path, f"annotation file for split {split!r}")
+
+    def questions(self, split: str) -> dict[str, list[WorldQuestion]]:
+        """The questions of a split (``annotations/flownar_qa_<split>.json``), per video, in time order. Only the
+        embedded world writes them (FlowNar-Data has no questions)."""
+        path = self.root / "annotations" / QA_FILE.format(split=split)
+        if not path.is_file():
+            raise DataRootError(
+                f"{path}: no questions for split {split!r}: only the embedded world writes them (flownar data synth"
+                f"{'; this root was written before questions existed: rewrite it' if self.is_synthetic else ''})"
+            )
+        qs = _parse_questions(_read_json(path, f"question file for split {split!r}"), path)
+        unknown = sorted(set(qs) - set(self.videos))
+        if unknown:
+            raise AnnotationError(f"{path}: questions for videos without features: {', '.join(unknown[:5])}")
+        return qs
 
     def _skip(self, reason: str, ident: str) -> None:
         self.skipped.setdefault(reason, []).append(ident)

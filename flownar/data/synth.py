@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from .kitchen import SynthVideo, simulate_video
-from .layouts import METADATA_FILE, SYNTHETIC_CARD_FILE, get_layout
+from .layouts import METADATA_FILE, QA_FILE, SYNTHETIC_CARD_FILE, get_layout
+from .questions import IN_VIEW_S, QA_VERSION, question_counts, world_questions
 from .render import render_features
 from .world import (
     AFFORDANCES,
@@ -49,7 +50,9 @@ from .world import (
     world_prototypes,
 )
 
-SYNTH_VERSION = 4  # bump when the generated data changes (prepare.py rewrites embedded data on a mismatch)
+# bump when the generated data changes (prepare.py rewrites embedded data on a mismatch); 5: world v4 plus the
+# questions (annotations/flownar_qa_<split>.json; every other file as in 4)
+SYNTH_VERSION = 5
 # ----------------------------------------------------------------------------------------------------------------
 # Annotations
 
@@ -196,6 +199,7 @@ def write_synthetic_dataset(
     protos = world_prototypes(seed, cfg.feature_dim)
     splits = {"train": [], "val": []}
     narrations = {"train": {}, "val": {}}
+    questions = {"train": {}, "val": {}}
     summaries, metadata, videos = {}, {}, {}
     for i in tqdm(range(cfg.n_videos), desc=f"synthetic {lay.name} ({profile})", disable=not progress):
         split = "train" if i < cfg.n_train else "val"
@@ -214,6 +218,7 @@ def write_synthetic_dataset(
             "segments": [s.card() for s in video.segments],
         }
 
+        questions[split][uid] = world_questions(video, cfg, rng_for(seed, 1, i, 7))
         ann_rng = rng_for(seed, 1, i, 2)
         first = _first_pass(video)
         if lay.name == "ek100":
@@ -231,10 +236,20 @@ def write_synthetic_dataset(
 
     for split, obj in narrations.items():
         _write_json(lay.annotation_path(out, split), obj)
+        _write_json(
+            out / "annotations" / QA_FILE.format(split=split), {"version": QA_VERSION, "questions": questions[split]}
+        )
     if lay.summary_file is not None:
         _write_json(out / "annotations" / lay.summary_file, summaries)
     _write_json(out / METADATA_FILE, metadata)
-    _write_json(out / SYNTHETIC_CARD_FILE, _card(cfg, lay.name, profile, seed, feature_format, splits, videos))
+    card = _card(cfg, lay.name, profile, seed, feature_format, splits, videos)
+    card["questions"] = {
+        "files": {split: f"annotations/{QA_FILE.format(split=split)}" for split in questions},
+        "version": QA_VERSION,
+        "in_view_s": IN_VIEW_S,
+        "counts": {split: question_counts(qs) for split, qs in questions.items()},
+    }
+    _write_json(out / SYNTHETIC_CARD_FILE, card)
     return out
 
 
