@@ -15,7 +15,8 @@ from .models.masks import sample_expiry
 
 
 class StreamDataset(torch.utils.data.Dataset):
-    """Encoded narration-stream samples of one split, with their frames and DCM expiry positions."""
+    """Encoded narration-stream samples of one split, with their frames and DCM expiry positions (``questions``:
+    with the world's questions asked in them)."""
 
     def __init__(
         self,
@@ -27,12 +28,13 @@ class StreamDataset(torch.utils.data.Dataset):
         seed: int = 0,
         cache_features: bool = True,
         content_weight: float = 1.0,
+        questions: bool = False,
     ):
         self.data, self.chat, self.config = data, chat, config
         self.content_weight = content_weight
         self.content_ids = content_token_ids(chat, data) if content_weight != 1.0 else None
         self.samples = build_stream_samples(
-            data, split, use_memory=config.use_memory, max_num_frames=max_num_frames, seed=seed
+            data, split, use_memory=config.use_memory, max_num_frames=max_num_frames, seed=seed, questions=questions
         )
         self.cache = {} if cache_features else None
         self.memory_features: dict[int, torch.Tensor] = {}  # sample index -> what the memory precomputed

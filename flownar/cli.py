@@ -5,6 +5,7 @@ flownar data check DIR --dataset ek100                          validate a datas
 flownar train --system flownar --profile smoke [--data DIR] [--out DIR]   train one system
 flownar eval stream --checkpoint RUN --data DIR --out DIR       self-conditioned narration + metrics
 flownar eval oracle --checkpoint RUN --data DIR --out DIR       teacher-forced metrics
+flownar eval qa --checkpoint RUN --data DIR --out DIR           the world's questions asked during the stream
 flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --json OUT.json
                                                                 speed and memory of the streaming engine
 flownar extract-features VIDEO_OR_DIR --vision SIGLIP_DIR --out DATA_ROOT   videos -> FlowNar-Data features
@@ -119,12 +120,13 @@ def _add_convert_checkpoint(sub) -> None:
 def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained system (self-conditioned stream or oracle)")
     esub = ev.add_subparsers(dest="eval_command", required=True)
-    for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle)):
+    for name, func in (("stream", _cmd_eval_stream), ("oracle", _cmd_eval_oracle), ("qa", _cmd_eval_qa)):
         e = esub.add_parser(
             name,
             help={
                 "stream": "narrate every val clip on the model's own outputs, then score",
                 "oracle": "teacher-forced LM-PPL, TimeDiff, Fluency, LM-Correctness",
+                "qa": "ask the embedded world's questions during the stream; answers right by type and memory gap",
             }[name],
         )
         e.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
@@ -135,6 +137,13 @@ def _add_eval(sub) -> None:
         e.add_argument("--system", default=None, help="refuse a checkpoint of another system")
         e.add_argument("--limit", type=int, default=None, help="only the first N clips/samples")
         e.add_argument("--seed", type=int, default=0)
+        if name == "qa":
+            e.add_argument("--quiet", action="store_true")
+            e.add_argument(
+                "--max-new-tokens", type=int, default=None, help="cap on one answer (default: the profile's)"
+            )
+            e.set_defaults(func=func)
+            continue
         e.add_argument(
             "--shard",
             default=None,
@@ -251,6 +260,13 @@ def _add_narrate(sub) -> None:
         "--out", type=Path, default=None, help="folder for <video>.json/.srt/.vtt (default: beside the video)"
     )
     nr.add_argument("--realtime", action="store_true", help="pace input at the video clock and report the lag")
+    nr.add_argument(
+        "--ask",
+        action="append",
+        default=[],
+        metavar="SECONDS:QUESTION",
+        help="ask QUESTION at that video time (repeatable); the answer comes right after that frame",
+    )
     nr.add_argument("--threshold-high", type=float, default=0.8)
     nr.add_argument("--threshold-low", type=float, default=0.5)
     nr.add_argument("--max-new-tokens", type=int, default=32)
@@ -314,8 +330,18 @@ def _cmd_narrate(args) -> int:
     from .narrate import narrate_video, timestamp
 
     def show(item):
-        print(f"[{timestamp(item['time'], '.')[3:]}] {item['text']}", flush=True)
+        said = f"Q: {item['question']} A: {item['text']}" if "question" in item else item["text"]
+        print(f"[{timestamp(item['time'], '.')[3:]}] {said}", flush=True)
 
+    asks = []
+    for item in args.ask:
+        when, sep, question = item.partition(":")
+        try:
+            asks.append((float(when), question))
+        except ValueError:
+            raise ValueError(f"--ask {item!r}: expected SECONDS:QUESTION, e.g. '12.5:What is in the drawer?'") from None
+        if not sep or not question.strip():
+            raise ValueError(f"--ask {item!r}: an empty question; expected SECONDS:QUESTION")
     out = args.out if args.out is not None else args.video.parent
     res, files = narrate_video(
         args.video,
@@ -329,6 +355,7 @@ def _cmd_narrate(args) -> int:
         threshold_high=args.threshold_high,
         threshold_low=args.threshold_low,
         max_new_tokens=args.max_new_tokens,
+        asks=asks,
     )
     rate = res.frames / res.wall_s if res.wall_s else float("nan")
     msg = f"{len(res.narrations)} narrations over {res.frames} frames in {res.wall_s:.1f} s ({rate:.1f} frames/s)"
@@ -442,6 +469,25 @@ def _cmd_eval_stream(args) -> int:
         + (f" (the {len(r['clips'])} of --limit {args.limit})" if args.limit is not None else ""),
         file=sys.stderr,
     )
+    return 0
+
+
+def _cmd_eval_qa(args) -> int:
+    from .data.readers import FlowNarData
+    from .eval.qa import qa_long, qa_table, run_qa
+
+    data = FlowNarData(args.data, args.dataset)
+    rec = run_qa(
+        args.checkpoint,
+        data,
+        args.out / "qa.json",
+        system=args.system,
+        split=args.split,
+        limit=args.limit,
+        progress=not args.quiet,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(qa_table(qa_long({rec["system"]: rec})).T.to_string())
     return 0
 
 

@@ -3,8 +3,10 @@
 ``narrate_video`` is what ``flownar narrate VIDEO --checkpoint DIR --vision PATH`` runs: frames at 2 fps from
 :mod:`flownar.video`, encoded one at a time by the SigLIP tower, pushed into :class:`flownar.stream.Narrator`;
 each narration is reported as soon as it is decoded (``on_event``), and at the end JSON, SRT and WebVTT files are
-written. With ``realtime=True`` input is paced at the video clock (frame j is not read before j / fps seconds
-after the start) and the lag behind that clock is measured.
+written. ``asks``: questions ``(time, text)`` asked during the stream (``--ask 12.5:What is in the drawer?``): each
+after the first frame at or after its time, answered at once (:meth:`flownar.stream.Narrator.ask`); the answers go
+to ``on_event``, the JSON and the subtitles at their time. With ``realtime=True`` input is paced at the video
+clock (frame j is not read before j / fps seconds after the start) and the lag behind that clock is measured.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class NarrationResult:
     fps: float
     frames: int
     narrations: list[dict] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     realtime: bool = False
     max_lag_s: float = 0.0  # realtime: largest delay of a frame's processing behind the video clock
@@ -77,9 +80,11 @@ def narrate_video(
     progress: bool = True,
     on_event=None,
     device: str = "cpu",
+    asks: list[tuple[float, str]] = (),
     **narrator_kwargs,
 ) -> tuple[NarrationResult, dict[str, Path]]:
-    """Stream ``video`` through the checkpoint's narrator. Returns the result and the written files."""
+    """Stream ``video`` through the checkpoint's narrator (asking ``asks``). Returns the result and the written
+    files."""
     from .checkpoint import check_compatible, load_trained
     from .progress import progress_bar
     from .stream import Narrator
@@ -87,7 +92,17 @@ def narrate_video(
 
     video, checkpoint = Path(video), Path(checkpoint)
     duration = video_duration(video)  # also checks that the file is a readable video, before loading anything
+    asks = sorted(asks)
+    for t, text in asks:
+        if not text.strip():
+            raise ValueError(f"--ask {t}:{text!r}: an empty question")
+        if not 0 <= t <= duration:
+            raise ValueError(f"--ask {t}:{text}: the time is outside the video (0 to {duration:.1f} s)")
     model, chat = load_trained(checkpoint)
+    if asks and not getattr(chat.tok, "chat_template", None):
+        raise ValueError(
+            f"{checkpoint}: its tokenizer has no chat format (no chat template): it cannot take a question"
+        )
     model = model.to(device)
     encoder = FrameEncoder(vision, device=device)
     check_compatible(
@@ -121,6 +136,19 @@ def narrate_video(
         ev = narrator.push(feats)
         if ev is not None:
             emit(ev)
+        while asks and asks[0][0] <= t + 1e-9:  # asked by now: answered after this frame
+            asked_at, question = asks.pop(0)
+            ans = narrator.ask(question)
+            item = {
+                "frame": ans.frame,
+                "time": ans.frame / fps,
+                "asked": asked_at,
+                "question": question,
+                "text": ans.text,
+            }
+            res.answers.append(item)
+            if on_event is not None:
+                on_event(item)
         res.frames += 1
         lag = (time.perf_counter() - t0) - t
         res.max_lag_s = max(res.max_lag_s, lag)
@@ -136,9 +164,11 @@ def narrate_video(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cues = cues_from_events(
-            [n["time"] for n in res.narrations], [n["text"] for n in res.narrations], max(duration, res.frames / fps)
+        said = sorted(
+            [(n["time"], n["text"]) for n in res.narrations]
+            + [(a["time"], f"Q: {a['question']} A: {a['text']}") for a in res.answers]
         )
+        cues = cues_from_events([t for t, _ in said], [x for _, x in said], max(duration, res.frames / fps))
         stem = out / video.stem
         files = {"json": stem.with_suffix(".json"), "srt": stem.with_suffix(".srt"), "vtt": stem.with_suffix(".vtt")}
         files["json"].write_text(json.dumps(asdict(res), indent=2))

@@ -245,3 +245,67 @@ def test_mac_formulas_match_the_flop_counter_with_questions(tok, system):
     macs = stream_macs(model.config, tr)
     rope = sum(sum(c.values()) for name, c in fc.get_flop_counts().items() if "rotary" in name.lower())
     assert fc.get_total_flops() - rope == 2 * macs["total"]
+
+
+def test_answer_scoring_and_the_table():
+    from flownar.eval.qa import ORACLE, PRIOR, answer_correct, qa_long, qa_table
+
+    assert answer_correct("You take the knife from the drawer.", ["take", "knife"])
+    assert not answer_correct("You take the knives.", ["take", "knife"])  # whole words
+    assert answer_correct("The cup and the knife.", ["knife", "cup"]) and not answer_correct(
+        "The cup.", ["knife", "cup"]
+    )
+    assert answer_correct("Three times.", ["three times"]) and not answer_correct("Three.", ["three times"])
+    assert not answer_correct("anything", [])
+
+    def row(kind, correct, gap_caps, in_view):
+        return {
+            "type": kind,
+            "correct": correct,
+            "gap_caps": gap_caps,
+            "gap_segments": int(gap_caps * 20),
+            "in_view": in_view,
+        }
+
+    rec = {
+        "flownar": {
+            "answers": [row("held", True, 0.1, True), row("held", False, 1.5, False), row("count", True, 2.5, False)]
+        }
+    }
+    refs = {ORACLE: [row("held", True, 0.1, True)], PRIOR: [row("held", False, 0.1, True)]}
+    long = qa_long(rec, refs)
+    got = long[(long.row == "FlowNar") & (long.group == "all")].iloc[0]
+    assert (got.k, got.n) == (2, 3) and got.lo < got.rate < got.hi
+    table = qa_table(long)
+    assert list(table.index) == ["FlowNar", ORACLE, PRIOR]
+    assert table.loc["FlowNar", "held"].startswith("50.0") and table.loc["FlowNar", "gap >=2 caps"].endswith("(n=1)")
+
+
+def test_a_smoke_run_trained_with_questions_answers_them(tmp_path, monkeypatch):
+    """Training with the world's questions (TrainConfig.questions) puts them in the samples and their words in the
+    tokenizer; ``run_qa`` answers every question of the clips through the engine, reuses its file, and the world
+    oracle answers every one right."""
+    from flownar.checkpoint import load_trained
+    from flownar.data.prepare import prepare_dataset
+    from flownar.eval.qa import ORACLE, qa_long, reference_rows, run_qa
+    from flownar.train.config import train_config
+    from flownar.train.loop import train
+
+    monkeypatch.setenv("FLOWNAR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FLOWNAR_RUNS_DIR", str(tmp_path / "runs"))
+    data = prepare_dataset("ek100", None, "smoke", 0, progress=False)
+    cfg = train_config("dcm-only", "smoke", out=str(tmp_path / "run"), model_size="micro", max_steps=2, progress=False)
+    cfg.questions = True
+    run = train(cfg, resume=False)
+    _, chat = load_trained(run)
+    assert (
+        chat.tok.convert_tokens_to_ids("holding") != chat.tok.unk_token_id
+        or chat.tok.convert_tokens_to_ids("▁holding") != chat.tok.unk_token_id
+    )
+    rec = run_qa(run, data, tmp_path / "qa.json", limit=1, progress=False, max_new_tokens=3)
+    asked = sum(1 for a in rec["answers"])
+    assert asked > 0 and all(a["predicted"] is not None for a in rec["answers"])
+    assert run_qa(run, data, tmp_path / "qa.json", limit=1, progress=False, max_new_tokens=3) == rec  # reused
+    long = qa_long({"dcm-only": rec}, reference_rows(data, limit=1))
+    oracle = long[(long.row == ORACLE) & (long.group == "all")].iloc[0]
+    assert oracle.n == asked and oracle.k == asked

@@ -197,3 +197,28 @@ def test_bad_inputs_give_clear_errors(assets, tmp_path, capsys):
         == 2
     )
     assert "no such video file or folder" in capsys.readouterr().err
+
+
+def test_narrate_answers_questions_asked_during_the_video(assets, tmp_path, capsys):
+    """``flownar narrate --ask``: each question is answered after the first frame at or after its time; answers are
+    in the JSON and the subtitles; bad questions are refused before anything is loaded."""
+    from flownar.cli import main
+
+    base = ["narrate", str(assets["video"]), "--checkpoint", str(assets["ckpt"]), "--vision", str(assets["tower"])]
+    args = [*base, "--out", str(tmp_path), "--quiet", "--max-new-tokens", "3"]
+    assert main([*args, "--ask", "1.2:What is held now?", "--ask", "0:What did I just do?"]) == 0
+    printed = capsys.readouterr().out
+    js = json.loads((tmp_path / f"{assets['video'].stem}.json").read_text())
+    assert [(a["frame"], a["question"]) for a in js["answers"]] == [
+        (0, "What did I just do?"),
+        (3, "What is held now?"),
+    ]
+    assert "Q: What is held now? A:" in printed
+    assert "Q: What did I just do? A:" in (tmp_path / f"{assets['video'].stem}.srt").read_text()
+    for bad, why in (
+        ("1.0:  ", "an empty question"),
+        ("99:What?", "outside the video"),
+        ("soon:What?", "SECONDS:QUESTION"),
+    ):
+        assert main([*args, "--ask", bad]) == 2
+        assert why in capsys.readouterr().err

@@ -59,6 +59,7 @@ class Segment:
     # this segment's end (None for local segments). The narration's timing cue is the same for every kind.
     gap_segments: int | None = None
     gap_s: float | None = None
+    revealed: str | None = None  # the front item an open container showed during the segment (the top token)
 
     def card(self) -> dict:
         return asdict(self)
@@ -209,6 +210,7 @@ class _Kitchen:
             container,
             held_before,
         )
+        seg.revealed = next((key[5:] for tok, key, _ in comps if tok == TOP and key.startswith("noun:")), None)
         if depends_on is not None:
             seg.gap_segments = idx - depends_on
             seg.gap_s = round(end - self.segments[depends_on].end, 2)

@@ -237,11 +237,21 @@ def with_questions(sample: StreamSample, questions: list[Question], use_memory: 
 
 
 def build_stream_samples(
-    data, split: str, *, use_memory: bool = False, max_num_frames: int = MAX_NUM_FRAMES, seed: int | None = 0, **kwargs
+    data,
+    split: str,
+    *,
+    use_memory: bool = False,
+    max_num_frames: int = MAX_NUM_FRAMES,
+    seed: int | None = 0,
+    questions: bool = False,
+    **kwargs,
 ) -> list[StreamSample]:
-    """Every narration-stream sample of a split of a :class:`~flownar.data.readers.FlowNarData`."""
-    return [
-        make_stream_sample(
+    """Every narration-stream sample of a split of a :class:`~flownar.data.readers.FlowNarData`; ``questions``: with
+    the world's questions (:meth:`~flownar.data.readers.FlowNarData.questions`) asked in each sample's frames."""
+    asked = data.questions(split) if questions else {}
+    out = []
+    for s in data.streams(split):
+        sample = make_stream_sample(
             s,
             data.videos[s.video_uid],
             data.fps,
@@ -250,8 +260,13 @@ def build_stream_samples(
             seed=seed,
             **kwargs,
         )
-        for s in data.streams(split)
-    ]
+        qs = [
+            Question(round(q.time * data.fps) - sample.frames.start, q.text, q.answer)
+            for q in asked.get(s.video_uid, ())
+        ]
+        qs = [q for q in qs if 0 <= q.frame < sample.num_frames]
+        out.append(with_questions(sample, qs, use_memory) if qs else sample)
+    return out
 
 
 def eval_prompt_messages(

@@ -98,22 +98,26 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return _add_live_tokens(tok)
 
 
-def dataset_corpus(data, splits=("train",)) -> list[str]:
-    """Texts a word-level tokenizer is trained on: the prompts plus every narration of ``splits``."""
+def dataset_corpus(data, splits=("train",), questions: bool = False) -> list[str]:
+    """Texts a word-level tokenizer is trained on: the prompts plus every narration of ``splits`` (and with
+    ``questions``, every question and answer of the world's QA files)."""
     from .samples import DEFAULT_SYSTEM_PROMPT, NARRATION_INSTRUCTIONS
 
     texts = [DEFAULT_SYSTEM_PROMPT, *NARRATION_INSTRUCTIONS]
     for split in splits:
         if split in data.available_splits():
             texts += [n.text for s in data.streams(split) for n in s.narrations]
+            if questions:
+                texts += [x for qs in data.questions(split).values() for q in qs for x in (q.text, q.answer)]
     return texts
 
 
-def build_tokenizer(data=None, tokenizer_path: str | Path | None = None) -> PreTrainedTokenizerBase:
+def build_tokenizer(data=None, tokenizer_path: str | Path | None = None, questions: bool = False):
     """The run's tokenizer: a local HF tokenizer when ``tokenizer_path`` is given (paper scale), else a
-    word-level tokenizer trained on the training narrations of ``data`` (embedded default)."""
+    word-level tokenizer trained on the training narrations of ``data`` (embedded default; ``questions``: and the
+    world's training questions and answers)."""
     if tokenizer_path:
         return load_tokenizer(tokenizer_path)
     if data is None:
         raise ValueError("build_tokenizer needs a dataset to train a word-level tokenizer on, or a tokenizer_path")
-    return train_word_tokenizer(dataset_corpus(data))
+    return train_word_tokenizer(dataset_corpus(data, questions=questions))

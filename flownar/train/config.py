@@ -36,6 +36,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     content_loss_weight: float = 1.0  # embedded data only: loss weight of the words naming verb and object
+    questions: bool = False  # embedded data only: the world's questions asked in the training streams (streaming QA)
     grad_clip: float = 1.0
     grad_accum: int = 16
     max_num_frames: int = MAX_NUM_FRAMES

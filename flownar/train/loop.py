@@ -60,7 +60,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, torch.get_num_threads()))
     data, chat, model, is_peft, device = _setup(cfg)
     dataset = StreamDataset(
-        data, "train", chat, model.config, cfg.max_num_frames, seed=cfg.seed, content_weight=cfg.content_loss_weight
+        data,
+        "train",
+        chat,
+        model.config,
+        cfg.max_num_frames,
+        seed=cfg.seed,
+        content_weight=cfg.content_loss_weight,
+        questions=cfg.questions,
     )
     if len(dataset) == 0:
         raise FlowNarError(f"{data.root}: no training samples")
@@ -106,7 +113,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
 def _setup(cfg: TrainConfig):
     """The run's data, tokenizer, model (moved to its device; gradient checkpointing if asked) and device."""
     data = prepare_dataset(cfg.dataset, cfg.data_root or None, cfg.profile, cfg.seed, progress=False)
-    tok = build_tokenizer(data, cfg.llm_path or None)
+    tok = build_tokenizer(data, cfg.llm_path or None, questions=cfg.questions)
     chat = ChatTokenizer(tok, data.tokens_per_frame, cfg.num_m_tokens)
     model, is_peft = build_model(cfg, chat, data.feature_dim)
     device = (
