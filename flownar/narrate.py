@@ -92,12 +92,7 @@ def narrate_video(
 
     video, checkpoint = Path(video), Path(checkpoint)
     duration = video_duration(video)  # also checks that the file is a readable video, before loading anything
-    asks = sorted(asks)
-    for t, text in asks:
-        if not text.strip():
-            raise ValueError(f"--ask {t}:{text!r}: an empty question")
-        if not 0 <= t <= duration:
-            raise ValueError(f"--ask {t}:{text}: the time is outside the video (0 to {duration:.1f} s)")
+    asks = _checked_asks(asks, duration)
     model, chat = load_trained(checkpoint)
     if asks and not getattr(chat.tok, "chat_template", None):
         raise ValueError(
@@ -120,10 +115,8 @@ def narrate_video(
     bar = progress_bar(total=total, enabled=progress, desc=f"narrating {video.name}", unit="frame", leave=False)
     t0 = time.perf_counter()
 
-    def emit(ev):
-        t = ev.frame / fps
-        item = {"frame": ev.frame, "time": t, "text": ev.text.strip(), "forced": ev.forced}
-        res.narrations.append(item)
+    def emit(item: dict, into: list):
+        into.append(item)
         if on_event is not None:
             on_event(item)
 
@@ -135,20 +128,12 @@ def narrate_video(
         feats = encoder.encode(img[None])[0]
         ev = narrator.push(feats)
         if ev is not None:
-            emit(ev)
+            emit(_narration_item(ev, fps), res.narrations)
         while asks and asks[0][0] <= t + 1e-9:  # asked by now: answered after this frame
             asked_at, question = asks.pop(0)
             ans = narrator.ask(question)
-            item = {
-                "frame": ans.frame,
-                "time": ans.frame / fps,
-                "asked": asked_at,
-                "question": question,
-                "text": ans.text,
-            }
-            res.answers.append(item)
-            if on_event is not None:
-                on_event(item)
+            item = {"frame": ans.frame, "time": ans.frame / fps, "asked": asked_at, "question": question}
+            emit(item | {"text": ans.text}, res.answers)
         res.frames += 1
         lag = (time.perf_counter() - t0) - t
         res.max_lag_s = max(res.max_lag_s, lag)
@@ -156,22 +141,39 @@ def narrate_video(
         bar.update(1)
     ev = narrator.finish()
     if ev is not None:
-        emit(ev)
+        emit(_narration_item(ev, fps), res.narrations)
     bar.close()
     res.wall_s = time.perf_counter() - t0
     res.counters = asdict(narrator.counters)
-    files = {}
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        said = sorted(
-            [(n["time"], n["text"]) for n in res.narrations]
-            + [(a["time"], f"Q: {a['question']} A: {a['text']}") for a in res.answers]
-        )
-        cues = cues_from_events([t for t, _ in said], [x for _, x in said], max(duration, res.frames / fps))
-        stem = out / video.stem
-        files = {"json": stem.with_suffix(".json"), "srt": stem.with_suffix(".srt"), "vtt": stem.with_suffix(".vtt")}
-        files["json"].write_text(json.dumps(asdict(res), indent=2))
-        files["srt"].write_text(to_srt(cues))
-        files["vtt"].write_text(to_vtt(cues))
+    files = {} if out_dir is None else write_outputs(res, Path(out_dir) / video.stem, max(duration, res.frames / fps))
     return res, files
+
+
+def _narration_item(ev, fps: float) -> dict:
+    return {"frame": ev.frame, "time": ev.frame / fps, "text": ev.text.strip(), "forced": ev.forced}
+
+
+def _checked_asks(asks, duration: float) -> list[tuple[float, str]]:
+    """The questions in time order, each with text and a time inside the video (else a ValueError naming it)."""
+    asks = sorted(asks)
+    for t, text in asks:
+        if not text.strip():
+            raise ValueError(f"--ask {t}:{text!r}: an empty question")
+        if not 0 <= t <= duration:
+            raise ValueError(f"--ask {t}:{text}: the time is outside the video (0 to {duration:.1f} s)")
+    return asks
+
+
+def write_outputs(res: NarrationResult, stem: Path, duration: float) -> dict[str, Path]:
+    """``<stem>.json`` (the result), ``.srt`` and ``.vtt`` (one cue per narration or answer)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    said = sorted(
+        [(n["time"], n["text"]) for n in res.narrations]
+        + [(a["time"], f"Q: {a['question']} A: {a['text']}") for a in res.answers]
+    )
+    cues = cues_from_events([t for t, _ in said], [x for _, x in said], duration)
+    files = {"json": stem.with_suffix(".json"), "srt": stem.with_suffix(".srt"), "vtt": stem.with_suffix(".vtt")}
+    files["json"].write_text(json.dumps(asdict(res), indent=2))
+    files["srt"].write_text(to_srt(cues))
+    files["vtt"].write_text(to_vtt(cues))
+    return files
