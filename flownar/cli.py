@@ -9,7 +9,8 @@ flownar eval qa --checkpoint RUN --data DIR --out DIR           the world's ques
 flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --json OUT.json
                                                                 speed and memory of the streaming engine
 flownar extract-features VIDEO_OR_DIR --vision SIGLIP_DIR --out DATA_ROOT   videos -> FlowNar-Data features
-flownar narrate VIDEO --checkpoint RUN --vision SIGLIP_DIR [--out DIR] [--realtime]   live narration
+flownar narrate VIDEO --checkpoint RUN --vision SIGLIP_DIR [--out DIR] [--realtime] [--ask T:Q]   live narration
+flownar chat VIDEO_OR_FEATURES --checkpoint RUN [--vision SIGLIP_DIR]   narrate live, answer what is typed
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_extract_features(sub)
     _add_narrate(sub)
+    _add_chat(sub)
     _add_provenance(sub)
     _add_claims(sub)
     return p
@@ -249,6 +251,25 @@ def _add_extract_features(sub) -> None:
     x.add_argument("--overwrite", action="store_true", help="re-encode videos already in the metadata")
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=_cmd_extract)
+
+
+def _add_chat(sub) -> None:
+    c = sub.add_parser("chat", help="narrate a video or feature file live and answer the questions typed meanwhile")
+    c.add_argument("source", type=Path, help="a video file (with --vision) or a feature file (.pt / .safetensors)")
+    c.add_argument("--checkpoint", required=True, type=Path, help="a run directory written by flownar train")
+    c.add_argument("--vision", type=Path, default=None, help="the SigLIP tower the model was trained on (videos)")
+    c.add_argument("--speed", type=float, default=1.0, help="times the video clock (0: as fast as possible)")
+    c.add_argument("--max-new-tokens", type=int, default=32)
+    c.set_defaults(func=_cmd_chat)
+
+
+def _cmd_chat(args) -> int:
+    from .live_chat import chat
+
+    print("type a question and Enter at any moment (Ctrl-D: no more questions)", file=sys.stderr)
+    r = chat(args.source, args.checkpoint, args.vision, speed=args.speed, max_new_tokens=args.max_new_tokens)
+    print(f"{r['frames']} frames, {r['narrations']} narrations, {r['answers']} answers", file=sys.stderr)
+    return 0
 
 
 def _add_narrate(sub) -> None:

@@ -309,3 +309,15 @@ def test_a_smoke_run_trained_with_questions_answers_them(tmp_path, monkeypatch):
     long = qa_long({"dcm-only": rec}, reference_rows(data, limit=1))
     oracle = long[(long.row == ORACLE) & (long.group == "all")].iloc[0]
     assert oracle.n == asked and oracle.k == asked
+
+    # flownar chat: a feature file played as fast as possible, the typed lines asked as they come
+    import io
+
+    from flownar.live_chat import chat
+
+    uid = data.eval_clips("val")[0].video_uid
+    said = []
+    feats = data.videos[uid].feature_path
+    r = chat(feats, run, speed=0, lines=io.StringIO("What am I holding?\n\nWhat did I just do?\n"), say=said.append)
+    assert r["answers"] == 2 and r["frames"] == data.load_features(uid).shape[0]
+    assert sum(x.count(" Q: ") for x in said) == 2 and r["narrations"] == len(said) - 2
