@@ -303,7 +303,7 @@ def plot_content(long: pd.DataFrame, title: str = ""):
         ("memory segments by gap (segments back)", [f"memory, {gap_bin(lo)}" for lo, _ in GAP_BINS]),
     ]
     systems = list(dict.fromkeys(long.system))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True, layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
     noun = long[long.metric == "noun"].set_index(["system", "group"])
     width = 0.8 / max(len(systems), 1)
     for ax, (name, groups) in zip(axes, panels):
@@ -327,9 +327,18 @@ def plot_content(long: pd.DataFrame, title: str = ""):
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("object named right (%), narrations closing a segment")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, [registry.short_name(x) for x in labels], loc="outside lower center", ncol=5, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
+    # the legend in a band of its own under the panels (the data banner goes below the figure)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.legend(
+        handles,
+        [registry.short_name(x) for x in labels],
+        loc="lower center",
+        ncol=5,
+        fontsize=7,
+        bbox_to_anchor=(0.5, 0.0),
+    )
     return fig
 
 
