@@ -94,10 +94,11 @@ def narrate_video(
     duration = video_duration(video)  # also checks that the file is a readable video, before loading anything
     asks = _checked_asks(asks, duration)
     model, chat = load_trained(checkpoint)
-    if asks and not getattr(chat.tok, "chat_template", None):
-        raise ValueError(
-            f"{checkpoint}: its tokenizer has no chat format (no chat template): it cannot take a question"
-        )
+    for _, question in asks:  # before any frame: the tokenizer must encode the question turn as the layout wants
+        try:
+            chat.question_ids(question)
+        except ValueError as e:
+            raise ValueError(f"{checkpoint}: its tokenizer cannot take the question {question!r}: {e}") from None
     model = model.to(device)
     encoder = FrameEncoder(vision, device=device)
     check_compatible(

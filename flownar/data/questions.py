@@ -14,8 +14,9 @@ type            question                              answer, and where its evid
                                                       (asked only while it is closed)
 ``put_down``    What did I put down last?             the last put-down's item (seen when it was taken, or
                                                       at the put-down when that is in view)
-``where``       Where did I last see the {x}?         "In the {c}." / "On the counter." / "In my hands.":
-                                                      where it was after the last segment that showed it
+``where``       Where did I last see the {x}?         "In the {c}." / "On the counter." / "In my hands." (the
+                                                      key is the phrase): where it was after the last segment
+                                                      that showed it
 ``count``       How many times did I open the {c}?    "Never." / "Once." / "Twice." / ...: every such segment
                 (or turn on the tap, hob, kettle)     so far (the evidence: the first, or the whole video)
 ==============  ====================================  ===================================================
@@ -115,7 +116,7 @@ class _Past:
         place = places[int(rng.integers(len(places)))]
         x, i = by_place[place][int(rng.integers(len(by_place[place])))]
         answer = {"hands": "In my hands.", "counter": "On the counter."}.get(place, f"In the {place}.")
-        return f"Where did I last see the {x}?", answer, [place], i
+        return f"Where did I last see the {x}?", answer, [answer[:-1].lower()], i  # the phrase: "in the drawer"
 
     def count(self, rng):
         """How often a container was opened or a switch turned on so far ("Never." included). The answer is drawn

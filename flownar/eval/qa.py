@@ -157,6 +157,7 @@ def run_qa(
     from .runner import _open_run, _write_json
 
     out_file = Path(out_file)
+    data.questions(split)  # a clear error when there are none (real data, or a world written before questions)
     fingerprint = run_fingerprint(run)
     sha = questions_sha256(data, split)
     settings = {"split": split, "limit": limit, **{k: v for k, v in sorted(narrator_kwargs.items())}}
