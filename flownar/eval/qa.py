@@ -186,25 +186,7 @@ def run_qa(
     ):
         frames = data.load_features(clip.video_uid, range(clip.start_frame, clip.stop_frame))
         narrator.narrate(frames, questions=rel)
-        for q, r, a in zip(world, rel, narrator.answers):
-            answers.append(
-                {
-                    "clip_id": clip.clip_id,
-                    "video_uid": clip.video_uid,
-                    "frame": r.frame,
-                    "time": q.time,
-                    "question": q.text,
-                    "answer": q.answer,
-                    "keywords": list(q.keywords),
-                    "type": q.type,
-                    "gap_s": q.gap_s,
-                    "gap_segments": q.gap_segments,
-                    "gap_caps": q.gap_caps,
-                    "in_view": q.in_view,
-                    "predicted": a.text,
-                    "correct": answer_correct(a.text, q.keywords),
-                }
-            )
+        answers += [_answer_row(clip, r, q, a) for q, r, a in zip(world, rel, narrator.answers)]
     rec = {
         "version": QA_RECORD_VERSION,
         "system": model.config.system,
@@ -217,6 +199,26 @@ def run_qa(
     }
     _write_json(out_file, rec)
     return rec
+
+
+def _answer_row(clip, asked: Question, q, answer) -> dict:
+    """One answer of :func:`run_qa`: the world's question ``q`` asked at clip frame ``asked.frame``."""
+    return {
+        "clip_id": clip.clip_id,
+        "video_uid": clip.video_uid,
+        "frame": asked.frame,
+        "time": q.time,
+        "question": q.text,
+        "answer": q.answer,
+        "keywords": list(q.keywords),
+        "type": q.type,
+        "gap_s": q.gap_s,
+        "gap_segments": q.gap_segments,
+        "gap_caps": q.gap_caps,
+        "in_view": q.in_view,
+        "predicted": answer.text,
+        "correct": answer_correct(answer.text, q.keywords),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- tables
