@@ -46,6 +46,8 @@ from .systems import display_name
 
 #: the content scores the memory rows read (notebook 05: flownar.eval.content.rates)
 CONTENT_RATES = "content_rates"
+#: the streaming-QA scores the question rows read (notebook 06: flownar.eval.qa.qa_long)
+QA_RATES = "qa_rates"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,29 @@ CLAIMS = [
 ]
 
 
+# questions asked during the stream (notebook 06): rows only where every seed folder has its QA scores
+QA_CLAIMS = [
+    Claim(
+        "qa_clam",
+        "Questions answered from memory: CLAM vs none (FlowNar - DCM-only, answers right on questions from memory)",
+        "points",
+        "compare",
+    ),
+    Claim(
+        "qa_flash",
+        "Questions answered from memory: CLAM vs Flash Memory (FlowNar - Flash-VStream memory, ours)",
+        "points",
+        "compare",
+    ),
+    Claim(
+        "qa_window",
+        "Questions answered from memory: pruning vs a window (FlowNar-C - StreamingVLM-style cache, ours)",
+        "points",
+        "compare",
+    ),
+]
+
+
 # ---------------------------------------------------------------------------------------------------- reading
 def _get(df: pd.DataFrame | None, row: str, col: str) -> float:
     """A cell of one of the paper's tables (nan where the paper has no such row or column)."""
@@ -204,6 +229,19 @@ class SeedFolder:
             raise FlowNarError(f"{p}: no memory row for {key}")
         return 100.0 * float(sel.rate.iloc[0])
 
+    @property
+    def has_qa(self) -> bool:
+        return (self.d / f"{QA_RATES}.csv").is_file()
+
+    def qa_accuracy(self, key: str, group: str = "in_view", value: str = "from memory") -> float:
+        """Answers right (%) of ``key`` on one group of questions (default: those answered from memory)."""
+        p = self.d / f"{QA_RATES}.csv"
+        df = pd.read_csv(p, comment="#")
+        sel = df[(df.system == key) & (df.group == group) & (df.value == value)]
+        if sel.empty:
+            raise FlowNarError(f"{p}: no {group} = {value!r} row for {key}")
+        return float(sel.rate.iloc[0])
+
 
 def check_dirs(dirs: list[Path], dataset: str) -> None:
     """Every seed folder exists and, where it records one (``provenance.json``), is of ``dataset``."""
@@ -248,13 +286,32 @@ def _seed_values(d: Path) -> dict[str, float]:
         "swap_memory": mem["flownar"] - mem["flash-vstream"],
         "window_f1": f1["flownar-c"] - f1["streaming-vlm"],
         "window_memory": mem["flownar-c"] - mem["streaming-vlm"],
+    } | (_qa_values(s) if s.has_qa else {})
+
+
+def _qa_values(s: SeedFolder) -> dict[str, float]:
+    qa = {k: s.qa_accuracy(k) for k in ("flownar", "dcm-only", "flash-vstream", "flownar-c", "streaming-vlm")}
+    return {
+        "qa_clam": qa["flownar"] - qa["dcm-only"],
+        "qa_flash": qa["flownar"] - qa["flash-vstream"],
+        "qa_window": qa["flownar-c"] - qa["streaming-vlm"],
     }
+
+
+def _claims(dirs: list[Path]) -> list[Claim]:
+    """The claims these folders can be judged on: the question rows where every folder has QA scores (some but not
+    all: an error naming the others)."""
+    has = [SeedFolder(d).has_qa for d in dirs]
+    if any(has) and not all(has):
+        missing = [str(Path(d) / f"{QA_RATES}.csv") for d, h in zip(dirs, has) if not h]
+        raise FlowNarError(f"QA scores in some seed folders but not in: {', '.join(missing)} (run notebook 06)")
+    return CLAIMS + (QA_CLAIMS if all(has) and has else [])
 
 
 def _per_seed(dirs: list[Path]) -> dict[str, list[float]]:
     """The quantity behind each claim, one value per seed folder."""
     values = [_seed_values(d) for d in dirs]
-    return {c.key: [v[c.key] for v in values] for c in CLAIMS}
+    return {c.key: [v[c.key] for v in values] for c in _claims(dirs)}
 
 
 def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
@@ -290,7 +347,7 @@ def _paper_figures(dataset: str) -> dict[str, tuple[float, str]]:
         "swap_memory": ours,
         "window_f1": ours,
         "window_memory": ours,
-    }
+    } | {c.key: (float("nan"), "our measurement, not in the paper") for c in QA_CLAIMS}
 
 
 # ---------------------------------------------------------------------------------------------------- verdicts
@@ -367,7 +424,7 @@ def claims_table(dirs: list, dataset: str) -> pd.DataFrame:
     seeds = _per_seed(dirs)
     paper = _paper_figures(dataset)
     rows = []
-    for c in CLAIMS:
+    for c in _claims(dirs):
         v = np.asarray(seeds.get(c.key, []), dtype=float)
         ok = v[~np.isnan(v)]
         mean = float(ok.mean()) if len(ok) else float("nan")

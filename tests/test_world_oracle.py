@@ -207,3 +207,30 @@ def test_memory_rows_read_the_content_scores(tmp_path):
     row = t.loc[t.index.str.startswith("CLAM helps")].iloc[0]
     assert row["ours (mean +- std)"].startswith("+33.33") and row["seeds"] == 3
     assert row["verdict"] == "reproduced (beyond the seed spread)"
+
+
+def test_question_rows_where_every_seed_has_qa_scores(tmp_path):
+    """The streaming-QA rows (answers right from memory, notebook 06's qa_rates.csv, read by system key) appear only
+    when every seed folder has the scores; some but not all is an error naming the others."""
+    from flownar.claims import QA_CLAIMS, claims_table
+
+    base = {"videollm-online": 20.0, "videollm-mod": 21.0, "flownar-c": 30.0, "dcm-only": 25.0, "flownar": 30.0}
+    dirs = [_seed_dir(tmp_path / f"q{i}", base) for i in range(3)]
+    assert QA_CLAIMS[0].text not in claims_table(dirs, "ek100").index  # no QA scores anywhere: no rows
+
+    def qa(d, flownar):
+        rate = {"flownar": flownar, "dcm-only": 10.0, "flash-vstream": 12.0, "flownar-c": 9.0, "streaming-vlm": 9.0}
+        rows = [{"system": k, "group": "in_view", "value": "from memory", "rate": r} for k, r in rate.items()]
+        rows.append({"system": "flownar", "group": "in_view", "value": "in view", "rate": 99.0})
+        (d / "qa_rates.csv").write_text("# banner\n" + pd.DataFrame(rows).to_csv(index=False))
+
+    qa(dirs[0], 20.0)
+    with pytest.raises(FlowNarError, match=r"q1/qa_rates.csv, .*q2/qa_rates.csv \(run notebook 06\)"):
+        claims_table(dirs, "ek100")
+    qa(dirs[1], 21.0)
+    qa(dirs[2], 22.0)
+    t = claims_table(dirs, "ek100")
+    clam = t.loc[QA_CLAIMS[0].text]
+    assert clam["ours (mean +- std)"] == "+11.00 +- 1.00" and clam["verdict"] == "difference beyond the seed spread"
+    window = t.loc[QA_CLAIMS[2].text]
+    assert window["ours (mean +- std)"] == "+0.00 +- 0.00" and window["paper"].startswith("n/a")

@@ -241,13 +241,14 @@ def reference_rows(data, split: str = "val", limit: int | None = None) -> dict[s
 
 
 def qa_long(records: dict[str, dict], references: dict[str, list[dict]] | None = None) -> pd.DataFrame:
-    """One row per (row name, group, value): ``k`` right of ``n``, the rate (%) and its 95% Wilson interval.
-    Groups: ``all``, ``in_view``, ``type``, ``gap_caps``, ``gap_segments``."""
+    """One row per (system key, its table name, group, value): ``k`` right of ``n``, the rate (%) and its 95% Wilson
+    interval. Groups: ``all``, ``in_view``, ``type``, ``gap_caps``, ``gap_segments``."""
     from ..systems import display_name
 
-    answers = {display_name(k): r["answers"] for k, r in records.items()} | (references or {})
+    answers = {k: r["answers"] for k, r in records.items()} | (references or {})
     out = []
-    for name, rows in answers.items():
+    for key, rows in answers.items():
+        name = display_name(key)
         if not rows:
             raise FlowNarError(f"{name}: no answers to score")
         df = pd.DataFrame(rows)
@@ -261,6 +262,7 @@ def qa_long(records: dict[str, dict], references: dict[str, list[dict]] | None =
                 lo, hi = wilson(k, n)
                 out.append(
                     {
+                        "system": key,
                         "row": name,
                         "group": group,
                         "value": value,
