@@ -118,14 +118,18 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("system", sorted(learned()) + sorted(VARIANTS))
-def test_answers_in_the_engine_equal_teacher_forced(tok, system):
+ENGINES = [(s, "static") for s in sorted(learned()) + sorted(VARIANTS)]
+ENGINES += [(s, "hf") for s in ("videollm-online", "flownar", "flownar-c-k1", "flash-vstream")]  # the other KV store
+
+
+@pytest.mark.parametrize("system,engine", ENGINES)
+def test_answers_in_the_engine_equal_teacher_forced(tok, system, engine):
     system, kw = VARIANTS.get(system, (system, {}))
     model, chat = micro(tok, system, **kw)
     s = qa_sample(model.config.use_memory)
     frames = torch.randn(s.num_frames, chat.frame_num_tokens, D, generator=torch.Generator().manual_seed(1))
     enc, ref = teacher_forced(model, chat, s, frames)
-    narrator = Narrator(model, chat, record_logits=True)
+    narrator = Narrator(model, chat, record_logits=True, engine=engine)
     replay(narrator, s, frames)
     L = len(enc.input_ids)
     assert narrator.fed_ids == enc.input_ids[: L - 1].tolist()  # all but the final EOS (fed with the next frame)
