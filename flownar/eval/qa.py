@@ -29,6 +29,7 @@ from ..data.layouts import QA_FILE
 from ..data.questions import QUESTION_TYPES
 from ..data.samples import Question
 from ..errors import FlowNarError
+from ..report import display_path
 from .content import wilson
 
 QA_RECORD_VERSION = 1
@@ -190,7 +191,7 @@ def run_qa(
     rec = {
         "version": QA_RECORD_VERSION,
         "system": model.config.system,
-        "checkpoint": str(run),
+        "checkpoint": display_path(run),
         "model_fingerprint": fingerprint,
         "questions_sha256": sha,
         "settings": settings,

@@ -25,6 +25,7 @@ import torch
 from ..checkpoint import run_fingerprint  # noqa: F401 (re-exported: notebooks import it from here)
 from ..data.samples import build_stream_samples
 from ..errors import FlowNarError
+from ..report import display_path
 from ..stream import Narrator
 from .metrics import ClipPrediction, ClipReference, evaluate_both
 from .oracle import OracleEvaluator, aggregate, sample_summary
@@ -374,7 +375,7 @@ def run_teacher_forced(
         shard=shard,
     )
     fingerprint = run_fingerprint(run)
-    rec = {"system": model.config.system, "checkpoint": str(run), "model_fingerprint": fingerprint}
+    rec = {"system": model.config.system, "checkpoint": display_path(run), "model_fingerprint": fingerprint}
     if shard is None:
         rec |= {"metrics": agg, "samples": rows}
         _write_json(out_file, rec)
@@ -467,7 +468,12 @@ def run_self_conditioned(
     )
     if shard is not None:
         shard.wait_for_all()
-        part = {"system": sys_name, "checkpoint": str(run), "model_fingerprint": fingerprint, "shard": str(shard)}
+        part = {
+            "system": sys_name,
+            "checkpoint": display_path(run),
+            "model_fingerprint": fingerprint,
+            "shard": str(shard),
+        }
         if shard.launched and not shard.leader:
             return {**part, "run": r}
         pending = [c for c in r["clips"] if read_prediction(clip_file(Path(predictions_dir), c), fingerprint) is None]
@@ -482,7 +488,7 @@ def run_self_conditioned(
     )
     rec = {
         "system": sys_name,
-        "checkpoint": str(run),
+        "checkpoint": display_path(run),
         "model_fingerprint": fingerprint,
         "run": r,
         "scored_clips": scores["paper"]["n_clips"],
