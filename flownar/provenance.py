@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import paths
+from .report import display_path
 
 PACKAGES = (
     "flownar",
@@ -157,6 +158,14 @@ def _card_summary(card: Path) -> dict:
     return {**c, "videos": len(videos)}
 
 
+def _command(argv: list[str]) -> str:
+    """The command line, with the program by its name and paths inside the project relative to it."""
+    words = [Path(argv[0]).name] if argv else []
+    for a in argv[1:]:
+        words.append(display_path(a) if a.startswith("/") and Path(a).is_relative_to(paths.project_root()) else a)
+    return " ".join(words)
+
+
 def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | None = None) -> dict:
     """The provenance record of a pipeline run (the data root defaults to the embedded one of the profile)."""
     from .data.layouts import SYNTHETIC_CARD_FILE, get_layout
@@ -170,7 +179,7 @@ def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | No
         "profile": profile,
         "seed": seed,
         "data": {
-            "root": str(root),
+            "root": display_path(root),  # relative to the project when inside it: no machine path
             "embedded_synthetic": card.is_file(),
             "synthetic_card": _card_summary(card) if card.is_file() else None,
             **(data_fingerprint(root) if root.is_dir() else {"missing": True}),
@@ -179,7 +188,7 @@ def provenance(dataset: str, profile: str, seed: int, data_root: str | Path | No
         "packages": package_versions(),
         "lock": lock_state(),
         "device": device_info(),
-        "command": " ".join(sys.argv),
+        "command": _command(sys.argv),
     }
 
 

@@ -65,3 +65,18 @@ def test_lock_state(tmp_path, monkeypatch):
     lock.write_text(f"numpy=={np_version}\nno-such-package-xyz==1.0\n")
     s = lock_state(root, str(prefix))
     assert not s["used"] and s["mismatches"] == {"no-such-package-xyz": {"locked": "1.0", "installed": None}}
+
+
+def test_no_path_of_the_making_machine_inside_the_project(tmp_path, monkeypatch):
+    """Paths inside the project root are written relative to it (the data root, the command line), so committed
+    provenance names no machine's folder; paths outside it (a user's FlowNar-Data) stay as given."""
+    from flownar.provenance import _command, provenance
+
+    monkeypatch.setenv("FLOWNAR_ROOT", str(tmp_path))
+    root = write_synthetic_dataset(tmp_path / "data" / "ek100" / "smoke", "ek100", "smoke", 0, progress=False)
+    p = provenance("ek100", "smoke", 0, root)
+    assert p["data"]["root"] == "data/ek100/smoke"
+    cmd = _command(
+        [str(tmp_path / ".venv" / "bin" / "flownar"), "provenance", "--out", str(tmp_path / "figs"), "/elsewhere"]
+    )
+    assert cmd == "flownar provenance --out figs /elsewhere" and str(tmp_path) not in json.dumps(p["data"])
