@@ -138,7 +138,8 @@ EXEC_$(1) := $$(patsubst $(ROOT)/notebooks/%,$$(OUT_$(1))/notebooks/%,$(NOTEBOOK
 reproduce-$(1): $$(EXEC_$(1))
 	$(VENV)/bin/flownar provenance --dataset $(1) --profile $(PROFILE) --seed $(SEED) \
 	  $(if $(DATA_ROOT),--data "$(DATA_ROOT)") --out $$(OUT_$(1))
-	@echo "reproduce-$(1): outputs in $$(OUT_$(1))"
+	$(VENV)/bin/flownar summary $$(OUT_$(1))
+	@echo "reproduce-$(1): outputs in $$(OUT_$(1)) (results page: $$(OUT_$(1))/SUMMARY.md)"
 endef
 $(foreach d,ek100 ego4d egoexo4d,$(eval $(call dataset_rules,$(d))))
 
@@ -169,6 +170,7 @@ seeds-ek100 seeds-ego4d seeds-egoexo4d: seeds-%: $(STAMP)
 	done
 	$(VENV)/bin/flownar claims --dataset $* --out $(FIG_DIR)/$*/$(PROFILE) \
 	  --dirs $(foreach s,$(SEEDS),$(if $(filter 0,$(s)),$(FIG_DIR)/$*/$(PROFILE),$(ROOT)/paper_figures/seeds/seed$(s)/$*/$(PROFILE)))
+	$(VENV)/bin/flownar summary $(FIG_DIR)/$*/$(PROFILE)
 
 # ---------------------------------------------------------------- committed benchmark runs
 # Longer than the pipeline's own benchmark (notebook 04 shows these beside its run). Commit the JSON files.

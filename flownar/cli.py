@@ -11,6 +11,7 @@ flownar bench --systems flownar,videollm-online --frames 10000 --config tiny --j
 flownar extract-features VIDEO_OR_DIR --vision SIGLIP_DIR --out DATA_ROOT   videos -> FlowNar-Data features
 flownar narrate VIDEO --checkpoint RUN --vision SIGLIP_DIR [--out DIR] [--realtime] [--ask T:Q]   live narration
 flownar chat VIDEO_OR_FEATURES --checkpoint RUN [--vision SIGLIP_DIR]   narrate live, answer what is typed
+flownar summary DIR                                              SUMMARY.md: an output folder's results page
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_features(sub)
     _add_narrate(sub)
     _add_chat(sub)
+    _add_summary(sub)
     _add_provenance(sub)
     _add_claims(sub)
     return p
@@ -304,6 +306,20 @@ def _add_provenance(sub) -> None:
     pv.add_argument("--data", type=Path, default=None, help="dataset root (default: the embedded one of the profile)")
     pv.add_argument("--out", required=True, type=Path, help="folder to write provenance.json into")
     pv.set_defaults(func=_cmd_provenance)
+
+
+def _add_summary(sub) -> None:
+    sm = sub.add_parser("summary", help="write SUMMARY.md: the results page of an output folder, from its files")
+    sm.add_argument("dirs", nargs="+", type=Path, help="output folders (paper_figures/<dataset>/<profile>)")
+    sm.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args) -> int:
+    from .summary import write_summary
+
+    for d in args.dirs:
+        print("wrote", write_summary(d))
+    return 0
 
 
 def _add_claims(sub) -> None:
