@@ -266,3 +266,22 @@ def _prepare_smoke(dataset: str) -> str:
     from flownar.data.prepare import prepare_dataset
 
     return str(prepare_dataset(dataset, None, "smoke", 0, progress=False).root)
+
+
+def test_predictions_made_from_other_inputs_are_redone(env, tmp_path):
+    """The same model on another world with the same clip ids, or with other narration settings, narrates again
+    instead of scoring the old predictions against the new references."""
+    from flownar.data.synth import write_synthetic_dataset
+
+    base, data, ckpts = env
+    out = base / "preds_inputs"
+    kw = dict(limit=2, progress=False, with_captions=False, max_new_tokens=2)
+    first = run_self_conditioned(ckpts["a"], data, out, **kw)
+    assert (first["run"]["done"], first["run"]["reused"]) == (2, 0)
+    assert run_self_conditioned(ckpts["a"], data, out, **kw)["run"]["reused"] == 2
+    other = FlowNarData(write_synthetic_dataset(tmp_path / "seed1", "ek100", "smoke", 1, progress=False), "ek100")
+    assert [c.clip_id for c in other.eval_clips("val")[:2]] == first["run"]["clips"]  # the same clip ids
+    again = run_self_conditioned(ckpts["a"], other, out, **kw)
+    assert (again["run"]["done"], again["run"]["reused"]) == (2, 0)  # other features: narrated again
+    stricter = run_self_conditioned(ckpts["a"], other, out, **kw, threshold_high=0.9)
+    assert (stricter["run"]["done"], stricter["run"]["reused"]) == (2, 0)  # other settings: narrated again

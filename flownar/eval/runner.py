@@ -98,7 +98,9 @@ def narrate_clips(
     **narrator_kwargs,
 ) -> dict:
     """Narrate every clip of ``split`` (the first ``limit``) that has no prediction file of this clip by this
-    model (``fingerprint``, see :func:`flownar.checkpoint.run_fingerprint`) yet. Returns ``{"clips": [ids],
+    model (``fingerprint``, see :func:`flownar.checkpoint.run_fingerprint`) from these inputs yet (the clip's
+    feature file and frames, the narrator's settings: :func:`clip_inputs`; a file made on other data with the same
+    clip ids, or with other thresholds, is redone). Returns ``{"clips": [ids],
     "done": narrated now, "reused": files kept, "redone": files replaced (another model or clip, unreadable),
     "skipped": same as reused, "seconds": narration time}``. ``shard`` (:class:`~flownar.eval.shards.Shard`):
     only its part of the clips is narrated (``"clips"`` still lists them all)."""
@@ -116,7 +118,9 @@ def narrate_clips(
     desc = f"narrating {data.dataset}/{system or 'clips'}" + (f" (shard {shard})" if shard is not None else "")
     for clip in progress_bar(mine, desc=desc, enabled=progress, unit="clip"):
         path = clip_file(out_dir, clip.clip_id)
-        if read_prediction(path, fingerprint, clip.clip_id) is not None:
+        inputs = clip_inputs(data, clip, narrator_kwargs)
+        old = read_prediction(path, fingerprint, clip.clip_id)
+        if old is not None and old.get("inputs") == inputs:
             reused += 1
             continue
         redone += path.exists()
@@ -133,6 +137,7 @@ def narrate_clips(
             "video_uid": clip.video_uid,
             "system": system,
             "model_fingerprint": fingerprint,
+            "inputs": inputs,
             "start_frame": clip.start_frame,
             "stop_frame": clip.stop_frame,
             "narrations": {str(e.frame): e.text for e in events},
@@ -155,6 +160,33 @@ def narrate_clips(
         "redone": redone,
         "skipped": reused,
         "seconds": round(seconds, 2),
+    }
+
+
+#: the Narrator arguments that change what is said (the others, such as the engine, change only how fast)
+NARRATION_SETTINGS = (
+    "threshold_high",
+    "threshold_low",
+    "avg_duration",
+    "rule",
+    "max_new_tokens",
+    "system_prompt",
+    "instruction",
+)
+
+
+def clip_inputs(data, clip, settings: dict) -> dict:
+    """What a clip's narration is made from, besides the model: the digest of its feature file, its frames and the
+    narrator's settings that change what is said (given or the Narrator's defaults). A prediction file is reused
+    only for the same."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(Narrator).parameters.items()}
+    digest = hashlib.sha256(data.videos[clip.video_uid].feature_path.read_bytes()).hexdigest()[:16]
+    return {
+        "features_sha256": digest,
+        "frames": [clip.start_frame, clip.stop_frame],
+        "settings": {k: settings.get(k, defaults[k]) for k in NARRATION_SETTINGS},
     }
 
 
