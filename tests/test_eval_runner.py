@@ -239,6 +239,20 @@ def test_sharded_evaluation_equals_one_process(setup, tmp_path):
     assert len(json.loads((ranks / "oracle.shard1of2.json").read_text())["samples"]) == 1  # samples 1 of 0, 1, 2
 
 
+def test_shard_parts_of_other_inputs_are_not_merged(setup, tmp_path, capsys):
+    """Teacher-forced --shard parts made with another --seed (or data, or --limit) are refused by name at the merge,
+    not merged into one oracle.json."""
+    base, data, chat, model = setup
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    chat.tok.save_pretrained(ckpt)
+    out = tmp_path / "mixed"
+    assert main(_eval_args("oracle", ckpt, data, out, 3, "1/2") + ["--seed", "7"]) == 0
+    assert main(_eval_args("oracle", ckpt, data, out, 3, "0/2")) == 2
+    assert "oracle.shard1of2.json: made from other inputs" in capsys.readouterr().err
+    assert not (out / "oracle.json").exists()
+
+
 def test_notebook_multi_gpu_narration_fills_the_files_the_runner_reuses(setup, tmp_path, monkeypatch):
     """Notebook 03 at the paper profile: one torchrun rank per GPU narrates into the notebook's prediction folder
     (two CPU ranks stand in for two GPUs here), then run_self_conditioned reuses every file."""

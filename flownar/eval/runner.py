@@ -413,13 +413,25 @@ def run_teacher_forced(
         _write_json(out_file, rec)
         return rec
     out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)  # a missing --out: made, so that the finished part is kept
     parts = [out_file.with_name(f"{out_file.stem}.shard{i}of{shard.count}.json") for i in range(shard.count)]
-    part = {**rec, "shard": str(shard), "samples": rows}
+    from ..provenance import data_fingerprint
+
+    # what the parts must share to be merged: the data (its fingerprint), the sampling seed, the cut and the limit
+    inputs = {"data_sha256": data_fingerprint(data.root)["sha256"], "split": split, "seed": seed}
+    inputs |= {"max_num_frames": max_num_frames, "limit": limit}
+    part = {**rec, "shard": str(shard), "inputs": inputs, "samples": rows}
     _atomic_write_json(parts[shard.index], part)
     shard.wait_for_all()
     if shard.launched and not shard.leader:
         return part
     found = [_read_shard_part(p, fingerprint) for p in parts]
+    other = [str(p) for p, f in zip(parts, found) if f is not None and f.get("inputs") != inputs]
+    if other:
+        raise FlowNarError(
+            f"{', '.join(other)}: made from other inputs than this part ({inputs}: another data root, --seed or "
+            "--limit); remove them and run those shards again"
+        )
     if any(f is None for f in found):
         missing = [str(p) for p, f in zip(parts, found) if f is None]
         if shard.launched:
