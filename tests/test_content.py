@@ -12,7 +12,7 @@ from flownar.data.readers import FlowNarData
 from flownar.data.synth import write_synthetic_dataset
 from flownar.data.world import NOUNS, VERBS
 from flownar.eval import content, failures
-from flownar.eval.runner import PREDICTION_VERSION, clip_file
+from flownar.eval.predictions import PREDICTION_VERSION, clip_file
 from flownar.eval.text import parse_narration
 
 

@@ -10,7 +10,8 @@ from flownar.cli import main
 from flownar.data.chat import ChatTokenizer
 from flownar.data.prepare import prepare_dataset
 from flownar.data.tokenizer import build_tokenizer
-from flownar.eval.runner import clip_file, narrate_clips, oracle_split, read_prediction, score_clips, stream_timing
+from flownar.eval.predictions import clip_file, read_prediction
+from flownar.eval.runner import narrate_clips, oracle_split, score_clips, stream_timing
 from flownar.models import FlowNarForCausalLM, config_for
 
 
@@ -43,7 +44,7 @@ def test_narrate_resume_and_score(setup):
     assert last in rec["narrations"]  # forced at the last frame
     # beside each narration, the text as the original decodes it (special tokens kept; EOS unless capped)
     assert rec["narrations_raw"].keys() == rec["narrations"].keys()
-    from flownar.eval.runner import load_predictions
+    from flownar.eval.predictions import load_predictions
 
     pred = load_predictions(out, [clips[0].clip_id])[0]
     assert pred.raw_predictions == {int(k): v for k, v in rec["narrations_raw"].items()}
@@ -275,7 +276,8 @@ def test_notebook_multi_gpu_narration_fills_the_files_the_runner_reuses(setup, t
 def test_cpu_systems_narrate_at_once_into_the_files_the_runner_reuses(setup, tmp_path):
     """Notebook 03 on the CPU: narrate_systems narrates several systems in parallel processes (one thread each);
     run_self_conditioned then reuses every file, and the narrations are those of a one-thread run in this process."""
-    from flownar.eval.runner import load_predictions, narrate_systems, run_self_conditioned
+    from flownar.eval.predictions import load_predictions
+    from flownar.eval.runner import narrate_systems, run_self_conditioned
 
     base, data, chat, model = setup
     runs = {}

@@ -5,7 +5,7 @@ import json
 from flownar.data.readers import FlowNarData
 from flownar.data.synth import write_synthetic_dataset
 from flownar.eval import failures
-from flownar.eval.runner import PREDICTION_VERSION, clip_file
+from flownar.eval.predictions import PREDICTION_VERSION, clip_file
 
 
 def _write(out, clip, preds):

@@ -18,13 +18,8 @@ from flownar.data.prepare import prepare_dataset
 from flownar.data.readers import FlowNarData
 from flownar.data.tokenizer import build_tokenizer
 from flownar.errors import CheckpointError, FeatureFileError, FlowNarError
-from flownar.eval.runner import (
-    _atomic_write_json,
-    clip_file,
-    load_predictions,
-    read_prediction,
-    run_self_conditioned,
-)
+from flownar.eval.predictions import _atomic_write_json, clip_file, load_predictions, read_prediction
+from flownar.eval.runner import run_self_conditioned
 from flownar.models import FlowNarForCausalLM, config_for
 from flownar.train.config import train_config
 from flownar.train.loop import train

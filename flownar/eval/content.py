@@ -174,7 +174,7 @@ def habit_scores(segments: pd.DataFrame) -> pd.DataFrame:
 def score_systems(data, pred_dirs: dict, split: str = "val") -> dict[str, pd.DataFrame]:
     """Per system (``pred_dirs``: name -> predictions folder; the world oracle's included when given) the scored
     segments, then the habit's. Empty on real data."""
-    from .runner import load_predictions
+    from .predictions import load_predictions
 
     segments = segments_of(data, split)
     if segments.empty:

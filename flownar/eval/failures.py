@@ -19,7 +19,8 @@ import pandas as pd
 
 from ..systems import display_name
 from .metrics import IOU_THRESHOLD, ClipReference, clip_matches
-from .runner import clip_references, load_predictions
+from .predictions import load_predictions
+from .runner import clip_references
 
 BRIEF_S = 2.0  # a ground-truth segment shorter than this is a "brief action"
 

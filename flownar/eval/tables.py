@@ -127,7 +127,8 @@ def position_table(data, pred_dirs: dict, cap_seconds: float, scoring: str = "co
     per system (``pred_dirs``: system -> its predictions folder), with the ground-truth segments and clips reaching
     each bin as the last rows."""
     from .metrics import temporal_prf_by_position
-    from .runner import clip_references, load_predictions
+    from .predictions import load_predictions
+    from .runner import clip_references
 
     refs = clip_references(data)
     rows, last = {}, None
