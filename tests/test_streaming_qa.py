@@ -283,6 +283,13 @@ def test_answer_scoring_and_the_table():
     table = qa_table(long)
     assert list(table.index) == ["FlowNar", ORACLE, PRIOR]
     assert table.loc["FlowNar", "held"].startswith("50.0") and table.loc["FlowNar", "gap >=2 caps"].endswith("(n=1)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flownar.eval.qa import plot_qa
+
+    many = {ORACLE: [row("held", True, 0.1, True)] * 559, PRIOR: [row("held", False, 0.1, True)] * 559}
+    plot_qa(qa_long(rec, many))  # rates of 0 and 100 % (interval ends equal to the rate up to rounding) draw
 
 
 def test_a_smoke_run_trained_with_questions_answers_them(tmp_path, monkeypatch):

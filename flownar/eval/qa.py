@@ -324,7 +324,7 @@ def plot_qa(long: pd.DataFrame, title: str = ""):
             ax.errorbar(
                 range(len(values)),
                 g.rate,
-                yerr=[g.rate - g.lo, g.hi - g.rate],
+                yerr=[(g.rate - g.lo).clip(lower=0), (g.hi - g.rate).clip(lower=0)],  # float rounding at 0 and 100
                 marker="o",
                 capsize=3,
                 label=name,
