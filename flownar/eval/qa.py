@@ -351,16 +351,8 @@ def qa_systems(runs: dict, data, out_dir, *, workers: int | None = None, **kwarg
     """:func:`run_qa` for every trained system (``runs``: system -> run directory) into ``out_dir/<system>.json``,
     several systems at once on the CPU (processes of one thread each, as
     :func:`flownar.eval.runner.narrate_systems`). Returns ``{system: record}`` in ``runs``' order."""
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from .runner import per_system_in_processes
 
-    workers = workers or os.cpu_count() or 1
     kwargs = dict(kwargs, progress=False)
     jobs = [(system, run, data, Path(out_dir) / f"{system}.json", kwargs) for system, run in runs.items()]
-    out = {}
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))), mp_context=mp.get_context("spawn")) as pool:
-        for fut in as_completed([pool.submit(_qa_worker, job) for job in jobs]):
-            system, rec = fut.result()
-            out[system] = rec
-    return {s: out[s] for s in runs}
+    return per_system_in_processes(_qa_worker, jobs, workers)

@@ -449,18 +449,24 @@ def narrate_systems(runs: dict, data, out_dir, *, workers: int | None = None, sp
     process makes it (always one thread), and :func:`run_self_conditioned` then finds the files made by the same
     model and scores them. ``kwargs``: :func:`narrate_clips`'s (thresholds, ``max_new_tokens``). Returns
     ``{system: narrate_clips' record}``."""
+    kwargs = dict(kwargs, split=split, progress=False)
+    jobs = [(system, run, data, Path(out_dir) / system, kwargs) for system, run in runs.items()]
+    return per_system_in_processes(_narrate_worker, jobs, workers)
+
+
+def per_system_in_processes(worker, jobs: list[tuple], workers: int | None = None) -> dict:
+    """``worker(job) -> (system, result)`` for every job (the first item of each is its system), in up to
+    ``workers`` (default: the CPU count) spawned processes; returns ``{system: result}`` in the jobs' order."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     workers = workers or os.cpu_count() or 1
-    kwargs = dict(kwargs, split=split, progress=False)
-    jobs = [(system, run, data, Path(out_dir) / system, kwargs) for system, run in runs.items()]
     out = {}
     with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))), mp_context=mp.get_context("spawn")) as pool:
-        for fut in as_completed([pool.submit(_narrate_worker, job) for job in jobs]):
+        for fut in as_completed([pool.submit(worker, job) for job in jobs]):
             system, r = fut.result()
             out[system] = r
-    return {s: out[s] for s in runs}
+    return {job[0]: out[job[0]] for job in jobs}
 
 
 def run_world_oracle(data, predictions_dir, metrics_file=None, *, split: str = "val", progress: bool = True) -> dict:
