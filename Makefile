@@ -17,6 +17,10 @@ FIG_DIR ?= $(ROOT)/paper_figures
 SEEDS ?= 0 1 2 3 4
 DATA_ROOT ?=
 LLM_PATH ?=
+# the variables a user sets, checked before anything runs (a bad SEED used to fail deep inside numpy)
+$(foreach s,$(SEED) $(SEEDS),$(if $(shell echo '$(s)' | grep -Ex '[0-9]+'),,\
+  $(error SEED/SEEDS: '$(s)' is not a seed: a whole number >= 0 (e.g. SEED=1, SEEDS="0 1 2"))))
+$(if $(filter default smoke paper,$(PROFILE)),,$(error PROFILE='$(PROFILE)': one of default, smoke, paper))
 
 # The environment is installed from the lock file (exact versions, CPU build of torch), refreshed by `make lock`.
 # On a GPU machine (nvidia-smi works) everything but torch comes from the lock and torch is PyPI's CUDA build

@@ -205,11 +205,24 @@ class SeedFolder:
         v = float(self._json("oracle", key)["metrics"][metric])
         return 100.0 * v if metric == "lm_correctness" else v
 
+    @staticmethod
+    def _csv(p: Path, read, needs: tuple[str, ...], missing: str) -> pd.DataFrame:
+        """The table at ``p`` read by ``read``, with the columns ``needs``; any other outcome names the file."""
+        if not p.is_file():
+            raise FlowNarError(f"{p}: missing ({missing})")
+        try:
+            df = read(p)
+        except (ValueError, UnicodeDecodeError, OSError) as e:  # pandas' parser errors are ValueErrors
+            raise FlowNarError(f"{p}: not a readable table ({type(e).__name__}: {e})") from None
+        absent = [c for c in needs if c not in df.columns]
+        if absent:
+            raise FlowNarError(f"{p}: not the table the claims read (no column {', '.join(map(repr, absent))})")
+        return df
+
     def table(self, name: str, key: str, col: str, source: str | None = None) -> float:
         p = self.d / f"{name}.csv"
-        if not p.is_file():
-            raise FlowNarError(f"{p}: missing (the claims need it; run the notebook that writes it)")
-        df = read_table_csv(p)
+        needs = ("system",) if source is not None else ()
+        df = self._csv(p, read_table_csv, needs, "the claims need it; run the notebook that writes it")
         if source is not None:  # table_efficiency_measured: rows of several sources ("this run", committed runs)
             df = df[df.index == source].set_index("system")
         row = display_name(key)
@@ -221,9 +234,9 @@ class SeedFolder:
         """The percentage of narrations closing a memory segment that name its object (the content scores'
         ``memory`` / ``noun`` row)."""
         p = self.d / f"{CONTENT_RATES}.csv"
-        if not p.is_file():
-            raise FlowNarError(f"{p}: missing (the memory claims need the content scores: notebook 05)")
-        df = pd.read_csv(p, comment="#")
+        df = self._csv(
+            p, _long_csv, ("system", "group", "metric", "rate"), "the memory claims need notebook 05's content scores"
+        )
         sel = df[(df.system == key) & (df.group == "memory") & (df.metric == "noun")]
         if sel.empty:
             raise FlowNarError(f"{p}: no memory row for {key}")
@@ -236,11 +249,15 @@ class SeedFolder:
     def qa_accuracy(self, key: str, group: str = "in_view", value: str = "from memory") -> float:
         """Answers right (%) of ``key`` on one group of questions (default: those answered from memory)."""
         p = self.d / f"{QA_RATES}.csv"
-        df = pd.read_csv(p, comment="#")
+        df = self._csv(p, _long_csv, ("system", "group", "value", "rate"), "notebook 06's answer rates")
         sel = df[(df.system == key) & (df.group == group) & (df.value == value)]
         if sel.empty:
             raise FlowNarError(f"{p}: no {group} = {value!r} row for {key}")
         return float(sel.rate.iloc[0])
+
+
+def _long_csv(p: Path) -> pd.DataFrame:
+    return pd.read_csv(p, comment="#")
 
 
 def check_dirs(dirs: list[Path], dataset: str) -> None:
@@ -248,15 +265,22 @@ def check_dirs(dirs: list[Path], dataset: str) -> None:
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise FlowNarError(f"seed folder(s) not found: {', '.join(missing)}")
+    profiles = {}
     for d in dirs:
         prov = d / "provenance.json"
         if prov.is_file():
             try:
-                got = json.loads(prov.read_text()).get("dataset")
-            except (OSError, ValueError) as e:
+                rec = json.loads(prov.read_text())
+                got = rec.get("dataset")
+            except (OSError, ValueError, AttributeError) as e:
                 raise FlowNarError(f"{prov}: unreadable ({e})") from e
             if got and got != dataset:
                 raise FlowNarError(f"{d}: a {got} folder (provenance.json), but the claims are for {dataset}")
+            if rec.get("profile"):
+                profiles.setdefault(rec["profile"], []).append(str(d))
+    if len(profiles) > 1:
+        mix = "; ".join(f"{p}: {', '.join(ds)}" for p, ds in sorted(profiles.items()))
+        raise FlowNarError(f"seed folders of different profiles ({mix}): the claims compare seeds of one profile")
 
 
 def _seed_values(d: Path) -> dict[str, float]:

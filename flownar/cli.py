@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import paths
 from . import systems as registry
 from .data.layouts import DATASETS
 from .errors import FlowNarError
@@ -457,6 +458,17 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _pending_line(rec: dict) -> str:
+    """The self-conditioned shard's "why not merged": clips of other shards not narrated yet, or narrated by
+    another model (a shard given another --checkpoint: it never merges), or unreadable."""
+    why = rec.get("pending_why", {})
+    line = f"{len(rec['pending'])} clips of other shards pending (" + ", ".join(f"{n} {w}" for w, n in why.items())
+    line += ")"
+    if why.get("another model's"):
+        line += "; files of another model never merge with this one's: give every shard the same --checkpoint"
+    return line
+
+
 def _cmd_convert(args) -> int:
     from .convert import convert_checkpoint
 
@@ -493,7 +505,7 @@ def _cmd_eval_stream(args) -> int:
         r = rec["run"]
         print(
             f"shard {rec['shard']}: narrated {r['done']} clips, reused {r['reused']}"
-            + (f"; {len(rec['pending'])} clips of other shards pending" if rec.get("pending") else ""),
+            + (f"; {_pending_line(rec)}" if rec.get("pending") else ""),
             file=sys.stderr,
         )
         return 0
@@ -548,6 +560,14 @@ def _cmd_eval_oracle(args) -> int:
     )
     if "metrics" not in rec:  # a shard that does not merge
         print(f"shard {rec['shard']}: {len(rec['samples'])} samples evaluated", file=sys.stderr)
+        if rec.get("pending"):
+            print(f"waiting for {len(rec['pending'])} other part(s): {', '.join(rec['pending'])}", file=sys.stderr)
+        if rec.get("other_counts"):
+            print(
+                f"parts made with another shard count are there too and never merge with these: "
+                f"{', '.join(rec['other_counts'])}; give every shard the same N (--shard i/N)",
+                file=sys.stderr,
+            )
         return 0
     print(json.dumps(rec["metrics"], indent=1))
     return 0
@@ -563,10 +583,23 @@ def _cmd_train(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None):  # every --out is a folder: made and checked before any work
+            paths.writable_dir(args.out)
         return args.func(args)
-    except (FlowNarError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FlowNarError, ValueError) as e:
         print(f"flownar: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or missing folder, a file where a folder should be: one line
+        print(f"flownar: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(e: OSError) -> str:
+    """``<path>: <cause>`` (``<path> -> <path2>`` for a rename) when the error names a file, else its text."""
+    if e.filename is None:
+        return str(e)
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
+    return f"{where}: {e.strerror or type(e).__name__}"
 
 
 if __name__ == "__main__":

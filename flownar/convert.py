@@ -54,19 +54,40 @@ SYSTEMS = ("videollm-online", "flownar", "flownar-c")
 
 
 def load_adapter(src: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The adapter's tensors and its ``adapter_config.json``."""
+    """The adapter's tensors and its ``adapter_config.json``; a file that cannot be read is named with the cause."""
     cfg_file = src / "adapter_config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{src}: no adapter_config.json (the original code saves a PEFT LoRA adapter folder)")
+    try:
+        adapter_cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(adapter_cfg, dict):
+        raise CheckpointError(
+            f"{cfg_file}: expected a JSON object (PEFT's LoRA settings), got {type(adapter_cfg).__name__}"
+        )
     if (src / "adapter_model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        state = load_file(src / "adapter_model.safetensors")
+        path = src / "adapter_model.safetensors"
+        try:
+            state = load_file(path)
+        except Exception as e:  # safetensors raises its own error type for a truncated or empty file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     elif (src / "adapter_model.bin").is_file():
-        state = torch.load(src / "adapter_model.bin", map_location="cpu", weights_only=True)
+        path = src / "adapter_model.bin"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses pickled objects; a truncated file fails in the unpickler
+            raise CheckpointError(
+                f"{path}: not a tensor-only PyTorch file (loaded with weights_only=True; a pickled object is "
+                f"refused, never executed): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
     else:
         raise CheckpointError(f"{src}: neither adapter_model.safetensors nor adapter_model.bin")
-    return state, json.loads(cfg_file.read_text())
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return state, adapter_cfg
 
 
 def map_keys(state: dict[str, torch.Tensor], src: Path) -> dict[str, torch.Tensor]:
@@ -109,6 +130,11 @@ def convert_checkpoint(
     src, out = Path(src), Path(out)
     if system not in SYSTEMS:
         raise ValueError(f"convert-checkpoint: system must be one of {SYSTEMS}, got {system!r}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(
+            f"{out}: {'not a folder' if not out.is_dir() else 'not empty'}: convert-checkpoint writes a new run and "
+            "never into an existing one (its weights, log and summary would be mixed with the converted model's)"
+        )
     state, adapter_cfg = load_adapter(src)
     mapped = map_keys(state, src)
     fc1 = mapped.get(PREFIX + "connector.fc1.weight")

@@ -3,9 +3,11 @@
 ``narrate_video`` is what ``flownar narrate VIDEO --checkpoint DIR --vision PATH`` runs: frames at 2 fps from
 :mod:`flownar.video`, encoded one at a time by the SigLIP tower, pushed into :class:`flownar.stream.Narrator`;
 each narration is reported as soon as it is decoded (``on_event``), and at the end JSON, SRT and WebVTT files are
-written. ``asks``: questions ``(time, text)`` asked during the stream (``--ask 12.5:What is in the drawer?``): each
-after the first frame at or after its time, answered at once (:meth:`flownar.stream.Narrator.ask`); the answers go
-to ``on_event``, the JSON and the subtitles at their time. With ``realtime=True`` input is paced at the video
+written (the JSON from the first frame on, rewritten after each narration or answer with ``complete: false`` until
+the end, so a failure late in a long video keeps what was said). ``asks``: questions ``(time, text)`` asked
+during the stream (``--ask 12.5:What is in the drawer?``): each after the first frame at or after its time,
+answered at once (:meth:`flownar.stream.Narrator.ask`); the answers go to ``on_event``, the JSON and the subtitles
+at their time. With ``realtime=True`` input is paced at the video
 clock (frame j is not read before j / fps seconds after the start) and the lag behind that clock is measured.
 """
 
@@ -68,6 +70,7 @@ class NarrationResult:
     max_lag_s: float = 0.0  # realtime: largest delay of a frame's processing behind the video clock
     final_lag_s: float = 0.0
     counters: dict = field(default_factory=dict)
+    complete: bool = False  # False while the stream runs (the JSON written as it goes), True once it ended
 
 
 def narrate_video(
@@ -85,39 +88,29 @@ def narrate_video(
 ) -> tuple[NarrationResult, dict[str, Path]]:
     """Stream ``video`` through the checkpoint's narrator (asking ``asks``). Returns the result and the written
     files."""
-    from .checkpoint import check_compatible, load_trained
+    from .paths import writable_dir
     from .progress import progress_bar
     from .stream import Narrator
-    from .video import FrameEncoder, read_frames, video_duration
+    from .video import read_frames, video_duration
 
     video, checkpoint = Path(video), Path(checkpoint)
     duration = video_duration(video)  # also checks that the file is a readable video, before loading anything
     asks = _checked_asks(asks, duration)
-    model, chat = load_trained(checkpoint)
-    for _, question in asks:  # before any frame: the tokenizer must encode the question turn as the layout wants
-        try:
-            chat.question_ids(question)
-        except ValueError as e:
-            raise ValueError(f"{checkpoint}: its tokenizer cannot take the question {question!r}: {e}") from None
-    model = model.to(device)
-    encoder = FrameEncoder(vision, device=device)
-    check_compatible(
-        model,
-        encoder.tokens_per_frame,
-        encoder.hidden_size,
-        checkpoint,
-        f"the vision tower {vision}",
-        hint="use the tower the model was trained on",
-    )
+    stem = None if out_dir is None else writable_dir(out_dir) / video.stem  # before the model: fail early
+    model, chat, encoder = _load(checkpoint, vision, device, asks)
     narrator = Narrator(model, chat, **narrator_kwargs)
     narrator.reset()
     res = NarrationResult(str(video), str(checkpoint), model.config.system, fps, 0, realtime=realtime)
     total = int(duration * fps) + 1 if duration else None
     bar = progress_bar(total=total, enabled=progress, desc=f"narrating {video.name}", unit="frame", leave=False)
     t0 = time.perf_counter()
+    if stem is not None:
+        write_json(res, stem)
 
     def emit(item: dict, into: list):
         into.append(item)
+        if stem is not None:
+            write_json(res, stem)
         if on_event is not None:
             on_event(item)
 
@@ -146,8 +139,34 @@ def narrate_video(
     bar.close()
     res.wall_s = time.perf_counter() - t0
     res.counters = asdict(narrator.counters)
-    files = {} if out_dir is None else write_outputs(res, Path(out_dir) / video.stem, max(duration, res.frames / fps))
+    res.complete = True
+    files = {} if stem is None else write_outputs(res, stem, max(duration, res.frames / fps))
     return res, files
+
+
+def _load(checkpoint: Path, vision, device: str, asks):
+    """The trained model and tokenizer (which must take every question as a turn) and the vision tower it was
+    trained on."""
+    from .checkpoint import check_compatible, load_trained
+    from .video import FrameEncoder
+
+    model, chat = load_trained(checkpoint)
+    for _, question in asks:  # before any frame: the tokenizer must encode the question turn as the layout wants
+        try:
+            chat.question_ids(question)
+        except ValueError as e:
+            raise ValueError(f"{checkpoint}: its tokenizer cannot take the question {question!r}: {e}") from None
+    model = model.to(device)
+    encoder = FrameEncoder(vision, device=device)
+    check_compatible(
+        model,
+        encoder.tokens_per_frame,
+        encoder.hidden_size,
+        checkpoint,
+        f"the vision tower {vision}",
+        hint="use the tower the model was trained on",
+    )
+    return model, chat, encoder
 
 
 def _narration_item(ev, fps: float) -> dict:
@@ -165,6 +184,15 @@ def _checked_asks(asks, duration: float) -> list[tuple[float, str]]:
     return asks
 
 
+def write_json(res: NarrationResult, stem: Path) -> Path:
+    """``<stem>.json``: the result so far (``complete`` says whether the stream ended), replaced atomically."""
+    path = stem.with_suffix(".json")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(res), indent=2))
+    tmp.replace(path)
+    return path
+
+
 def write_outputs(res: NarrationResult, stem: Path, duration: float) -> dict[str, Path]:
     """``<stem>.json`` (the result), ``.srt`` and ``.vtt`` (one cue per narration or answer)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +202,7 @@ def write_outputs(res: NarrationResult, stem: Path, duration: float) -> dict[str
     )
     cues = cues_from_events([t for t, _ in said], [x for _, x in said], duration)
     files = {"json": stem.with_suffix(".json"), "srt": stem.with_suffix(".srt"), "vtt": stem.with_suffix(".vtt")}
-    files["json"].write_text(json.dumps(asdict(res), indent=2))
+    write_json(res, stem)
     files["srt"].write_text(to_srt(cues))
     files["vtt"].write_text(to_vtt(cues))
     return files

@@ -14,6 +14,19 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 
 
+def writable_dir(path: str | Path) -> Path:
+    """``path`` as a folder that can be written into, made if missing; otherwise the OSError that names it (a file
+    in the way, a read-only place). Writers call it before their work starts, so that nothing computed is lost
+    to a folder that cannot take it."""
+    import errno
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)  # FileExistsError (a file there) / PermissionError name the path
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "cannot write into this folder", str(path))
+    return path
+
+
 def project_root() -> Path:
     env = os.environ.get("FLOWNAR_ROOT")
     return Path(env).resolve() if env else PACKAGE_DIR.parent

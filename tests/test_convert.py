@@ -122,3 +122,55 @@ def test_unknown_and_missing_tensors_are_named(source, tmp_path):
         convert_checkpoint(short, "flownar", tmp_path / "o2", llm)
     with pytest.raises(CheckpointError, match="not a 'videollm-online' checkpoint"):
         convert_checkpoint(src, "videollm-online", tmp_path / "o3", llm)
+
+
+def test_bad_adapter_files_and_a_used_out_are_refused_by_name(source, tmp_path):
+    """issue 28: a truncated, empty or pickled adapter, an invalid adapter_config.json and a non-empty --out each end
+    in one error naming the file; a finished run's folder is never written into."""
+    import pickle
+
+    from flownar.convert import convert_checkpoint
+
+    base, llm, chat, model, src, state = source
+    cfg = (src / "adapter_config.json").read_text()
+    blob = (src / "adapter_model.safetensors").read_bytes()
+
+    def adapter(name, files):
+        d = tmp_path / name
+        d.mkdir()
+        for f, content in files.items():
+            (d / f).write_bytes(content if isinstance(content, bytes) else content.encode())
+        return d
+
+    cases = {
+        "truncated": ({"adapter_config.json": cfg, "adapter_model.safetensors": blob[: len(blob) // 2]}, "safetensors"),
+        "empty": ({"adapter_config.json": cfg, "adapter_model.safetensors": b""}, "adapter_model.safetensors"),
+        "pickle": ({"adapter_config.json": cfg, "adapter_model.bin": pickle.dumps({"x": object()})}, "weights_only"),
+        "badjson": ({"adapter_config.json": "{r: 4", "adapter_model.safetensors": blob}, "not valid JSON"),
+        "listjson": ({"adapter_config.json": "[4]", "adapter_model.safetensors": blob}, "JSON object"),
+    }
+    for name, (files, why) in cases.items():
+        d = adapter(name, files)
+        with pytest.raises(CheckpointError, match=why) as err:
+            convert_checkpoint(d, "flownar", tmp_path / f"out-{name}", llm)
+        assert str(d) in str(err.value), name
+        assert not (tmp_path / f"out-{name}").exists(), name
+    used = tmp_path / "finished-run"
+    used.mkdir()
+    (used / "model.safetensors").write_bytes(b"an older run")
+    with pytest.raises(CheckpointError, match="not empty"):
+        convert_checkpoint(src, "flownar", used, llm)
+    assert (used / "model.safetensors").read_bytes() == b"an older run" and len(list(used.iterdir())) == 1
+    rc = main(
+        [
+            "convert-checkpoint",
+            str(tmp_path / "pickle"),
+            "--system",
+            "flownar",
+            "--llm",
+            str(llm),
+            "--out",
+            str(tmp_path / "cli-out"),
+        ]
+    )
+    assert rc == 2

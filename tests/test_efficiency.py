@@ -205,6 +205,11 @@ def test_cli_bench_writes_json(tmp_path):
         (["--frames", "ten"], "--frames"),
         (["--config", "gpt-5"], "unknown bench config"),
         (["--device", "cuda"], "no CUDA device"),
+        (["--frames", "0"], "must be a positive whole number, got 0"),  # was an IndexError
+        (["--frames", "-5"], "must be a positive whole number, got -5"),
+        (["--streams", "0"], "streams must be a positive whole number"),
+        (["--long-frames", "-1"], "must be a positive whole number, got -1"),
+        (["--max-seconds", "0"], "max_seconds must be > 0"),
     ],
 )
 def test_cli_bench_bad_arguments(tmp_path, capsys, argv, msg):
@@ -216,6 +221,23 @@ def test_cli_bench_bad_arguments(tmp_path, capsys, argv, msg):
         main(["bench", "--frames", "5", "--config", "micro", "--json", str(tmp_path / "x.json"), "--quiet", *argv]) == 2
     )
     assert msg in capsys.readouterr().err
+
+
+def test_capture_on_the_cpu_says_it_ran_without(tmp_path, capsys):
+    """issue 28: --capture on the CPU recorded ``capture: true`` with 0 graphs."""
+    import json
+
+    from flownar.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    out = tmp_path / "c.json"
+    argv = ["bench", "--systems", "flownar", "--frames", "6", "--config", "micro", "--capture", "--json", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["capture"] is False and "without capture" in res["capture_note"]
+    assert all(r["capture"] is False and r["graphs_captured"] is None for r in res["runs"])
+    assert "--capture needs a CUDA device" in capsys.readouterr().out
 
 
 def test_paper_fit_picks_a_definition_that_predicts_the_other_columns():

@@ -254,6 +254,39 @@ def test_shard_parts_of_other_inputs_are_not_merged(setup, tmp_path, capsys):
     assert not (out / "oracle.json").exists()
 
 
+def test_shards_say_why_they_do_not_merge(setup, tmp_path, capsys):
+    """issue 28: shard parts of two models waited forever ("1 clips of other shards pending"); parts made with
+    another N never merged without a word; a corrupt part was taken for a missing one."""
+    base, data, chat, model = setup
+    ckpts = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        other = type(model)(model.config)
+        ckpts[name] = tmp_path / name
+        other.save_pretrained(ckpts[name])
+        chat.tok.save_pretrained(ckpts[name])
+    out = tmp_path / "two-models"
+    assert main(_eval_args("stream", ckpts["a"], data, out, 4, "1/2")) == 0
+    capsys.readouterr()
+    assert main(_eval_args("stream", ckpts["b"], data, out, 4, "0/2")) == 0
+    err = capsys.readouterr().err
+    assert "2 another model's" in err and "give every shard the same --checkpoint" in err, err
+    assert not (out / "metrics.json").exists()
+
+    tf = tmp_path / "teacher-forced"
+    assert main(_eval_args("oracle", ckpts["a"], data, tf, 3, "1/3")) == 0
+    capsys.readouterr()
+    assert main(_eval_args("oracle", ckpts["a"], data, tf, 3, "0/2")) == 0
+    err = capsys.readouterr().err
+    assert "oracle.shard1of2.json" in err and "oracle.shard1of3.json" in err and "the same N" in err, err
+    assert main(_eval_args("oracle", ckpts["b"], data, tf, 3, "1/2")) == 2
+    assert "oracle.shard0of2.json: written by another model" in capsys.readouterr().err
+    (tf / "oracle.shard1of2.json").write_text('{"samples": [1, 2')  # cut short
+    assert main(_eval_args("oracle", ckpts["a"], data, tf, 3, "0/2")) == 2
+    assert "oracle.shard1of2.json: not a readable shard part" in capsys.readouterr().err
+    assert not (tf / "oracle.json").exists()
+
+
 def test_notebook_multi_gpu_narration_fills_the_files_the_runner_reuses(setup, tmp_path, monkeypatch):
     """Notebook 03 at the paper profile: one torchrun rank per GPU narrates into the notebook's prediction folder
     (two CPU ranks stand in for two GPUs here), then run_self_conditioned reuses every file."""

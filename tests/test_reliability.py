@@ -142,6 +142,59 @@ def test_training_never_damages_a_finished_run(env):
     assert {n: (run / n).read_bytes() for n in before} == before
 
 
+def test_a_data_path_written_another_way_is_the_same_run(env, monkeypatch):
+    """issue 28: --data d, ./d/ and the absolute path name one folder: nothing to do, not "other settings"."""
+    base, data, _ = env
+    kw = dict(model_size="micro", max_steps=1, progress=False)
+    other = base / "data_copy"
+    shutil.copytree(data.root, other)
+    run = train(train_config("videollm-online", "smoke", out=str(base / "pathrun"), data_root=str(other), **kw))
+    before = (run / "model.safetensors").read_bytes()
+    monkeypatch.chdir(base)
+    for written in ("data_copy", "./data_copy/", "../" + base.name + "/data_copy"):
+        assert train(train_config("videollm-online", "smoke", out=str(run), data_root=written, **kw)) == run
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_a_second_training_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(env, capsys):
+    """issue 28: two trainings into one --out interleaved their logs; the second is refused while the first runs
+    (the lock is a flock: another open file description conflicts, in this process as in another one)."""
+    from flownar.train.resume import LOCK, run_lock
+
+    base, _, _ = env
+    kw = dict(model_size="micro", max_steps=2, progress=False)
+    run = base / "busy"
+    with run_lock(run):
+        with pytest.raises(CheckpointError, match="another flownar train is writing into this folder"):
+            train(train_config("videollm-online", "smoke", out=str(run), **kw))
+        assert (
+            main(
+                [
+                    "train",
+                    "--system",
+                    "videollm-online",
+                    "--profile",
+                    "smoke",
+                    "--out",
+                    str(run),
+                    "--quiet",
+                    "--set",
+                    "model_size=micro",
+                    "--set",
+                    "max_steps=2",
+                ]
+            )
+            == 2
+        )
+        assert not (run / "train_log.csv").exists()
+    (run / LOCK).write_text("pid 999999 on a-killed-host since 2026-12-01 00:00:00")  # left by a killed run
+    capsys.readouterr()
+    assert train(train_config("videollm-online", "smoke", out=str(run), **kw)) == run
+    assert "taking it over" in capsys.readouterr().out
+    assert pd.read_csv(run / "train_log.csv")["step"].tolist() == [1, 2]
+    assert (run / LOCK).read_text() == ""  # released
+
+
 def test_resume_is_bit_identical_with_dropout_and_drops_later_log_rows(env):
     """FlowNar's CLAM uses dropout: without the random-number state a resumed run ends elsewhere."""
     from safetensors.torch import load_file
@@ -280,3 +333,45 @@ def test_predictions_made_from_other_inputs_are_redone(env, tmp_path):
     assert (again["run"]["done"], again["run"]["reused"]) == (2, 0)  # other features: narrated again
     stricter = run_self_conditioned(ckpts["a"], other, out, **kw, threshold_high=0.9)
     assert (stricter["run"]["done"], stricter["run"]["reused"]) == (2, 0)  # other settings: narrated again
+
+
+# ---------------------------------------------------------------------------------------------------- writers
+def test_an_out_that_cannot_be_written_ends_in_one_line_before_any_work(env, tmp_path, capsys, monkeypatch):
+    """issue 28: a file given as --out, or a disk that fills up, gave raw OSError tracebacks (train, eval); now one
+    line naming the path and the cause, and --out is checked before the work starts."""
+    import errno
+
+    import flownar.eval.runner as runner
+
+    base, data, ckpts = env
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    calls = []
+    monkeypatch.setattr(runner, "narrate_clips", lambda *a, **k: calls.append(1))
+    cases = [
+        ["eval", "stream", "--checkpoint", str(ckpts["a"]), "--data", str(data.root), "--out", str(a_file)],
+        ["eval", "oracle", "--checkpoint", str(ckpts["a"]), "--data", str(data.root), "--out", str(a_file / "x")],
+        ["claims", "--dirs", str(tmp_path), "--out", str(a_file)],
+    ]
+    for argv in cases:
+        assert main([*argv, "--quiet"] if argv[0] == "eval" else argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(a_file) in err[0] and "Traceback" not in err[0], (argv, err)
+    assert not calls  # refused before narrating anything
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "train_log.csv"))
+
+    import flownar.train.loop as loop
+
+    monkeypatch.setattr(loop, "_setup", full_disk)
+    argv = ["train", "--system", "videollm-online", "--profile", "smoke", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"flownar: error: {tmp_path / 'run' / 'train_log.csv'}: No space left on device"
+    )
+    from flownar.train.resume import run_lock
+
+    with run_lock(tmp_path / "run"):  # released on the way out (its text stays: a training that did not finish)
+        pass

@@ -222,3 +222,36 @@ def test_narrate_answers_questions_asked_during_the_video(assets, tmp_path, caps
     ):
         assert main([*args, "--ask", bad]) == 2
         assert why in capsys.readouterr().err
+
+
+def test_narrate_checks_out_first_and_keeps_the_work_of_a_late_failure(assets, tmp_path, monkeypatch, capsys):
+    """issue 28: --out that is a file fails before streaming, in one line naming it; a failure late in the video
+    (here the narrator breaks at the 7th frame; a full disk at the end alike) leaves the JSON of what was said."""
+    from flownar.cli import main
+    from flownar.narrate import narrate_video
+    from flownar.stream import Narrator
+
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("not a folder")
+    argv = ["narrate", str(assets["video"]), "--checkpoint", str(assets["ckpt"]), "--vision", str(assets["tower"])]
+    assert main([*argv, "--out", str(a_file), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(a_file) in err[0] and "Traceback" not in err[0], err
+
+    push, seen = Narrator.push, []
+
+    def breaks_late(self, feats):
+        if len(seen) == 6:
+            raise OSError(28, "No space left on device", "/somewhere/full")
+        seen.append(1)
+        return push(self, feats)
+
+    monkeypatch.setattr(Narrator, "push", breaks_late)
+    out = tmp_path / "late"
+    with pytest.raises(OSError):
+        narrate_video(assets["video"], assets["ckpt"], assets["tower"], out, progress=False, max_new_tokens=4)
+    kept = json.loads((out / (assets["video"].stem + ".json")).read_text())
+    assert kept["complete"] is False and kept["narrations"] and kept["narrations"][0]["time"] == 0.0
+    seen.clear()
+    assert main([*argv, "--out", str(tmp_path / "late2"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "flownar: error: /somewhere/full: No space left on device"

@@ -197,6 +197,32 @@ def test_claims_refuse_missing_or_foreign_seed_folders(tmp_path):
         claims_table([a, b], "ek100")
 
 
+def test_claims_name_a_garbage_table_and_refuse_a_mix_of_profiles(tmp_path, capsys):
+    """issue 28: a garbage CSV in a seed folder was a pandas traceback (or a KeyError) without the file's name;
+    seed folders of the smoke and the default profile were averaged together."""
+    import json
+
+    from flownar.claims import claims_table
+    from flownar.cli import main
+
+    a, b = _seed_dir(tmp_path / "a", {}), _seed_dir(tmp_path / "b", {})
+    for junk, why in (('"unclosed\n1,2,3\n', "not a readable table"), ("x,y\n1,2\n", "no column 'system'")):
+        (b / "content_rates.csv").write_text(junk)
+        with pytest.raises(FlowNarError, match=why) as err:
+            claims_table([a, b], "ek100")
+        assert str(b / "content_rates.csv") in str(err.value)
+    (b / "table_position.csv").write_bytes(b"\xff\xfe\x00garbage")
+    _seed_dir(tmp_path / "c", {})
+    (tmp_path / "c" / "table_position.csv").write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["claims", "--dirs", str(a), str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
+    assert "table_position.csv" in capsys.readouterr().err
+    c, d = _seed_dir(tmp_path / "c2", {}), _seed_dir(tmp_path / "d2", {})
+    for folder, profile in ((c, "smoke"), (d, "default")):
+        (folder / "provenance.json").write_text(json.dumps({"dataset": "ek100", "profile": profile}))
+    with pytest.raises(FlowNarError, match="different profiles"):
+        claims_table([c, d], "ek100")
+
+
 def test_memory_rows_read_the_content_scores(tmp_path):
     from flownar.claims import claims_table
 

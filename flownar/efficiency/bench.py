@@ -244,14 +244,25 @@ def run_bench(
     max_seconds: float | None = None,
 ) -> dict:
     """``flownar bench``: for each system, one stream of ``max(frames)`` frames (or per-system lengths when
-    ``frames`` is a dict), the same schedule for all. Returns a JSON-able dict of raw results."""
-    if streams < 1:
-        raise ValueError(f"streams must be >= 1, got {streams}")
+    ``frames`` is a dict), the same schedule for all. Returns a JSON-able dict of raw results. ``capture`` on a
+    device other than CUDA runs without it and says so (``capture: false`` and ``capture_note`` in the record)."""
+    lengths = frames if isinstance(frames, dict) else {s: max(frames, default=0) for s in systems}
+    for what, v in [*((f"frames ({s})", n) for s, n in lengths.items()), ("streams", streams)]:
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{what} must be a positive whole number, got {v!r}")
+    if text_tokens < 1:
+        raise ValueError(f"text_tokens must be >= 1 (tokens per replayed narration), got {text_tokens}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    note = None
+    if capture and not str(device).startswith("cuda"):
+        note = f"--capture needs a CUDA device (CUDA graphs); on {device} every step ran eager, without capture"
+        print(note, flush=True)
+        capture = False
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     ]
     chat = bench_chat()
-    lengths = frames if isinstance(frames, dict) else {s: max(frames) for s in systems}
     schedule = narration_schedule(max(lengths.values()), *segment_stats, seed=seed)
     layout = Layout.from_chat(chat, text_tokens)
     out = {
@@ -263,6 +274,7 @@ def run_bench(
         "streams": streams,
         "compile": compile,
         "capture": capture,
+        **({"capture_note": note} if note else {}),
         "segment_stats_s": list(segment_stats),
         "text_tokens": text_tokens,
         "seed": seed,

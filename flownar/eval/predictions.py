@@ -74,6 +74,15 @@ def read_prediction(path: Path, fingerprint=ANY_MODEL, clip_id: str | None = Non
     return rec
 
 
+def why_pending(path: Path, fingerprint) -> str:
+    """Why a clip's file does not (yet) hold this model's narration: ``"not narrated yet"``, ``"another model's"``
+    or ``"unreadable"`` (the shard pending message counts them)."""
+    rec, why = _read_record(path)
+    if rec is None:
+        return "not narrated yet" if why == "missing" else "unreadable"
+    return "another model's" if rec.get("model_fingerprint") != fingerprint else "not narrated yet"
+
+
 #: the Narrator arguments that change what is said (the others, such as the engine, change only how fast)
 NARRATION_SETTINGS = (
     "threshold_high",

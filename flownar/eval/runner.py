@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .predictions import (
     clip_inputs,
     load_predictions,
     read_prediction,
+    why_pending,
 )
 
 
@@ -319,7 +321,11 @@ def run_teacher_forced(
         missing = [str(p) for p, f in zip(parts, found) if f is None]
         if shard.launched:
             raise RuntimeError(f"teacher-forced shards missing after all ranks finished: {missing}")
-        return part  # --shard: another part is still running; the last one merges
+        # --shard: another part is still running; the last one merges. Parts made with another N never merge
+        # with these: name them
+        mine = {p.name for p in parts}
+        strays = sorted(str(p) for p in out_file.parent.glob(f"{out_file.stem}.shard*of*.json") if p.name not in mine)
+        return part | {"pending": missing, "other_counts": strays}
     merged = _interleave([f["samples"] for f in found])
     rec |= {"metrics": aggregate(merged), "samples": merged}
     _write_json(out_file, rec)
@@ -327,13 +333,23 @@ def run_teacher_forced(
 
 
 def _read_shard_part(path: Path, fingerprint: str) -> dict | None:
-    """A teacher-forced part written by this model, or None (missing, unreadable, or another model's)."""
+    """A teacher-forced part written by this model, or None when it is not written yet. A part that cannot be
+    read, or that another model wrote, is an error naming it (the shards would otherwise wait for it forever)."""
     try:
         rec = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except FileNotFoundError:
         return None
-    if not isinstance(rec, dict) or rec.get("model_fingerprint") != fingerprint or "samples" not in rec:
-        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowNarError(
+            f"{path}: not a readable shard part ({type(e).__name__}: {e}); remove it and run that shard again"
+        ) from None
+    if not isinstance(rec, dict) or "samples" not in rec:
+        raise FlowNarError(f"{path}: not a shard part (no samples); remove it and run that shard again")
+    if rec.get("model_fingerprint") != fingerprint:
+        raise FlowNarError(
+            f"{path}: written by another model ({rec.get('checkpoint')}, fingerprint "
+            f"{str(rec.get('model_fingerprint'))[:12]}) than this part's; give every shard the same --checkpoint"
+        )
     return rec
 
 
@@ -407,7 +423,9 @@ def run_self_conditioned(
         if pending:
             if shard.launched:
                 raise RuntimeError(f"clips not narrated after all ranks finished: {pending}")
-            return {**part, "run": r, "pending": pending}  # --shard: the last part to finish scores
+            # --shard: the last part to finish scores; say why the others' clips are not there yet
+            why = Counter(why_pending(clip_file(Path(predictions_dir), c), fingerprint) for c in pending)
+            return {**part, "run": r, "pending": pending, "pending_why": dict(why)}
     # score exactly the clips narrated here (all of the split without a limit); refuse another model's files
     scored = r["clips"] if limit is not None else None
     scores = score_clips(

@@ -135,16 +135,28 @@ def check_paper_setup(cfg: TrainConfig) -> None:
 LAUNCH_ONLY = ("progress", "deepspeed", "out")
 
 
+PATH_SETTINGS = ("data_root", "llm_path")  # compared as the folders they name: "d", "./d/" and "/abs/d" alike
+
+
+def _same_setting(key: str, saved, now) -> bool:
+    if saved == now:
+        return True
+    if key in PATH_SETTINGS and saved and now:
+        return Path(str(saved)).expanduser().resolve() == Path(str(now)).expanduser().resolve()
+    return False
+
+
 def settings_diff(old: dict, cfg: "TrainConfig") -> dict:
     """The settings in which a saved ``train_config.json`` (``old``) differs from ``cfg``: ``{field: (saved,
-    now)}``, launch-only fields aside. A field the saved run does not record (added to TrainConfig after it was
-    trained) counts as its default: a run trained before the field existed is the run the default describes."""
+    now)}``, launch-only fields aside; path settings (:data:`PATH_SETTINGS`) are compared resolved. A field the
+    saved run does not record (added to TrainConfig after it was trained) counts as its default: a run trained
+    before the field existed is the run the default describes."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     mine = asdict(cfg)
     return {
         k: (old.get(k, defaults.get(k)), v)
         for k, v in mine.items()
-        if k not in LAUNCH_ONLY and old.get(k, defaults.get(k)) != v
+        if k not in LAUNCH_ONLY and not _same_setting(k, old.get(k, defaults.get(k)), v)
     }
 
 

@@ -17,6 +17,7 @@ folders for resuming. The loop reads straight through; what differs between a pl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -37,7 +38,7 @@ from ..errors import FlowNarError
 from ..train_report import plot_loss
 from .config import TrainConfig, check_paper_setup
 from .model import build_model, parameter_counts
-from .resume import TRAIN_STATE, check_run_folder, latest_checkpoint, save_checkpoint, set_rng_state, set_seed
+from .resume import TRAIN_STATE, check_run_folder, latest_checkpoint, run_lock, save_checkpoint, set_rng_state, set_seed
 from .steppers import DeepSpeedStepper, PlainStepper
 
 
@@ -46,12 +47,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
-    """Train ``cfg.system``; returns the run directory. Resumes from the latest checkpoint when ``resume``."""
-    from ..progress import progress_bar
-
+    """Train ``cfg.system``; returns the run directory. Resumes from the latest checkpoint when ``resume``. Holds
+    the run folder's lock (:func:`~flownar.train.resume.run_lock`) throughout."""
     check_paper_setup(cfg)
     run = cfg.run_dir()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    with run_lock(run) if rank == 0 else contextlib.nullcontext():  # the ranks of one launch share the folder
+        return _train(cfg, resume, run, rank)
+
+
+def _train(cfg: TrainConfig, resume: bool, run: Path, rank: int) -> Path:
+    from ..progress import progress_bar
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
     if check_run_folder(run, cfg, resume):
         if rank == 0:
             print(f"{cfg.system}: already trained with these settings in {run}")

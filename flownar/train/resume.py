@@ -3,8 +3,13 @@ states that make a resumed run equal an uninterrupted one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import random
+import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -15,6 +20,7 @@ from ..checkpoint import CheckpointError
 from .config import TrainConfig, settings_diff
 
 TRAIN_STATE = "trainer_state.json"
+LOCK = ".train.lock"
 
 
 def set_seed(seed: int) -> None:
@@ -69,6 +75,40 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def run_lock(run: Path):
+    """Hold ``run``'s training lock while the body runs: a second training into the same folder is refused while
+    the first runs (two runs would interleave their log and checkpoints). The lock is an advisory ``flock`` on
+    ``run/.train.lock``, which the system releases when its process ends however it ends, so the file a killed run
+    leaves behind is a stale lock: the next training says so and takes it over."""
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / LOCK
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CheckpointError(
+                f"{run}: another flownar train is writing into this folder ({holder}); wait for it to finish, or "
+                "train into another folder (--out)"
+            ) from None
+        f.seek(0)
+        stale = f.read().strip()
+        if stale:
+            print(f"{path}: a lock left by a training that did not finish ({stale}); taking it over", flush=True)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+        f.seek(0)
+        f.truncate()  # an empty lock file: the last training finished (or stopped with an error) cleanly
+    finally:
+        f.close()  # closing releases the flock
 
 
 def check_run_folder(run: Path, cfg: "TrainConfig", resume: bool) -> bool:
