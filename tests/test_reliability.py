@@ -1,4 +1,5 @@
-"""No silent wrong result: predictions, runs and checkpoints that can never be mixed up (README "Reliability")."""
+"""No silent wrong result: predictions, runs and checkpoints that can never be mixed up (docs/development.md,
+"Reliability")."""
 
 import json
 import os

@@ -47,7 +47,8 @@ def paper_self_conditioned(dataset: str) -> pd.DataFrame:
 
 # The paper's teacher-forcing table does not name its dataset. Its frame-strategy-1 row (2.43 / 2.32 / 42.6 %) is
 # VideoLLM-online's Table 1a on the Ego4D narration stream, and VideoLLM-MoD reports on the same split, so we read
-# the whole table as Ego4D and label its columns that way in every dataset's table (an inference, said in the README).
+# the whole table as Ego4D and label its columns that way in every dataset's table (an inference, said in
+# docs/evaluation.md).
 PAPER_TF_DATASET = "Ego4D"
 
 

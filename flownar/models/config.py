@@ -27,7 +27,7 @@ nothing pruned at narrations, and *contiguous* positions (``contiguous_positions
 0, 1, 2, ... after every eviction, StreamingVLM's ``pos_mode="shrink"``): keys are cached un-rotated and rotated at
 their current index at every step. StreamingVLM's own cache differs: it also keeps the first 512 tokens of its old
 replies as a text sink, the replies of the last 16 s in place plus the 512 most recent older tokens, drops the
-instruction with the first round, and uses Qwen2.5-VL's 3-D positions (the README lists every difference).
+instruction with the first round, and uses Qwen2.5-VL's 3-D positions (docs/systems.md lists every difference).
 """
 
 from __future__ import annotations

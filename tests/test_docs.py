@@ -1,0 +1,81 @@
+"""The front door (issue 27): a short README whose headline numbers are the committed CSV's, and a documentation
+site that builds with MkDocs in strict mode (broken links and anchors are errors) from the committed outputs."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flownar import docsite
+
+ROOT = Path(__file__).resolve().parents[1]
+MKDOCS = [sys.executable, "-m", "mkdocs", "build", "--strict"]  # not -q: it hides the warnings strict counts
+
+
+def test_readme_is_short_and_its_headline_is_the_csv(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150 and len(text.encode()) <= 15_000
+    assert docsite.check_readme() == []
+    # a number changed by hand is caught
+    changed = re.sub(r"\| FlowNar \| ([0-9.]+) \|", "| FlowNar | 12.34 |", text, count=1)
+    assert changed != text
+    (tmp_path / "README.md").write_text(changed)
+    shutil.copytree(
+        ROOT / "paper_figures" / "ek100" / "default",
+        tmp_path / "paper_figures" / "ek100" / "default",
+        ignore=shutil.ignore_patterns("predictions", "notebooks", "*.png", "*.pdf"),
+    )
+    assert docsite.check_readme(tmp_path / "README.md") != []
+    docsite.write_readme(tmp_path / "README.md")
+    assert docsite.check_readme(tmp_path / "README.md") == []
+
+
+def test_every_readme_link_to_the_repository_exists():
+    text = (ROOT / "README.md").read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", text) if not t.startswith(("http", "#"))]
+    assert targets and not [t for t in targets if not (ROOT / t).exists()]
+
+
+def test_the_site_builds_strict_with_every_layout_and_a_broken_link_fails(tmp_path):
+    staged = docsite.stage()
+    assert [d.name for d in staged] == list(docsite.LAYOUTS)
+    assert not (staged[0] / "predictions").exists() and (staged[0] / "notebooks" / "01_training.ipynb").is_file()
+    site = tmp_path / "site"
+    out = subprocess.run([*MKDOCS, "-d", str(site)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    page = (site / "results" / "ego4d" / "notebooks" / "03_self_conditioned_eval" / "index.html").read_text()
+    assert "EMBEDDED SYNTHETIC DATA" in page and "<img" in page  # rendered with its committed outputs
+    assert "Narrator" in (site / "api" / "index.html").read_text()
+
+    # the same configuration on a copy of the pages with one broken link: the build fails and names it
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("results"))
+    (docs / "engine.md").write_text((docs / "engine.md").read_text() + "\nSee [nowhere](no-such-page.md).\n")
+    cfg = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    cfg.pop("nav")
+    cfg["docs_dir"] = str(docs)
+    cfg["plugins"] = [p for p in cfg["plugins"] if not (isinstance(p, dict) and "mkdocstrings" in p)]
+    (docs / "api.md").write_text("# API\n")
+    for md in docs.glob("*.md"):  # links into the staged results are not part of this copy
+        md.write_text(re.sub(r"\]\(results/[^)]*\)", "](index.md)", md.read_text()))
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [*MKDOCS, "-f", str(tmp_path / "mkdocs.yml"), "-d", str(tmp_path / "s2")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode != 0 and "no-such-page.md" in out.stderr, out.stderr[-3000:]
+
+
+def test_stage_names_a_missing_results_page(tmp_path):
+    from flownar.errors import FlowNarError
+
+    (tmp_path / "paper_figures" / "ek100" / "default").mkdir(parents=True)
+    with pytest.raises(FlowNarError, match="no SUMMARY.md"):
+        docsite.stage(tmp_path)
