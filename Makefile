@@ -218,7 +218,7 @@ bench-gpu: $(STAMP)
 # No venv: the node's python with this checkout on PYTHONPATH. GPU_PYTHON=... picks another interpreter.
 GPU_PYTHON ?= python3
 gpu-check:
-	cd $(ROOT) && PYTHONPATH=$(ROOT) $(GPU_PYTHON) -m flownar.gpu_check --out $(BENCH_DIR)
+	cd $(ROOT) && PYTHONPATH=$(ROOT) $(GPU_PYTHON) -m flownar.gpu_check --out $(if $(OUT),$(OUT),$(BENCH_DIR))
 
 # ---------------------------------------------------------------- cleaning
 clean:

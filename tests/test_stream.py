@@ -277,3 +277,53 @@ def test_captured_step_with_flash_attention_equals_the_eager_step(tok, system):
     assert runs[1][0] == runs[0][0] and runs[1][2] == runs[0][2]
     assert len(calls) > 10 and max(calls) > 8  # every step went through it, past the first capacity
     torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_graph_is_never_replayed_into_another_cache(tok, monkeypatch):
+    """issue 29: the captured step's graphs were keyed on the first layer's key buffer alone. A graph bakes in the
+    address of every buffer it writes; here a stand-in graph (no CUDA on the CPU) does what a real one does: replay
+    writes into the buffers it was captured on. Two caches (two videos) that share only the first layer's key
+    buffer: the second must get its own graph, and its result must be the eager step's on its own buffers."""
+    from flownar.engine.kv import StaticKVCache
+    from flownar.engine.steps import CapturedStep
+    from flownar.engine.weights import StepWeights
+
+    class BakedGraph:  # replays the step on the buffers and inputs it was captured with, as a CUDA graph does
+        def __init__(self, step, static, keys, values):
+            self.step, self.static, self.keys, self.values = step, static, list(keys), list(values)
+            self.out = step._step(*static[:3], self.keys, self.values, *static[3:])
+
+        def replay(self):
+            self.out.copy_(self.step._step(*self.static[:3], self.keys, self.values, *self.static[3:]))
+
+    def capture(self, args, cache):
+        static = [a.clone() for a in args]
+        g = BakedGraph(self, static, cache.keys, cache.values)
+        self.captures += 1
+        return g, static, g.out
+
+    monkeypatch.setattr(CapturedStep, "_capture", capture)
+    model, chat = micro(tok, "videollm-online")
+    weights = StepWeights(model, True, capture=True)
+    step = CapturedStep(model, weights, graphs=True)
+    eager = CapturedStep(model, weights, graphs=False)
+    cfg = model.config
+    hd = cfg.hidden_size // cfg.num_attention_heads
+
+    def new_cache():
+        return StaticKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, hd, capacity=16)
+
+    x = torch.randn(1, 3, cfg.hidden_size, generator=torch.Generator().manual_seed(1))
+    cos, sin = weights.rope(x, 0, 3)
+    a = new_cache()
+    step(x, cos, sin, a)
+    b, b_eager = new_cache(), new_cache()
+    b.keys[0] = a.keys[0]  # the first layer's key buffer at the same address (the allocator reuses freed blocks)
+    b.lengths = [0] * len(b.keys)
+    b_eager.keys[0] = a.keys[0].clone()
+    before = [v.clone() for v in a.values]
+    got = step(x, cos, sin, b)
+    want = eager(x, cos, sin, b_eager)
+    torch.testing.assert_close(got, want)
+    assert step.captures == 2 and len(step._captured) == 1  # video A's graph dropped with its buffers
+    assert all(torch.equal(v, w) for v, w in zip(a.values, before))  # nothing written into video A's cache

@@ -49,8 +49,13 @@ def bench_config(system: str, config: str, chat, vision_dim: int | None = None) 
 def bench_model(cfg: FlowNarConfig, device="cpu", dtype=torch.float32, seed: int = 0) -> FlowNarForCausalLM:
     """Random weights of the right shapes (``device="meta"``: shapes only, for counting)."""
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = FlowNarForCausalLM(cfg)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype (an 8B model built in fp32 first would need twice the memory)
+    try:
+        with torch.device(device):
+            model = FlowNarForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(before)
     return model.to(dtype).eval()
 
 

@@ -155,6 +155,9 @@ def _one_stream_record(narrator, engine, compile, capture, done, n_frames, total
         "narrations": narrator.counters.narrations,
         "points": points,
         "frame_ms": np.round(times[:done] * 1e3, 4).tolist(),
+        # the median frame time over the second half of the stream: without capture, warm-up and early refills
+        "steady_frame_ms": float(np.median(times[done // 2 : done]) * 1e3) if done >= 2 else None,
+        "fused": narrator.step_weights.fused if narrator.step_weights is not None else None,
         "reallocations": getattr(narrator.cache, "reallocations", None),
     }
 

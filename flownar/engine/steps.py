@@ -78,8 +78,11 @@ class CapturedStep:
     tests hold it to the eager step there, and ``make gpu-check`` holds the replayed graphs to it on a GPU.
 
     Capacity grows by doubling (:class:`StaticKVCache`), so a stream meets a few capacities and a few step sizes
-    (a silent frame, the frame after a narration, speaking, one decoded token): a handful of graphs per stream,
-    captured again for a new cache (each video's). Systems without routing (not VideoLLM-MoD), fused weights.
+    (a silent frame, the frame after a narration, speaking, one decoded token): a handful of graphs per set of
+    cache buffers. A graph is keyed on the address of every key and value buffer it bakes in, and the graphs of
+    other buffers are dropped when the cache changes (a new video, or a doubling), so a graph is never replayed
+    into memory that is not its cache; all graphs share one memory pool. Systems without routing (not
+    VideoLLM-MoD), fused weights.
 
     Contiguous positions (streaming-vlm) fit the static shapes too: keys are cached un-rotated as in the eager step,
     and each step rotates the whole capacity at its slots 0..capacity-1 (a RoPE table that depends only on the
@@ -105,6 +108,8 @@ class CapturedStep:
         half = param.dtype in (torch.bfloat16, torch.float16)
         self.flash = flash_kvcache() if device.type == "cuda" and half else None
         self._captured: dict[tuple, tuple] = {}
+        self._buffers: tuple = ()  # the cache buffers the graphs in ``_captured`` write into
+        self._pool = None  # one memory pool shared by every graph of this step (not one per graph)
         self.captures = 0  # graphs captured so far (for benchmarks and tests)
 
     @staticmethod
@@ -139,7 +144,14 @@ class CapturedStep:
         if not self.graphs:
             out = self._step(x, cos, sin, cache.keys, cache.values, *args[3:])
         else:
-            key = (n, cap, x.dtype, cache.keys[0].data_ptr())
+            # a graph bakes in the address of every key and value buffer it writes: it may be replayed only on
+            # those very buffers. Another cache (the next video, or this one after its buffers doubled) drops
+            # every graph of the previous buffers, which are freed or about to be
+            buffers = tuple(t.data_ptr() for t in (*cache.keys, *cache.values))
+            if buffers != self._buffers:
+                self._captured.clear()
+                self._buffers = buffers
+            key = (n, cap, x.dtype, buffers)
             entry = self._captured.get(key)
             if entry is None:
                 entry = self._captured[key] = self._capture(args, cache)
@@ -162,7 +174,9 @@ class CapturedStep:
             self._step(x, cos, sin, cache.keys, cache.values, *rest)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
             out = self._step(x, cos, sin, cache.keys, cache.values, *rest)
         self.captures += 1
         return graph, static, out
