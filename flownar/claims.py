@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import systems as registry
 from .errors import FlowNarError
 from .eval.tables import PAPER_DATASET, paper_self_conditioned, paper_teacher_forcing
 from .report import read_table_csv
@@ -230,17 +231,22 @@ class SeedFolder:
             raise FlowNarError(f"{p}: no {col!r} for {row!r}")
         return float(df.loc[row, col])
 
+    def content(self, key: str, group: str, metric: str = "noun") -> tuple[float, int]:
+        """(percentage, n) of the narrations closing a ``group`` segment whose ``metric`` is right (notebook 05's
+        content scores)."""
+        p = self.d / f"{CONTENT_RATES}.csv"
+        df = self._csv(
+            p, _long_csv, ("system", "group", "metric", "rate", "n"), "the claims need notebook 05's content scores"
+        )
+        sel = df[(df.system == key) & (df.group == group) & (df.metric == metric)]
+        if sel.empty:
+            raise FlowNarError(f"{p}: no {group} / {metric} row for {key}")
+        return 100.0 * float(sel.rate.iloc[0]), int(sel.n.iloc[0])
+
     def memory_accuracy(self, key: str) -> float:
         """The percentage of narrations closing a memory segment that name its object (the content scores'
         ``memory`` / ``noun`` row)."""
-        p = self.d / f"{CONTENT_RATES}.csv"
-        df = self._csv(
-            p, _long_csv, ("system", "group", "metric", "rate"), "the memory claims need notebook 05's content scores"
-        )
-        sel = df[(df.system == key) & (df.group == "memory") & (df.metric == "noun")]
-        if sel.empty:
-            raise FlowNarError(f"{p}: no memory row for {key}")
-        return 100.0 * float(sel.rate.iloc[0])
+        return self.content(key, "memory")[0]
 
     @property
     def has_qa(self) -> bool:
@@ -475,6 +481,40 @@ def claims_table(dirs: list, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("claim")
 
 
+SEED_COLUMNS = (  # (column, how a seed folder gives it, or None for a row that has no such value)
+    ("F1", lambda s, k: s.f1(k)),
+    ("F1 within the cap", lambda s, k: s.table("table_position", k, "F1 0-1x")),
+    ("F1 past the cap", lambda s, k: s.table("table_position", k, "F1 >1x (pooled)")),
+    ("object, local (%)", lambda s, k: s.content(k, "local")[0]),
+    ("object, local, habit wrong (%)", lambda s, k: s.content(k, "local, habit wrong")[0]),
+    ("object, memory (%)", lambda s, k: s.content(k, "memory")[0]),
+)
+REFERENCE_ROWS = {"world-oracle": "World oracle (ceiling)", "habit": "Verb habit (verb given)"}
+
+
+def seeds_table(dirs: list) -> pd.DataFrame:
+    """Per system (and the oracle and habit rows of the content scores), mean +- std over the seed folders of F1,
+    F1 within and past the training cap and the object named right, the decision AUC and the number of memory
+    narrations per seed: the table behind the claims, written beside them."""
+    folders = [SeedFolder(Path(d)) for d in dirs]
+    rows = {}
+    for key in [*registry.learned(), *REFERENCE_ROWS]:
+        ref = key in REFERENCE_ROWS
+        row = {}
+        if not ref:
+            row["decision AUC per seed"] = " / ".join(
+                f"{s.table('table_parameters', key, 'decision AUC (val)'):.2f}" for s in folders
+            )
+        for col, get in SEED_COLUMNS:
+            if ref and not col.startswith("object"):
+                continue
+            v = np.array([get(s, key) for s in folders], dtype=float)
+            row[col] = f"{v.mean():.1f}" + (f" +- {v.std(ddof=1):.1f}" if len(v) > 1 else "")
+        row["memory narrations n per seed"] = " / ".join(str(s.content(key, "memory")[1]) for s in folders)
+        rows[REFERENCE_ROWS.get(key) or display_name(key)] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("system").fillna("")
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -483,7 +523,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="flownar claims", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="ek100", choices=sorted(PAPER_DATASET))
     p.add_argument("--dirs", nargs="+", required=True, help="one output folder per seed")
-    p.add_argument("--out", required=True, help="folder for table_claims.{csv,md,tex}")
+    p.add_argument("--out", required=True, help="folder for table_claims and table_seeds (.csv, .md, .tex)")
     a = p.parse_args(argv)
     table = claims_table(a.dirs, a.dataset)
     banner = (
@@ -492,5 +532,8 @@ def main(argv=None) -> int:
         "(rules: flownar.claims)."
     )
     for path in save_table(table, Path(a.out) / "table_claims", banner):
+        print("wrote", path)
+    seeds_banner = banner.split(" What the embedded")[0] + f" Mean +- std over {len(a.dirs)} seed(s) (flownar.claims)."
+    for path in save_table(seeds_table(a.dirs), Path(a.out) / "table_seeds", seeds_banner):
         print("wrote", path)
     return 0

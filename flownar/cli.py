@@ -327,7 +327,7 @@ def _add_claims(sub) -> None:
     cl = sub.add_parser("claims", help="the claims table (paper vs ours, mean +- std over seeds, verdict)")
     cl.add_argument("--dataset", default="ek100", choices=DATASETS)
     cl.add_argument("--dirs", nargs="+", required=True, help="one output folder per seed")
-    cl.add_argument("--out", required=True, help="folder for table_claims.{csv,md,tex}")
+    cl.add_argument("--out", required=True, help="folder for table_claims and table_seeds (.csv, .md, .tex)")
     cl.set_defaults(func=_cmd_claims)
 
 

@@ -17,6 +17,7 @@ SUMMARY_FILE = "SUMMARY.md"
 #: (table stem, figure stem or None, heading): what the page shows first, in this order, where present
 HEADLINE = (
     ("table_claims", None, "Claims over seeds (paper vs ours, verdict)"),
+    ("table_seeds", None, "Over seeds: each system, mean +- std"),
     ("table_self_conditioned", "fig_comparison", "Self-conditioned narration, the paper's scoring beside the paper"),
     ("table_self_conditioned_corrected", None, "Self-conditioned narration, corrected scoring"),
     ("table_teacher_forcing", None, "Teacher-forced metrics"),

@@ -96,7 +96,15 @@ def _seed_dir(path, f1: dict, memory: dict | None = None, cache_reduction: float
         ):
             (path / sub).mkdir(exist_ok=True)
             (path / sub / f"{s}.json").write_text(json.dumps(obj))
-    rows = [{"system": s, "group": "memory", "metric": "noun", "rate": memory[s]} for s in ALL]
+    rows = [{"system": s, "group": "memory", "metric": "noun", "rate": memory[s], "n": 40} for s in ALL]
+    rows += [
+        {"system": s, "group": g, "metric": "noun", "rate": r, "n": 100}
+        for s in (*ALL, "world-oracle", "habit")
+        for g, r in (("local", 0.6), ("local, habit wrong", 0.5))
+    ]
+    rows += [
+        {"system": s, "group": "memory", "metric": "noun", "rate": 0.99, "n": 50} for s in ("world-oracle", "habit")
+    ]
     (path / "content_rates.csv").write_text("# banner\n" + pd.DataFrame(rows).to_csv(index=False))
     pos = pd.DataFrame(
         {"F1 0-1x": {display_name(s): f1[s] for s in ALL}, "F1 >1x (pooled)": {display_name(s): f1[s] for s in ALL}}
@@ -109,7 +117,22 @@ def _seed_dir(path, f1: dict, memory: dict | None = None, cache_reduction: float
         {"source": "this run", "system": [display_name(s) for s in ALL], "FPS / VideoLLM-online": 1.5}
     ).set_index("source")
     save_table(meas, path / "table_efficiency_measured", "test")
+    params = pd.DataFrame({"decision AUC (val)": {display_name(s): 0.9 for s in ALL}})
+    params.index.name = "system"
+    save_table(params, path / "table_parameters", "test")
     return path
+
+
+def test_the_seeds_table_is_written_beside_the_claims(tmp_path):
+    """The per-system means over seeds that the claims rest on (the table the docs include)."""
+    from flownar.claims import main as claims_main
+
+    dirs = [_seed_dir(tmp_path / f"s{i}", {"flownar": 80.0 + i}) for i in range(3)]
+    assert claims_main(["--dirs", *map(str, dirs), "--out", str(tmp_path / "out")]) == 0
+    t = pd.read_csv(tmp_path / "out" / "table_seeds.csv", comment="#", index_col=0)
+    assert t.loc["FlowNar", "F1"] == "81.0 +- 1.0" and t.loc["FlowNar", "decision AUC per seed"] == "0.90 / 0.90 / 0.90"
+    assert t.loc["World oracle (ceiling)", "object, memory (%)"] == "99.0 +- 0.0"
+    assert t.loc["VideoLLM-online", "memory narrations n per seed"] == "40 / 40 / 40"
 
 
 def test_claims_verdicts_count_only_beyond_the_seed_spread(tmp_path):
