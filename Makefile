@@ -168,6 +168,7 @@ $(FIG_DIR)/$(1)/$(PROFILE)/notebooks/$(notdir $(2)): $(2) $(3) $(STAMP) $(LIB)
 	  -p dataset $(1) -p profile $(PROFILE) -p seed $(SEED) -p data_root "$(DATA_ROOT)" \
 	  -p output_dir $(FIG_DIR)/$(1)/$(PROFILE) \
 	  $(if $(filter 01_%,$(notdir $(2))),-p llm_path "$(LLM_PATH)")
+	@cd $(ROOT) && $(PY) -m flownar.report relativize $$@.tmp.ipynb
 	@mv $$@.tmp.ipynb $$@
 endef
 prev_of = $(if $(filter 1,$(2)),,$(FIG_DIR)/$(1)/$(PROFILE)/notebooks/$(notdir $(word $(shell echo $$(($(2)-1))),$(NOTEBOOKS))))

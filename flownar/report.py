@@ -66,3 +66,25 @@ def save_figure(fig, stem: str | Path, banner: str | None = None) -> list[Path]:
     fig.savefig(out[0], dpi=150, bbox_inches="tight", metadata=None)
     fig.savefig(out[1], bbox_inches="tight", metadata={"CreationDate": None})
     return out
+
+
+def relativize_paths(path: str | Path, root: str | Path | None = None) -> int:
+    """Rewrite a text file (an executed notebook, a JSON record) so that it names paths inside the project relative
+    to it (papermill records the absolute input and output paths and parameters; outputs print absolute paths):
+    committed outputs then name no machine. Returns how many occurrences were replaced."""
+    path = Path(path)
+    root = str(Path(root) if root else paths.project_root()).rstrip("/")
+    text = path.read_text(encoding="utf-8")
+    n = text.count(root)
+    if n:
+        path.write_text(text.replace(root + "/", "").replace(root, "."), encoding="utf-8")
+    return n
+
+
+if __name__ == "__main__":  # python -m flownar.report relativize NOTEBOOK... (make reproduce-* runs it)
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "relativize":
+        raise SystemExit("python -m flownar.report relativize NOTEBOOK...")
+    for nb in sys.argv[2:]:
+        relativize_paths(nb)

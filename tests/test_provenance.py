@@ -80,3 +80,28 @@ def test_no_path_of_the_making_machine_inside_the_project(tmp_path, monkeypatch)
         [str(tmp_path / ".venv" / "bin" / "flownar"), "provenance", "--out", str(tmp_path / "figs"), "/elsewhere"]
     )
     assert cmd == "flownar provenance --out figs /elsewhere" and str(tmp_path) not in json.dumps(p["data"])
+
+
+def test_relativize_paths_and_no_machine_path_in_committed_outputs(tmp_path):
+    """Committed outputs name paths inside the project relative to it (make reproduce-* relativizes each executed
+    notebook; records use display_path): no path of the machine that made them."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from flownar.report import relativize_paths
+
+    nb = tmp_path / "x.ipynb"
+    nb.write_text('{"input_path": "/somewhere/proj/notebooks/01.ipynb", "cwd": "/somewhere/proj", "o": "ok"}')
+    assert relativize_paths(nb, "/somewhere/proj") == 2
+    assert nb.read_text() == '{"input_path": "notebooks/01.ipynb", "cwd": ".", "o": "ok"}'
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "paper_figures"], cwd=root, capture_output=True, text=True).stdout
+    machine = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|Users|mnt|check)/[\w.-]+")
+    leaks = []
+    for f in files.split():
+        if f.endswith((".json", ".ipynb", ".md", ".csv", ".tex")):
+            hit = machine.search((root / f).read_text(encoding="utf-8", errors="replace"))
+            if hit:
+                leaks.append(f"{f}: {hit.group(0)}")
+    assert not leaks, leaks[:10]

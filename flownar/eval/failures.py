@@ -13,6 +13,7 @@ world-state columns are empty: only the temporal categories (misses by segment d
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -256,7 +257,9 @@ def plot_timeline(results: dict, clip_id: str, systems: list[str] | None = None,
             fontsize=8,
         )
     axes[-1, 0].set_xlabel("video time (s)")
-    fig.tight_layout()
+    with warnings.catch_warnings():  # many clips: the layout cannot shrink further; the figure is still drawn whole
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
     return fig
 
 

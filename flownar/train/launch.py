@@ -17,6 +17,7 @@ import torch
 from .. import systems as registry
 from ..data.layouts import DATASETS
 from ..errors import FlowNarError
+from ..report import display_path
 from .config import TRAIN_PROFILES, TrainConfig, check_paper_setup, parse_overrides, settings_diff, train_config
 from .loop import train
 
@@ -88,7 +89,7 @@ def ensure_trained_all(cfgs: list[TrainConfig], workers: int | None = None) -> d
         for cfg in cfgs:
             system, run, sec = _ensure_trained_worker(cfg)
             out[system] = (Path(run), sec)
-            print(f"{system:16s} {sec:7.1f} s  -> {run}", flush=True)
+            print(f"{system:16s} {sec:7.1f} s  -> {display_path(run)}", flush=True)
         return out
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -100,7 +101,7 @@ def ensure_trained_all(cfgs: list[TrainConfig], workers: int | None = None) -> d
         for fut in as_completed(futures):
             system, run, sec = fut.result()
             out[system] = (Path(run), sec)
-            print(f"{system:16s} {sec:7.1f} s  -> {run}", flush=True)
+            print(f"{system:16s} {sec:7.1f} s  -> {display_path(run)}", flush=True)
     return {c.system: out[c.system] for c in cfgs}
 
 
