@@ -458,17 +458,6 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _pending_line(rec: dict) -> str:
-    """The self-conditioned shard's "why not merged": clips of other shards not narrated yet, or narrated by
-    another model (a shard given another --checkpoint: it never merges), or unreadable."""
-    why = rec.get("pending_why", {})
-    line = f"{len(rec['pending'])} clips of other shards pending (" + ", ".join(f"{n} {w}" for w, n in why.items())
-    line += ")"
-    if why.get("another model's"):
-        line += "; files of another model never merge with this one's: give every shard the same --checkpoint"
-    return line
-
-
 def _cmd_convert(args) -> int:
     from .convert import convert_checkpoint
 
@@ -484,6 +473,7 @@ def _cmd_eval_stream(args) -> int:
 
     from .data.readers import FlowNarData
     from .eval.runner import run_self_conditioned
+    from .eval.shards import pending_line
 
     data = FlowNarData(args.data, args.dataset)
     rec = run_self_conditioned(
@@ -505,7 +495,7 @@ def _cmd_eval_stream(args) -> int:
         r = rec["run"]
         print(
             f"shard {rec['shard']}: narrated {r['done']} clips, reused {r['reused']}"
-            + (f"; {_pending_line(rec)}" if rec.get("pending") else ""),
+            + (f"; {pending_line(rec)}" if rec.get("pending") else ""),
             file=sys.stderr,
         )
         return 0

@@ -86,6 +86,17 @@ def resolve(shard: "Shard | str | None") -> "Shard | None":
     return None if shard is None or shard.count == 1 else shard
 
 
+def pending_line(rec: dict) -> str:
+    """The self-conditioned shard's "why not merged": clips of other shards not narrated yet, or narrated by
+    another model (a shard given another --checkpoint: it never merges), or unreadable."""
+    why = rec.get("pending_why", {})
+    line = f"{len(rec['pending'])} clips of other shards pending (" + ", ".join(f"{n} {w}" for w, n in why.items())
+    line += ")"
+    if why.get("another model's"):
+        line += "; files of another model never merge with this one's: give every shard the same --checkpoint"
+    return line
+
+
 def narrate_on_gpus(
     run, data, predictions_dir, *, system: str, gpus: int | None = None, quiet: bool = True, **options
 ) -> bool:
