@@ -174,20 +174,28 @@ def capture_check(device: str, llm: str, frames: int = 48) -> dict:
 
 
 def sdpa_probe(device: str, llm: str, new: int = 11, cached: int = 4096) -> dict:
-    """Which sdpa kernels accept the engine's attention at ``llm``'s head layout (GQA), with the additive mask the
-    captured step passes and without one."""
+    """Which sdpa kernels accept the engine's attention at ``llm``'s head layout (GQA): ``enable_gqa`` with the
+    additive mask the frame steps and the captured step pass, and without one; and the engine's own call
+    (:func:`flownar.models.dcm_attention.gqa_sdpa`, which folds the query heads under a mask on CUDA) with the
+    mask. ``runs``: the first kernel in torch's order that accepts it; ``picked``: torch's own choice."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     from .efficiency.accounting import bench_chat, bench_config
+    from .models.dcm_attention import gqa_sdpa, sdpa_backend
 
     cfg = bench_config("flownar-c", llm, bench_chat())
     hd, dtype = cfg.hidden_size // cfg.num_attention_heads, torch.bfloat16
     q = torch.randn(1, cfg.num_attention_heads, new, hd, device=device, dtype=dtype)
     k = torch.randn(1, cfg.num_key_value_heads, cached, hd, device=device, dtype=dtype)
     mask = torch.zeros(new, cached, device=device, dtype=dtype)
+    calls = {
+        "with mask": lambda: sdpa(q, k, k, attn_mask=mask, enable_gqa=True),
+        "no mask": lambda: sdpa(q, k, k, enable_gqa=True),
+        "engine (gqa_sdpa), with mask": lambda: gqa_sdpa(q, k, k, mask),
+    }
     out = {}
-    for with_mask in (True, False):
+    for name, call in calls.items():
         for b in (
             SDPBackend.FLASH_ATTENTION,
             SDPBackend.EFFICIENT_ATTENTION,
@@ -196,13 +204,15 @@ def sdpa_probe(device: str, llm: str, new: int = 11, cached: int = 4096) -> dict
         ):
             try:
                 with sdpa_kernel([b]):
-                    sdpa(q, k, k, attn_mask=mask if with_mask else None, enable_gqa=True)
+                    call()
                 ok = True
             except Exception:  # "No available kernel": this backend refuses these shapes
                 ok = False
-            out.setdefault("with mask" if with_mask else "no mask", {})[b.name] = ok
+            out.setdefault(name, {})[b.name] = ok
     for ok in out.values():
         ok["runs"] = next((name for name, yes in ok.items() if yes), None)
+    out["engine (gqa_sdpa), with mask"]["picked"] = sdpa_backend(q, k, mask)
+    out["no mask"]["picked"] = sdpa_backend(q, k, None)
     return out
 
 

@@ -327,3 +327,47 @@ def test_a_graph_is_never_replayed_into_another_cache(tok, monkeypatch):
     torch.testing.assert_close(got, want)
     assert step.captures == 2 and len(step._captured) == 1  # video A's graph dropped with its buffers
     assert all(torch.equal(v, w) for v, w in zip(a.values, before))  # nothing written into video A's cache
+
+
+def test_folded_grouped_query_attention_equals_enable_gqa(monkeypatch):
+    """issue 29: on CUDA no fused sdpa kernel takes grouped-query heads and a mask, so gqa_sdpa folds the query heads
+    that share a key/value head into the query length. Held to sdpa's own enable_gqa (batch > 1, a mask with
+    -inf), the fold forced on the CPU; the folded call has as many query heads as key heads."""
+    import flownar.models.dcm_attention as attention
+    from flownar.engine.layer import tail_causal_mask
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 8, 5, 16, generator=g), torch.randn(2, 2, 13, 16, generator=g), torch.randn(2, 2, 13, 16)
+    mask = tail_causal_mask(5, 13, q.dtype, q.device)
+    mask[:, 2] = float("-inf")  # a key nobody sees (DCM)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    seen = []
+    real = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention, "FOLD_GQA_ON", ("cpu", "cuda"))
+
+    def spy(q, k, *a, **kw):
+        seen.append((q, k, kw))
+        return real(q, k, *a, **kw)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    got = attention.gqa_sdpa(q, k, v, mask, 0.3)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    ((fq, fk, kw),) = seen
+    assert fq.shape == (2, 2, 20, 16) and not kw.get("enable_gqa") and kw["attn_mask"].shape == (20, 13)
+    seen.clear()
+    torch.testing.assert_close(attention.gqa_sdpa(q, k, v, None, 0.3), real(q, k, v, scale=0.3, enable_gqa=True))
+    assert seen[0][2]["enable_gqa"]  # without a mask the fused kernels take GQA as it is: no fold
+    kernels = {"FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH", None}
+    assert attention.sdpa_backend(q, k, mask) in kernels
+
+
+@pytest.mark.parametrize("system", ["flownar", "streaming-vlm-w3"])
+def test_engine_with_folded_grouped_query_attention_equals_teacher_forced(tok, system, monkeypatch):
+    """The engine (eager and captured steps) and the teacher-forced DCM attention with the query heads folded, as
+    they run on CUDA: the same parity as unfolded."""
+    import flownar.models.dcm_attention as attention
+
+    monkeypatch.setattr(attention, "FOLD_GQA_ON", ("cpu", "cuda"))
+    test_streaming_logits_equal_teacher_forced(tok, system)
+    if system == "flownar":
+        test_captured_step_equals_the_eager_step(tok, "flownar-c")

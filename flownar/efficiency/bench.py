@@ -146,6 +146,7 @@ def _one_stream_record(narrator, engine, compile, capture, done, n_frames, total
         "attention": "flash-attn"
         if getattr(step, "flash", None) is not None
         else "sdpa",  # only a captured step has it
+        "sdpa_backend": None if getattr(step, "flash", None) is not None else sdpa_backends(narrator, capture),
         "streams": 1,
         "frames": done,
         "frames_asked": n_frames,
@@ -160,6 +161,26 @@ def _one_stream_record(narrator, engine, compile, capture, done, n_frames, total
         "fused": narrator.step_weights.fused if narrator.step_weights is not None else None,
         "reallocations": getattr(narrator.cache, "reallocations", None),
     }
+
+
+def sdpa_backends(narrator, capture: bool) -> dict:
+    """The sdpa kernel torch picks for this stream's attention at the end of the run (its cache length then): a
+    frame step (the frame's tokens and its decision token, under a tail-causal mask) and a one-token step (no mask
+    in the eager step; the captured step always passes its (n, capacity) mask). Names as in
+    ``torch.nn.attention.SDPBackend``; the fused kernels are FLASH / EFFICIENT / CUDNN, MATH is the slow path."""
+    from ..engine.layer import tail_causal_mask
+    from ..models.dcm_attention import sdpa_backend
+
+    cfg, weight = narrator.model.config, next(narrator.model.parameters())
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    length = max(1, narrator.tags.n)  # cached tokens
+    out = {}
+    for name, n in (("frame", narrator.chat.frame_num_tokens + 1), ("token", 1)):
+        q = torch.zeros(1, cfg.num_attention_heads, n, hd, dtype=weight.dtype, device=weight.device)
+        k = torch.zeros(1, cfg.num_key_value_heads, length + n, hd, dtype=weight.dtype, device=weight.device)
+        mask = tail_causal_mask(n, length + n, weight.dtype, weight.device) if n > 1 or capture else None
+        out[name] = sdpa_backend(q, k, mask)
+    return out
 
 
 def _cuda_point(cuda: bool) -> dict:
@@ -202,6 +223,8 @@ def _run_streams_bench(model, chat, pool, speak, text, n_frames: int, engine: st
         "engine": engine,
         "compile": False,
         "streams": streams,
+        "attention": "sdpa",
+        "sdpa_backend": sdpa_backends(narrators[0], False),
         "frames": n_frames,
         "total_s": total,
         "fps": streams * n_frames / total,

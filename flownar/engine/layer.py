@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.dcm_attention import rotate
+from ..models.dcm_attention import gqa_sdpa, rotate
 
 
 def tail_causal_mask(n: int, total: int, dtype, device) -> torch.Tensor:
@@ -152,7 +152,6 @@ def stream_attention(
     (``mask``: additive (n, start + n), or None = every earlier token, the new ones causally); one sdpa per stream.
     ``key_rope``: contiguous positions: (cos, sin) (1, M, hd) of positions 0..M-1, every cached key rotated at its
     slot."""
-    gqa = attn.num_key_value_groups != 1  # a module constant: static under torch.compile
 
     def attend(q, k, v):
         outs, a = [], 0
@@ -165,7 +164,7 @@ def stream_attention(
             if mask is None and n > 1:
                 mask = tail_causal_mask(n, start + n, q.dtype, q.device)
             q_s = q[:, :, a : a + n]  # (1, heads, n, hd)
-            outs.append(F.scaled_dot_product_attention(q_s, K, V, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa))
+            outs.append(gqa_sdpa(q_s, K, V, mask, attn.scaling))  # (1, heads, n, hd)
             a += n
         o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (1, heads, N, hd)
         return o.transpose(1, 2)
@@ -193,9 +192,6 @@ def static_attention(attn, keys, values, slots, mask, key_rope=None, flash=None)
                 softmax_scale=attn.scaling,
                 causal=True,
             )  # (1, n, heads, hd)
-        gqa = attn.num_key_value_groups != 1
-        return F.scaled_dot_product_attention(
-            q, K, values, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
-        ).transpose(1, 2)  # (1, n, heads, hd)
+        return gqa_sdpa(q, K, values, mask, attn.scaling).transpose(1, 2)  # (1, n, heads, hd)
 
     return attend

@@ -38,12 +38,58 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos[:, None] + rot * sin[:, None]
 
 
+FOLD_GQA_ON = ("cuda",)  # devices on which grouped-query attention under a mask is folded (see gqa_sdpa)
+
+
+def gqa_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
+    """sdpa with grouped-query heads: q (B, H, n, d), k/v (B, H_kv, m, d), ``mask`` additive (n, m) or None ->
+    (B, H, n, d); query head h reads key/value head h // (H / H_kv), as ``enable_gqa`` and Llama's repeat_kv.
+
+    On CUDA no fused sdpa kernel takes grouped-query heads *and* a mask (flash refuses any mask; the
+    memory-efficient kernel refuses H != H_kv), so ``enable_gqa`` with a mask runs the math kernel. With a mask on
+    a device in :data:`FOLD_GQA_ON` the G query heads that share a key/value head are therefore folded into the
+    query length: q becomes (B, H_kv, G * n, d), row ``j * n + i`` being head ``kv * G + j``'s query ``i``, and the
+    mask is repeated G times along its rows. Same attention, equal heads, no copy of the keys or values: the
+    memory-efficient kernel takes it. Elsewhere (the CPU's kernel takes GQA with a mask) ``enable_gqa``."""
+    B, H, n, d = q.shape
+    kv = k.shape[1]
+    if H == kv:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if mask is None or mask.dim() != 2 or q.device.type not in FOLD_GQA_ON:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    g = H // kv
+    folded = q.reshape(B, kv, g * n, d)  # (B, kv, G*n, d): head kv*G + j, query i -> row j*n + i
+    o = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask.repeat(g, 1), scale=scale)  # (B, kv, G*n, d)
+    return o.view(B, H, n, d)
+
+
+def sdpa_backend(q: torch.Tensor, k: torch.Tensor, mask) -> str | None:
+    """The sdpa kernel torch picks for :func:`gqa_sdpa` on these inputs ("FLASH_ATTENTION", "EFFICIENT_ATTENTION",
+    "CUDNN_ATTENTION", "MATH", ...), from torch's own dispatcher (the private ``torch._fused_sdp_choice``: None
+    where this torch lacks it)."""
+    from torch.nn.attention import SDPBackend
+
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None:
+        return None
+    B, H, n, d = q.shape
+    kv, g = k.shape[1], H // k.shape[1]
+    gqa = H != kv
+    if gqa and mask is not None and mask.dim() == 2 and q.device.type in FOLD_GQA_ON:  # what gqa_sdpa passes on
+        q, mask, gqa = q.reshape(B, kv, g * n, d), mask.repeat(g, 1), False
+    try:
+        index = int(choose(q, k, k, mask, 0.0, False, scale=None, enable_gqa=gqa))
+    except (RuntimeError, TypeError):  # another signature in another torch
+        return None
+    names = {int(getattr(SDPBackend, x)): x for x in dir(SDPBackend) if x.isupper()}
+    return names.get(index, str(index))
+
+
 def dcm_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks, scale: float | None = None, rope=None
 ) -> torch.Tensor:
     """q (B, H, L, d), k/v (B, H_kv, L, d) -> (B, H, L, d): attention restricted to each block's visible keys.
     ``rope``: (cos, sin) (1, M, d) of positions 0..M-1 for contiguous positions (q, k un-rotated), else None."""
-    gqa = q.shape[1] != k.shape[1]
     outs = []
     for a, b, keys in blocks:
         keys = keys.to(k.device)
@@ -55,9 +101,7 @@ def dcm_sdpa(
             cos, sin = rope
             qb = rotate(qb, cos[:, m - n : m], sin[:, m - n : m])
             kb = rotate(kb, cos[:, :m], sin[:, :m])
-        outs.append(
-            F.scaled_dot_product_attention(qb, kb, v.index_select(2, keys), attn_mask=mask, scale=scale, enable_gqa=gqa)
-        )  # (B, H, n, d)
+        outs.append(gqa_sdpa(qb, kb, v.index_select(2, keys), mask, scale))  # (B, H, n, d)
     return torch.cat(outs, dim=2)
 
 
