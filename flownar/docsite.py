@@ -8,6 +8,10 @@ generated headline table.
 * :func:`headline_block` / :func:`check_readme`: the README's headline table is the block between
   ``<!-- headline: <csv> -->`` and ``<!-- /headline -->``, written from the CSV it names (``make readme`` rewrites
   it); a README whose numbers differ from that CSV fails ``tests/test_docs.py``.
+* :func:`fill_figures`: a number in a page's prose is written as a placeholder that names its CSV, row and column
+  (``{{ cell | CSV | ROW | COLUMN }}``, ``{{ range | ... }}``, ``{{ below | ... }}``) and is read from the committed
+  file when the site is built (the MkDocs hook ``flownar/resources/mkdocs_hook.py``); a placeholder whose file, row
+  or column is missing fails the build with its name.
 """
 
 from __future__ import annotations
@@ -79,6 +83,88 @@ def check_readme(readme: Path | None = None) -> list[str]:
         for m in blocks
         if m["body"] != headline_block(m["csv"], readme.parent)
     ]
+
+
+_FIGURE = re.compile(r"\{\{\s*(?P<body>(?:cell|range|below)\s*\|[^}]*?)\s*\}\}")
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _select(df, rows: str, where: str) -> list[str]:
+    """Row names: ``*`` (all rows with a number in the column), one row, or names separated by ``,``; each the exact
+    name, a unique prefix or a unique part of one row's name."""
+    if rows == "*":
+        return list(df.index)
+
+    def match(want: str) -> list:
+        return (
+            [r for r in df.index if r == want]
+            or [r for r in df.index if str(r).startswith(want)]
+            or [r for r in df.index if want in str(r)]
+        )
+
+    if len(match(rows)) == 1:  # one row whose name has a comma
+        return match(rows)
+    out = []
+    for want in (r.strip() for r in rows.split(",")):
+        hits = match(want)
+        if len(hits) != 1:
+            raise FlowNarError(f"{where}: row {want!r} matches {len(hits)} rows of {list(df.index)}")
+        out.append(hits[0])
+    return out
+
+
+def _numbers(cell, where: str) -> list[float]:
+    """The values of a cell: a number; "72.1 +- 4.4" (the mean); "0.92 / 0.90 / ..." (each)."""
+    parts = str(cell).split(" / ")
+    got = [_NUMBER.match(p.strip()) for p in parts]
+    if not all(got):
+        raise FlowNarError(f"{where}: the cell {cell!r} holds no number")
+    return [float(m.group()) for m in got]
+
+
+def figure(spec: str, root: Path | None = None) -> str:
+    """The text of one placeholder ``KIND | CSV | ROWS | COLUMN [| ARG]`` (CSV relative to the project root):
+
+    * ``cell``: the cell as the CSV holds it ("+-" written "±"), or its number formatted by ARG (e.g. ``.1f``);
+    * ``range``: "lo-hi" over the numbers of the rows' cells (a single value when they are equal), ARG the format;
+    * ``below``: "k of n": how many of those numbers are below ARG."""
+    root = root or paths.project_root()
+    parts = [p.strip() for p in spec.split("|")]
+    kind, csv, rows, column, arg = (parts + [""] * 5)[:5]
+    where = f"{{{{ {spec} }}}}"
+    path = root / csv
+    if not path.is_file():
+        raise FlowNarError(f"{where}: no file {path}")
+    df = read_table_csv(path)
+    if column not in df.columns:
+        raise FlowNarError(f"{where}: {csv} has no column {column!r} (columns: {list(df.columns)})")
+    cells = [df.at[r, column] for r in _select(df, rows, where)]
+    if rows == "*":  # every row that has a number here (not the oracle's or the habit's "-")
+        cells = [c for c in cells if _NUMBER.match(str(c).strip())]
+    if kind == "cell":
+        if len(cells) != 1:
+            raise FlowNarError(f"{where}: a cell needs one row")
+        return format(_numbers(cells[0], where)[0], arg) if arg else str(cells[0]).replace("+-", "±")
+    values = [v for c in cells for v in _numbers(c, where)]
+    if kind == "range":
+        lo, hi = (format(x, arg or "g") for x in (min(values), max(values)))
+        return lo if lo == hi else f"{lo}-{hi}"
+    if kind == "below":
+        return f"{sum(v < float(arg) for v in values)} of {len(values)}"
+    raise FlowNarError(f"{where}: unknown kind {kind!r} (cell, range, below)")
+
+
+_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)  # code blocks and spans: placeholders there are shown, not filled
+
+
+def fill_figures(markdown: str, root: Path | None = None) -> str:
+    """``markdown`` with every placeholder outside code replaced by :func:`figure`."""
+    out, at = [], 0
+    for code in _CODE.finditer(markdown):
+        out += [_FIGURE.sub(lambda m: figure(m["body"], root), markdown[at : code.start()]), code.group()]
+        at = code.end()
+    out.append(_FIGURE.sub(lambda m: figure(m["body"], root), markdown[at:]))
+    return "".join(out)
 
 
 def write_readme(readme: Path | None = None) -> Path:

@@ -52,6 +52,7 @@ def test_the_site_builds_strict_with_every_layout_and_a_broken_link_fails(tmp_pa
     assert "Narrator" in (site / "api" / "index.html").read_text()
     notes = (site / "results-notes" / "index.html").read_text()  # tables included from the committed files
     assert "DCM improves self-conditioned temporal F1" in notes and "<table>" in notes
+    assert "{{" not in notes and "cell |" not in notes  # the prose's numbers filled from the CSVs
 
     # the same configuration on a copy of the pages with one broken link: the build fails and names it
     docs = tmp_path / "docs"
@@ -60,6 +61,7 @@ def test_the_site_builds_strict_with_every_layout_and_a_broken_link_fails(tmp_pa
     cfg = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     cfg.pop("nav")
     cfg["docs_dir"] = str(docs)
+    cfg["hooks"] = [str(ROOT / h) for h in cfg["hooks"]]  # relative to the configuration file
     cfg["plugins"] = [p for p in cfg["plugins"] if not (isinstance(p, dict) and "mkdocstrings" in p)]
     (docs / "api.md").write_text("# API\n")
     for md in docs.glob("*.md"):  # links into the staged results are not part of this copy
@@ -95,3 +97,48 @@ def test_no_hand_copied_result_table_in_the_docs():
     assert not copied, copied
     included = [f for md in (ROOT / "docs").glob("*.md") for f in re.findall(r'--8<-- "([^"]+)"', md.read_text())]
     assert included and all((ROOT / f).is_file() for f in included)
+
+
+def test_prose_numbers_are_read_from_the_csv_they_name(tmp_path):
+    """A number in the prose is a placeholder ``{{ KIND | CSV | ROWS | COLUMN [| ARG] }}`` filled from the committed
+    file at build time: a cell, a range and a count, from a table written like the pipeline's; a row, column or
+    file that is not there is an error naming the placeholder."""
+    import pandas as pd
+
+    from flownar.errors import FlowNarError
+    from flownar.report import save_table
+
+    df = pd.DataFrame(
+        {"F1": ["72.1 +- 4.4", "85.5 +- 4.1", "-"], "AUC per seed": ["0.92 / 0.89", "0.95 / 0.97", "-"]},
+        index=pd.Index(["VideoLLM-online", "FlowNar (ours)", "World oracle (ceiling)"], name="system"),
+    )
+    save_table(df, tmp_path / "t", banner="EMBEDDED SYNTHETIC DATA")
+    t = "t.csv"
+    page = (
+        f"F1 {{{{ cell | {t} | FlowNar | F1 }}}}; {{{{ range | {t} | VideoLLM-online, FlowNar | F1 | .0f }}}}; "
+        f"{{{{ below | {t} | * | AUC per seed | 0.90 }}}} runs below 0.90; {{{{cell|{t}|online|F1|.1f}}}}"
+    )
+    assert docsite.fill_figures(page, tmp_path) == "F1 85.5 ± 4.1; 72-86; 1 of 4 runs below 0.90; 72.1"
+    shown = "write `{{ cell | CSV | ROW | COLUMN }}`:\n```\n{{ range | CSV | * | F1 }}\n```\n"
+    assert docsite.fill_figures(shown, tmp_path) == shown  # in code: shown as written
+    for bad, why in (
+        (f"{{{{ cell | {t} | MoD | F1 }}}}", "row 'MoD' matches 0 rows"),
+        (f"{{{{ cell | {t} | FlowNar | CIDEr }}}}", "no column 'CIDEr'"),
+        ("{{ cell | nowhere.csv | FlowNar | F1 }}", "no file"),
+        (f"{{{{ cell | {t} | World oracle | F1 | .1f }}}}", "holds no number"),
+    ):
+        with pytest.raises(FlowNarError, match=re.escape(why)):
+            docsite.fill_figures(bad, tmp_path)
+
+
+def test_the_results_notes_hold_no_hand_written_result_number():
+    """The results notes' percentages, F1 figures, AUCs and ± spreads are placeholders (above), and every one of
+    them resolves against the committed outputs."""
+    text = (ROOT / "docs" / "results-notes.md").read_text()
+    prose = re.sub(r"\{\{.*?\}\}", "", text, flags=re.S)
+    prose = "\n".join(line for line in prose.splitlines() if not line.startswith("|"))  # the time table
+    hand = re.findall(r"\b\d+(?:\.\d+)? ?%|\b\d+\.\d+ ?± ?\d|\b0\.\d\d\b|\bF1 \d+\.\d", prose)
+    allowed = {"5 %", "0.90", "0 %", "95 %"}  # warm-up, the AUC the world is built for, by construction, intervals
+    assert not [h for h in hand if h not in allowed], [h for h in hand if h not in allowed]
+    filled = docsite.fill_figures(text)
+    assert "{{" not in filled and filled != text
