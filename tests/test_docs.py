@@ -142,3 +142,23 @@ def test_the_results_notes_hold_no_hand_written_result_number():
     assert not [h for h in hand if h not in allowed], [h for h in hand if h not in allowed]
     filled = docsite.fill_figures(text)
     assert "{{" not in filled and filled != text
+
+
+def test_every_executed_notebook_of_every_layout_is_a_page():
+    """The navigation lists exactly the executed notebooks each layout's committed output folder holds."""
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text().replace("!!python", "#"))["nav"]
+
+    def leaves(node):
+        if isinstance(node, dict):
+            return [x for v in node.values() for x in leaves(v)]
+        if isinstance(node, list):
+            return [x for v in node for x in leaves(v)]
+        return [node]
+
+    listed = {p for p in leaves(nav) if p.endswith(".ipynb")}
+    committed = {
+        f"results/{ds}/notebooks/{nb.name}"
+        for ds in docsite.LAYOUTS
+        for nb in (ROOT / "paper_figures" / ds / "default" / "notebooks").glob("*.ipynb")
+    }
+    assert listed == committed, (sorted(committed - listed), sorted(listed - committed))
