@@ -154,17 +154,13 @@ def figure(spec: str, root: Path | None = None) -> str:
     raise FlowNarError(f"{where}: unknown kind {kind!r} (cell, range, below)")
 
 
-_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)  # code blocks and spans: placeholders there are shown, not filled
+# code blocks and spans first: a placeholder there is shown as written, not filled
+_CODE_OR_FIGURE = re.compile(r"(?P<code>```.*?```|`[^`\n]*`)|" + _FIGURE.pattern, re.S)
 
 
 def fill_figures(markdown: str, root: Path | None = None) -> str:
     """``markdown`` with every placeholder outside code replaced by :func:`figure`."""
-    out, at = [], 0
-    for code in _CODE.finditer(markdown):
-        out += [_FIGURE.sub(lambda m: figure(m["body"], root), markdown[at : code.start()]), code.group()]
-        at = code.end()
-    out.append(_FIGURE.sub(lambda m: figure(m["body"], root), markdown[at:]))
-    return "".join(out)
+    return _CODE_OR_FIGURE.sub(lambda m: m["code"] or figure(m["body"], root), markdown)
 
 
 def write_readme(readme: Path | None = None) -> Path:

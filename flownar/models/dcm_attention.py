@@ -52,15 +52,23 @@ def gqa_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: flo
     mask is repeated G times along its rows. Same attention, equal heads, no copy of the keys or values: the
     memory-efficient kernel takes it. Elsewhere (the CPU's kernel takes GQA with a mask) ``enable_gqa``."""
     B, H, n, d = q.shape
+    q_in, mask_in, gqa = _sdpa_inputs(q, k, mask)
+    o = F.scaled_dot_product_attention(q_in, k, v, attn_mask=mask_in, scale=scale, enable_gqa=gqa)
+    # folded: (B, kv, G*n, d) -> (B, H, n, d); reshape, not view: a kernel may return a transposed layout
+    return o if q_in is q else o.reshape(B, H, n, d)
+
+
+def _sdpa_inputs(q: torch.Tensor, k: torch.Tensor, mask):
+    """(query, mask, enable_gqa) that :func:`gqa_sdpa` hands to sdpa: folded under a mask on a device in
+    :data:`FOLD_GQA_ON`, else as given."""
+    B, H, n, d = q.shape
     kv = k.shape[1]
     if H == kv:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return q, mask, False
     if mask is None or mask.dim() != 2 or q.device.type not in FOLD_GQA_ON:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        return q, mask, True
     g = H // kv
-    folded = q.reshape(B, kv, g * n, d)  # (B, kv, G*n, d): head kv*G + j, query i -> row j*n + i
-    o = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask.repeat(g, 1), scale=scale)  # (B, kv, G*n, d)
-    return o.view(B, H, n, d)
+    return q.reshape(B, kv, g * n, d), mask.repeat(g, 1), False  # head kv*G + j, query i -> row j*n + i
 
 
 def sdpa_backend(q: torch.Tensor, k: torch.Tensor, mask) -> str | None:
@@ -72,11 +80,7 @@ def sdpa_backend(q: torch.Tensor, k: torch.Tensor, mask) -> str | None:
     choose = getattr(torch, "_fused_sdp_choice", None)
     if choose is None:
         return None
-    B, H, n, d = q.shape
-    kv, g = k.shape[1], H // k.shape[1]
-    gqa = H != kv
-    if gqa and mask is not None and mask.dim() == 2 and q.device.type in FOLD_GQA_ON:  # what gqa_sdpa passes on
-        q, mask, gqa = q.reshape(B, kv, g * n, d), mask.repeat(g, 1), False
+    q, mask, gqa = _sdpa_inputs(q, k, mask)
     try:
         index = int(choose(q, k, k, mask, 0.0, False, scale=None, enable_gqa=gqa))
     except (RuntimeError, TypeError):  # another signature in another torch
