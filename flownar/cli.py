@@ -548,6 +548,8 @@ def _cmd_eval_oracle(args) -> int:
         progress=not args.quiet,
         shard=args.shard,
     )
+    if rec.get("reused"):
+        print(f"{args.out / 'oracle.json'}: this model's record on these inputs, reused", file=sys.stderr)
     if "metrics" not in rec:  # a shard that does not merge
         print(f"shard {rec['shard']}: {len(rec['samples'])} samples evaluated", file=sys.stderr)
         if rec.get("pending"):

@@ -343,3 +343,46 @@ def test_cpu_systems_narrate_at_once_into_the_files_the_runner_reuses(setup, tmp
     a = {p.clip_id: p.predictions for p in load_predictions(tmp_path / "predictions" / "flownar-c", ids)}
     b = {p.clip_id: p.predictions for p in load_predictions(here, ids)}
     assert a == b
+
+
+def test_teacher_forced_record_reused_only_for_the_same_model_and_inputs(setup, tmp_path, monkeypatch):
+    """A teacher-forced record is reused when the same model evaluated the same inputs (its metrics recomputed
+    from its rows); another model, another seed or limit, or an older record without inputs is evaluated again."""
+    import flownar.eval.runner as runner
+
+    _, data, chat, model = setup
+    ckpts = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        m = FlowNarForCausalLM(config_for("flownar-c", chat, data.feature_dim, size="micro")).eval()
+        m.save_pretrained(tmp_path / name)
+        chat.tok.save_pretrained(tmp_path / name)
+        ckpts[name] = tmp_path / name
+    calls = []
+    real = runner.oracle_split
+    monkeypatch.setattr(runner, "oracle_split", lambda *a, **k: calls.append(k) or real(*a, **k))
+    out = tmp_path / "tf" / "flownar-c.json"
+
+    def run(ckpt, **kw):
+        kw = {"limit": 2, "max_num_frames": 120} | kw
+        return runner.run_teacher_forced(ckpt, data, out, system="flownar-c", progress=False, **kw)
+
+    first = run(ckpts["a"])
+    assert len(calls) == 1 and not first.get("reused") and first["inputs"]["limit"] == 2
+    again = run(ckpts["a"])
+    assert len(calls) == 1 and again["reused"] and again["metrics"] == first["metrics"]
+    # the metrics are recomputed from the rows: a record whose metrics were edited is corrected, not trusted
+    rec = json.loads(out.read_text())
+    rec["metrics"]["lm_ppl"] = 123.0
+    out.write_text(json.dumps(rec))
+    assert run(ckpts["a"])["metrics"] == first["metrics"] and len(calls) == 1
+    for other in ({"seed": 7}, {"limit": 1}, {"max_num_frames": 60}):
+        run(ckpts["a"], **other)
+    assert len(calls) == 4
+    run(ckpts["b"])  # another model over the same file
+    assert len(calls) == 5 and json.loads(out.read_text())["model_fingerprint"] != first["model_fingerprint"]
+    rec = json.loads(out.read_text())
+    del rec["inputs"]  # written before records kept their inputs
+    out.write_text(json.dumps(rec))
+    run(ckpts["b"])
+    assert len(calls) == 6

@@ -265,21 +265,33 @@ def run_teacher_forced(
     shard=None,
 ) -> dict:
     """The oracle protocol for one trained system; writes ``out_file`` as ``{system, checkpoint,
-    model_fingerprint, metrics, samples}`` and returns it. The streams are cut at ``max_num_frames``; by default
-    at the run's own training cap (its ``train_config.json``), as the original evaluates with the training
-    dataset's ``max_num_frames``.
+    model_fingerprint, inputs, metrics, samples}`` and returns it. The streams are cut at ``max_num_frames``; by
+    default at the run's own training cap (its ``train_config.json``), as the original evaluates with the training
+    dataset's ``max_num_frames``. When ``out_file`` already holds the record of the same model (fingerprint) on
+    the same inputs (protocol, data, split, seed, cut, limit), it is returned (``"reused": True``) without
+    evaluating again; anything else is evaluated and the file replaced.
 
     ``shard`` (``"i/N"``, a :class:`~flownar.eval.shards.Shard`, or None: torchrun's environment if any): this
     process evaluates its part into ``<out_file stem>.shard<i>of<N>.json``; the merging process (torchrun's rank 0
     after all ranks; with ``--shard``, whichever finds every part written) writes ``out_file`` from the parts in
     the split's order and returns it; the others return their part's record (``"shard"`` set, no ``"metrics"``)."""
+    from ..provenance import data_fingerprint
     from .shards import resolve
 
     shard = resolve(shard)
-    model, chat = _open_run(run, data, system, shard.device() if shard is not None else None)
     if max_num_frames is None:
         cfg = Path(run) / "train_config.json"
         max_num_frames = json.loads(cfg.read_text()).get("max_num_frames", 1200) if cfg.is_file() else 1200
+    fingerprint = run_fingerprint(run)
+    # what a record must share to be merged with another part or reused: the protocol, the data (its
+    # fingerprint), the sampling seed, the cut and the limit
+    inputs = {"protocol": ORACLE_PROTOCOL, "data_sha256": data_fingerprint(data.root)["sha256"], "split": split}
+    inputs |= {"seed": seed, "max_num_frames": max_num_frames, "limit": limit}
+    if shard is None:
+        kept = _reusable_oracle(out_file, fingerprint, inputs, system)
+        if kept is not None:
+            return kept
+    model, chat = _open_run(run, data, system, shard.device() if shard is not None else None)
     agg, rows = oracle_split(
         model,
         chat,
@@ -291,8 +303,8 @@ def run_teacher_forced(
         limit=limit,
         shard=shard,
     )
-    fingerprint = run_fingerprint(run)
     rec = {"system": model.config.system, "checkpoint": display_path(run), "model_fingerprint": fingerprint}
+    rec["inputs"] = inputs
     if shard is None:
         rec |= {"metrics": agg, "samples": rows}
         _write_json(out_file, rec)
@@ -300,12 +312,7 @@ def run_teacher_forced(
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)  # a missing --out: made, so that the finished part is kept
     parts = [out_file.with_name(f"{out_file.stem}.shard{i}of{shard.count}.json") for i in range(shard.count)]
-    from ..provenance import data_fingerprint
-
-    # what the parts must share to be merged: the data (its fingerprint), the sampling seed, the cut and the limit
-    inputs = {"data_sha256": data_fingerprint(data.root)["sha256"], "split": split, "seed": seed}
-    inputs |= {"max_num_frames": max_num_frames, "limit": limit}
-    part = {**rec, "shard": str(shard), "inputs": inputs, "samples": rows}
+    part = {**rec, "shard": str(shard), "samples": rows}
     _atomic_write_json(parts[shard.index], part)
     shard.wait_for_all()
     if shard.launched and not shard.leader:
@@ -330,6 +337,30 @@ def run_teacher_forced(
     rec |= {"metrics": aggregate(merged), "samples": merged}
     _write_json(out_file, rec)
     return rec
+
+
+#: the teacher-forced protocol's version, part of every record's inputs: raise it when what a sample's row holds
+#: changes (samples, OracleEvaluator, sample_summary), so that no record of the older protocol is reused
+ORACLE_PROTOCOL = 1
+
+
+def _reusable_oracle(out_file, fingerprint: str, inputs: dict, system: str | None) -> dict | None:
+    """The record already in ``out_file`` when the same model (fingerprint) evaluated the same inputs, its
+    metrics recomputed from its rows (so a change to :func:`aggregate` is never hidden by the reuse); None when
+    there is no such record (none yet, unreadable, another model, other inputs or an older record without them)."""
+    try:
+        rec = json.loads(Path(out_file).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict) or rec.get("model_fingerprint") != fingerprint or rec.get("inputs") != inputs:
+        return None
+    if system is not None and rec.get("system") != system or not rec.get("samples"):
+        return None
+    metrics = aggregate(rec["samples"])
+    if metrics != rec.get("metrics"):
+        rec["metrics"] = metrics
+        _write_json(out_file, rec)
+    return rec | {"reused": True}
 
 
 def _read_shard_part(path: Path, fingerprint: str) -> dict | None:
