@@ -354,7 +354,7 @@ def _reusable_oracle(out_file, fingerprint: str, inputs: dict, system: str | Non
         return None
     if not isinstance(rec, dict) or rec.get("model_fingerprint") != fingerprint or rec.get("inputs") != inputs:
         return None
-    if system is not None and rec.get("system") != system or not rec.get("samples"):
+    if (system is not None and rec.get("system") != system) or not rec.get("samples"):
         return None
     metrics = aggregate(rec["samples"])
     if metrics != rec.get("metrics"):
